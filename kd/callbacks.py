@@ -1,0 +1,32 @@
+"""Callbacks: subclass :class:`Callback` and override what you need; set ``trainer.should_stop = True`` to stop."""
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from kd.trainer import EpochRecord, Trainer
+
+
+class Callback:
+    """No-op hooks called by :class:`kd.Trainer`."""
+
+    def on_step_end(self, trainer: "Trainer", step: int, loss: float) -> None:
+        """After each optimizer step; ``loss`` is the batch loss."""
+
+    def on_epoch_end(self, trainer: "Trainer", record: "EpochRecord") -> None:
+        """After each epoch's evaluation and checkpoint."""
+
+
+class EarlyStopping(Callback):
+    """Stops when validation accuracy has not improved for ``patience`` epochs."""
+
+    def __init__(self, patience: int = 5) -> None:
+        self.patience = patience
+        self._best, self._since = float("-inf"), 0
+
+    def on_epoch_end(self, trainer: Any, record: Any) -> None:
+        if record.val_accuracy > self._best:
+            self._best, self._since = record.val_accuracy, 0
+        else:
+            self._since += 1
+            trainer.should_stop = self._since >= self.patience

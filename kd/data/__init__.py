@@ -1,0 +1,82 @@
+"""Data: sources decoded once into cached uint8 tensors, and a batch iterator that augments on the device."""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import torch
+
+from kd.data.batches import BatchIterator, channel_stats, random_crop_flip
+from kd.data.sources import (
+    DATASETS, DataUnavailableError, ImageTensors, balanced_indices, default_cache_dir, load_cifar, load_imagefolder,
+    make_synthetic, subset,
+)
+
+__all__ = [
+    "DATASETS", "BatchIterator", "DataSplits", "DataUnavailableError", "ImageTensors", "balanced_indices",
+    "channel_stats", "default_cache_dir", "load_dataset", "make_loaders", "random_crop_flip", "subset",
+]
+
+
+@dataclass
+class DataSplits:
+    """Training and test splits, the class names and the training split's per-channel mean and std."""
+
+    train: ImageTensors
+    test: ImageTensors
+    classes: list[str]
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+    @property
+    def input_size(self) -> tuple[int, int, int, int]:
+        """(1, C, H, W) of one input, for :func:`models.profile`."""
+        return (1, *self.train.images.shape[1:])
+
+
+def load_dataset(name: str, data_dir: str | os.PathLike | None = None, *, image_size: int = 32,
+                 limit_train: int | None = None, limit_test: int | None = None, seed: int = 0,
+                 cache_dir: str | os.PathLike | None = None, synthetic_classes: int = 10) -> DataSplits:
+    """Loads both splits of a data set as uint8 tensors.
+
+    Args:
+        name: ``cifar10``, ``cifar100`` (torchvision download), ``imagefolder`` (``data_dir`` with ``train/`` and
+            ``test/`` or ``val/`` of class folders) or ``synthetic`` (deterministic, for tests).
+        data_dir: where the data set is (required for ``imagefolder``).
+        image_size: images are resized to ``image_size × image_size``.
+        limit_train, limit_test: class-balanced subsets of that many images.
+        seed: picks the subsets.
+        cache_dir: where decoded arrays are cached (default :func:`default_cache_dir`).
+        synthetic_classes: number of classes of the synthetic set.
+
+    Raises:
+        ValueError: for an unknown name. DataUnavailableError: when the data cannot be read or downloaded.
+    """
+    if name in ("cifar10", "cifar100"):
+        train = subset(load_cifar(name, data_dir, True, image_size), limit_train, seed)
+        test = subset(load_cifar(name, data_dir, False, image_size), limit_test, seed)
+    elif name == "imagefolder":
+        if data_dir is None:
+            raise DataUnavailableError("--dataset imagefolder needs --data-dir DIR (DIR/train/<class>/*, DIR/test/<class>/*)")
+        train = load_imagefolder(data_dir, True, image_size, limit_train, seed, cache_dir)
+        test = load_imagefolder(data_dir, False, image_size, limit_test, seed, cache_dir, classes=train.classes)
+    elif name == "synthetic":
+        train = make_synthetic(limit_train or 512, synthetic_classes, image_size, seed=seed)
+        test = make_synthetic(limit_test or 256, synthetic_classes, image_size, seed=seed + 10_000)
+    else:
+        raise ValueError(f"unknown dataset {name!r}; choose one of {', '.join(DATASETS)}")
+    mean, std = channel_stats(train.images)
+    return DataSplits(train, test, train.classes, mean, std)
+
+
+def make_loaders(data: DataSplits, batch_size: int, device: str | torch.device = "cpu", seed: int = 0,
+                 eval_batch_size: int | None = None) -> tuple[BatchIterator, BatchIterator]:
+    """(training iterator: shuffled and augmented; test iterator: in order, unaugmented)."""
+    train = BatchIterator(data.train, batch_size, train=True, mean=data.mean, std=data.std, device=device, seed=seed)
+    test = BatchIterator(data.test, eval_batch_size or 2 * batch_size, train=False, mean=data.mean, std=data.std,
+                         device=device)
+    return train, test

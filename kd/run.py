@@ -1,0 +1,73 @@
+"""What every recipe does: load the data a config names, build a Trainer from it, train, keep the results."""
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from kd.config import RunConfig, resolve_device
+from kd.data import BatchIterator, DataSplits, DataUnavailableError, load_dataset, make_loaders
+from kd.optim import make_optimizer, make_scheduler
+from kd.trainer import FitResult, Trainer
+
+
+def load_data(cfg: RunConfig) -> DataSplits:
+    """The data set named by ``cfg`` (``--dataset --data-dir --image-size --limit-train --limit-test --seed``)."""
+    return load_dataset(cfg.dataset, cfg.data_dir, image_size=cfg.image_size, limit_train=cfg.limit_train,
+                        limit_test=cfg.limit_test, seed=cfg.seed, cache_dir=cfg.cache_dir)
+
+
+def loaders(cfg: RunConfig, data: DataSplits) -> tuple[BatchIterator, BatchIterator]:
+    """Training and test iterators on ``cfg.device``."""
+    return make_loaders(data, cfg.batch_size, resolve_device(cfg.device), seed=cfg.seed)
+
+
+def model_args(text: str) -> dict[str, Any]:
+    """Parses ``--model-args`` JSON (e.g. ``'{"widths": [32, 64, 128, 128]}'``) into keyword arguments."""
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise ValueError(f"--model-args must be a JSON object such as '{{\"widths\": [32, 64]}}', got {text!r} "
+                         f"({err.msg})") from None
+    if not isinstance(value, dict):
+        raise ValueError(f"--model-args must be a JSON object, got {text!r}")
+    return value
+
+
+def train(model: nn.Module, cfg: RunConfig, train_batches: BatchIterator, test_batches: BatchIterator, *,
+          out_dir: str | Path, teacher: nn.Module | None = None, loss: nn.Module | None = None,
+          epochs: int | None = None, lr: float | None = None, feature_loss: nn.Module | None = None) -> FitResult:
+    """Fits ``model`` with the optimizer and schedule of ``cfg`` (``epochs``/``lr`` override it), checkpointing to
+    ``out_dir`` and resuming from it when ``cfg.resume`` and a ``last.pt`` is there."""
+    epochs = epochs if epochs is not None else cfg.epochs
+    params = list(model.parameters()) + (list(feature_loss.parameters()) if feature_loss is not None else [])
+    optimizer = make_optimizer(cfg.optimizer, params, lr if lr is not None else cfg.lr, cfg.weight_decay)
+    scheduler = make_scheduler(cfg.schedule, optimizer, epochs * len(train_batches))
+    trainer = Trainer(model, teacher, loss, optimizer=optimizer, scheduler=scheduler, epochs=epochs,
+                      device=resolve_device(cfg.device), out_dir=out_dir, feature_loss=feature_loss, amp=cfg.amp,
+                      progress=cfg.progress)
+    resume = cfg.resume and (Path(out_dir) / "last.pt").is_file()
+    result = trainer.fit(train_batches, test_batches, resume=resume)
+    for rec in result.history:
+        print(f"  epoch {rec.epoch:3d}: train loss {rec.train_loss:.4f}  train acc {rec.train_accuracy:6.2f} %  "
+              f"test acc {rec.val_accuracy:6.2f} %  {rec.images_per_s:7.1f} img/s  {rec.seconds:7.1f} s")
+    return result
+
+
+def run_main(main: Callable[[list[str] | None], Any], argv: list[str] | None = None) -> Any:
+    """Runs a recipe's ``main``, turning data and argument errors into one line on stderr and exit status 2."""
+    try:
+        return main(argv)
+    except (DataUnavailableError, ValueError, FileNotFoundError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+def seed_everything(seed: int) -> None:
+    """Seeds torch's CPU and CUDA generators (weights, dropout)."""
+    torch.manual_seed(seed)

@@ -1,0 +1,289 @@
+"""``kd.Trainer``: supervised training or distillation of a student, with checkpoints, resume and progress bars.
+
+The trainer knows nothing of the architecture: it takes a student, an optional frozen teacher, a loss called as
+``loss(student_logits, teacher_logits_or_None, targets)``, an optimizer and a per-step scheduler.
+"""
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm import tqdm
+
+from kd.callbacks import Callback
+from kd.losses import DistillationLoss
+from models.checkpoint import atomic_save
+
+CHECKPOINT_FORMAT = 1
+Batches = Iterable[tuple[torch.Tensor, torch.Tensor]]
+
+
+@dataclass
+class EvalResult:
+    """loss: mean cross-entropy; accuracy: top-1 in percent; samples: how many images were scored."""
+
+    loss: float
+    accuracy: float
+    samples: int
+
+
+@dataclass
+class EpochRecord:
+    epoch: int
+    train_loss: float
+    train_accuracy: float
+    val_loss: float
+    val_accuracy: float
+    images_per_s: float
+    seconds: float
+    lr: float
+
+
+@dataclass
+class FitResult:
+    """Per-epoch history, best and last validation accuracy (percent), and where the checkpoints went."""
+
+    history: list[EpochRecord] = field(default_factory=list)
+    best_accuracy: float = 0.0
+    best_epoch: int = 0
+    last_accuracy: float = 0.0
+    checkpoint_dir: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+class Trainer:
+    """Trains ``student`` on batches of ``(x (B, C, H, W), y (B,))``, distilling from ``teacher`` when given.
+
+    The teacher is frozen: moved to the device, ``requires_grad_(False)``, kept in ``eval()`` for the whole fit (also
+    after the student is put in train mode) and run under ``torch.inference_mode()``; it is never given to the
+    optimizer.
+
+    Args:
+        student: the model being trained.
+        teacher: optional frozen teacher; ``None`` is supervised training.
+        loss: called as ``loss(student_logits, teacher_logits | None, targets)``; defaults to
+            ``DistillationLoss()`` (T = 4, alpha = 0.9) with a teacher and plain cross-entropy without one.
+        optimizer: defaults to SGD (lr 0.05, momentum 0.9, Nesterov, weight decay 5e-4) over the student's (and the
+            feature loss's) parameters.
+        scheduler: stepped once per batch; defaults to cosine annealing over ``epochs × len(train)`` steps.
+        epochs: number of epochs of ``fit``.
+        device: where training runs; models and batches are moved there.
+        out_dir: when given, ``last.pt`` (every epoch) and ``best.pt`` (best validation accuracy) go there, written
+            atomically; ``fit(resume=True)`` continues from ``last.pt``.
+        feature_loss: optional extra term (e.g. :class:`kd.HintLoss`) called with no arguments after each forward.
+        callbacks: objects with ``on_step_end`` / ``on_epoch_end`` (see :class:`kd.Callback`).
+        amp: bf16 autocast for the forward passes (CPU or CUDA).
+        progress: show tqdm bars.
+        grad_clip: clip the gradient norm to this value when given.
+    """
+
+    def __init__(self, student: nn.Module, teacher: nn.Module | None = None, loss: nn.Module | None = None, *,
+                 optimizer: torch.optim.Optimizer | None = None, scheduler: Any = None, epochs: int = 10,
+                 device: str | torch.device = "cpu", out_dir: str | Path | None = None,
+                 feature_loss: nn.Module | None = None, callbacks: Sequence[Callback] = (), amp: bool = False,
+                 progress: bool = True, grad_clip: float | None = None) -> None:
+        if epochs < 1:
+            raise ValueError(f"epochs must be >= 1, got {epochs}")
+        self.device = torch.device(device)
+        self.student = student.to(self.device)
+        self.teacher = _freeze(teacher.to(self.device)) if teacher is not None else None
+        self.loss = loss if loss is not None else DistillationLoss(alpha=0.9 if teacher is not None else 0.0)
+        self.feature_loss = feature_loss.to(self.device) if feature_loss is not None else None
+        if self.feature_loss is not None and self.teacher is None:
+            raise ValueError("a feature loss needs a teacher")
+        self.epochs, self.out_dir, self.amp, self.progress = epochs, Path(out_dir) if out_dir else None, amp, progress
+        self.grad_clip = grad_clip
+        self.callbacks = list(callbacks)
+        self.optimizer = optimizer or torch.optim.SGD(self._trainable(), lr=0.05, momentum=0.9, nesterov=True,
+                                                      weight_decay=5e-4)
+        self.scheduler = scheduler
+        self.should_stop = False  # a callback may set it to end fit after the current epoch
+        self.epoch = 0
+        self.result = FitResult(checkpoint_dir=str(self.out_dir) if self.out_dir else None)
+
+    def _trainable(self) -> list[nn.Parameter]:
+        params = list(self.student.parameters())
+        if self.feature_loss is not None:
+            params += list(self.feature_loss.parameters())
+        return params
+
+    # ------------------------------------------------------------------------------------------------------- fit
+
+    def fit(self, train: Batches, val: Batches | None = None, *, resume: bool | str | Path = False) -> FitResult:
+        """Trains for ``epochs`` epochs, evaluating on ``val`` after each, and returns the history.
+
+        Args:
+            train: batches for one epoch per iteration (a :class:`kd.data.BatchIterator` or any re-iterable).
+            val: batches to evaluate on after each epoch (accuracy is reported on it).
+            resume: True continues from ``out_dir/last.pt``, a path from that file: model, optimizer, scheduler,
+                history and random state are restored, so the run ends as an uninterrupted one would.
+        """
+        if self.scheduler is None:
+            self.scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(self.optimizer, T_max=self.epochs * len(train))
+        if resume:
+            self._load_checkpoint(resume, train)
+        while self.epoch < self.epochs and not self.should_stop:
+            self.epoch += 1
+            record = self._train_epoch(train)
+            if val is not None:
+                ev = self.evaluate(val)
+                record.val_loss, record.val_accuracy = ev.loss, ev.accuracy
+            self._record(record, train)
+            for cb in self.callbacks:
+                cb.on_epoch_end(self, record)
+        return self.result
+
+    def _train_epoch(self, train: Batches) -> EpochRecord:
+        self.student.train()
+        if self.teacher is not None:
+            self.teacher.eval()  # student.train() does not reach it, but a user's callback might; re-assert
+        loss_sum, correct, seen, start = 0.0, 0, 0, time.perf_counter()
+        bar = tqdm(train, total=len(train), desc=f"epoch {self.epoch}/{self.epochs}", disable=not self.progress,
+                   leave=False, unit="batch")
+        for step, (x, y) in enumerate(bar):
+            x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
+            loss, logits = self._step(x, y)
+            b = y.numel()
+            loss_sum += loss * b
+            correct += int((logits.argmax(1) == y).sum())
+            seen += b
+            rate = seen / max(time.perf_counter() - start, 1e-9)
+            bar.set_postfix(loss=f"{loss_sum / seen:.3f}", acc=f"{100 * correct / seen:.1f}", img_s=f"{rate:.0f}")
+            for cb in self.callbacks:
+                cb.on_step_end(self, step, loss)
+        seconds = time.perf_counter() - start
+        return EpochRecord(self.epoch, loss_sum / max(seen, 1), 100 * correct / max(seen, 1), float("nan"),
+                           float("nan"), seen / max(seconds, 1e-9), seconds, self.optimizer.param_groups[0]["lr"])
+
+    def _step(self, x: torch.Tensor, y: torch.Tensor) -> tuple[float, torch.Tensor]:
+        with self._autocast():
+            logits = self.student(x)  # (B, K)
+            teacher_logits = None
+            if self.teacher is not None:
+                with torch.inference_mode():
+                    teacher_logits = self.teacher(x)
+                teacher_logits = teacher_logits.clone()  # an ordinary tensor, usable by autograd
+            loss = self.loss(logits, teacher_logits, y)
+            if self.feature_loss is not None:
+                loss = loss + self.feature_loss()
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if self.grad_clip is not None:
+            nn.utils.clip_grad_norm_(self._trainable(), self.grad_clip)
+        self.optimizer.step()
+        self.scheduler.step()
+        return float(loss.detach()), logits.detach()
+
+    def _autocast(self) -> contextlib.AbstractContextManager:
+        if not self.amp:
+            return contextlib.nullcontext()
+        return torch.autocast(device_type=self.device.type, dtype=torch.bfloat16)
+
+    # -------------------------------------------------------------------------------------------------- evaluate
+
+    @torch.inference_mode()
+    def evaluate(self, data: Batches, model: nn.Module | None = None) -> EvalResult:
+        """Mean cross-entropy and top-1 accuracy (percent) of ``model`` (default: the student) on ``data``."""
+        return evaluate(model or self.student, data, self.device, amp=self.amp, progress=self.progress)
+
+    # ----------------------------------------------------------------------------------------------- checkpoints
+
+    def _record(self, record: EpochRecord, train: Batches) -> None:
+        res = self.result
+        res.history.append(record)
+        res.last_accuracy = record.val_accuracy
+        improved = record.val_accuracy > res.best_accuracy or res.best_epoch == 0
+        if improved:
+            res.best_accuracy, res.best_epoch = record.val_accuracy, record.epoch
+        if self.out_dir is None:
+            return
+        state = self._checkpoint_state(train)
+        atomic_save(state, self.out_dir / "last.pt")
+        if improved:
+            atomic_save({"format": CHECKPOINT_FORMAT, "epoch": self.epoch, "student": state["student"],
+                         "accuracy": record.val_accuracy}, self.out_dir / "best.pt")
+
+    def _checkpoint_state(self, train: Batches) -> dict[str, Any]:
+        rng = {"torch": torch.get_rng_state()}
+        if torch.cuda.is_available():
+            rng["cuda"] = torch.cuda.get_rng_state_all()
+        if hasattr(train, "state_dict"):
+            rng["train_iterator"] = train.state_dict()
+        return {
+            "format": CHECKPOINT_FORMAT,
+            "epoch": self.epoch,
+            "student": {k: v.detach().cpu() for k, v in self.student.state_dict().items()},
+            "feature_loss": self.feature_loss.state_dict() if self.feature_loss is not None else None,
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "result": self.result.to_dict(),
+            "rng": rng,
+        }
+
+    def _load_checkpoint(self, resume: bool | str | Path, train: Batches) -> None:
+        path = Path(resume) if not isinstance(resume, bool) else (self.out_dir or Path(".")) / "last.pt"
+        if not path.is_file():
+            raise FileNotFoundError(f"cannot resume: no checkpoint at {str(path)!r}")
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        if state.get("format") != CHECKPOINT_FORMAT or "optimizer" not in state:
+            raise ValueError(f"{str(path)!r} is not a kd.Trainer last.pt checkpoint")
+        self.student.load_state_dict(state["student"])
+        if self.feature_loss is not None and state.get("feature_loss") is not None:
+            self.feature_loss.load_state_dict(state["feature_loss"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.epoch = int(state["epoch"])
+        saved = state["result"]
+        self.result = FitResult(history=[EpochRecord(**r) for r in saved["history"]],
+                                best_accuracy=saved["best_accuracy"], best_epoch=saved["best_epoch"],
+                                last_accuracy=saved["last_accuracy"], checkpoint_dir=saved["checkpoint_dir"])
+        torch.set_rng_state(state["rng"]["torch"])
+        if "cuda" in state["rng"] and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(state["rng"]["cuda"])
+        if "train_iterator" in state["rng"] and hasattr(train, "load_state_dict"):
+            train.load_state_dict(state["rng"]["train_iterator"])
+
+    def load_best(self) -> None:
+        """Loads the student weights of the best epoch from ``out_dir/best.pt``."""
+        if self.out_dir is None or not (self.out_dir / "best.pt").is_file():
+            raise FileNotFoundError("no best.pt: give the Trainer an out_dir and run fit first")
+        self.student.load_state_dict(torch.load(self.out_dir / "best.pt", map_location="cpu",
+                                                weights_only=True)["student"])
+
+
+def _freeze(teacher: nn.Module) -> nn.Module:
+    teacher.eval()
+    teacher.requires_grad_(False)
+    return teacher
+
+
+@torch.inference_mode()
+def evaluate(model: nn.Module, data: Batches, device: str | torch.device = "cpu", *, amp: bool = False,
+             progress: bool = False) -> EvalResult:
+    """Mean cross-entropy and top-1 accuracy (percent) of ``model`` in eval mode on ``data``.
+
+    The model's train/eval mode is restored afterwards.
+    """
+    device = torch.device(device)
+    was_training = model.training
+    model.eval()
+    loss_sum, correct, seen = 0.0, 0, 0
+    ctx = torch.autocast(device.type, dtype=torch.bfloat16) if amp else contextlib.nullcontext()
+    for x, y in tqdm(data, total=len(data), desc="eval", disable=not progress, leave=False, unit="batch"):
+        x, y = x.to(device), y.to(device)
+        with ctx:
+            logits = model(x).float()  # (B, K)
+        loss_sum += float(F.cross_entropy(logits, y, reduction="sum"))
+        correct += int((logits.argmax(1) == y).sum())
+        seen += y.numel()
+    model.train(was_training)
+    return EvalResult(loss_sum / max(seen, 1), 100.0 * correct / max(seen, 1), seen)

@@ -1,0 +1,65 @@
+"""Model registry: users pick architectures by name (``create_model("wide_cnn", num_classes=100)``).
+
+Names registered with :func:`register_model` map to factories ``f(num_classes, **kwargs) -> nn.Module``. The prefix
+``timm:`` builds any timm model without downloading weights (``create_model("timm:resnet18", 10)``).
+
+Every model returned by :func:`create_model` carries ``model.arch_spec`` (name, num_classes, kwargs) so that a
+checkpoint can rebuild it without pickling code (see :mod:`models.checkpoint`).
+"""
+from __future__ import annotations
+
+from typing import Any, Callable
+
+from torch import nn
+
+ModelFactory = Callable[..., nn.Module]
+
+_REGISTRY: dict[str, ModelFactory] = {}
+TIMM_PREFIX = "timm:"
+
+
+def register_model(fn: ModelFactory) -> ModelFactory:
+    """Decorator: registers ``fn`` under its function name."""
+    if fn.__name__ in _REGISTRY:
+        raise ValueError(f"model name {fn.__name__!r} is registered twice")
+    _REGISTRY[fn.__name__] = fn
+    return fn
+
+
+def list_models() -> list[str]:
+    """Names of the registered models, sorted (``timm:<name>`` works too but is not listed)."""
+    return sorted(_REGISTRY)
+
+
+def create_model(name: str, num_classes: int = 10, **kwargs: Any) -> nn.Module:
+    """Builds a model by registry name.
+
+    Args:
+        name: a name from :func:`list_models`, or ``"timm:<timm model name>"`` (random init, no download).
+        num_classes: size of the classifier output.
+        **kwargs: architecture arguments passed to the factory (for ``wide_cnn``: ``widths``, ``kernel_sizes``,
+            ``hidden``, ``dropout`` ...).
+
+    Returns:
+        The model, with ``model.arch_spec = {"name", "num_classes", "kwargs"}`` attached.
+
+    Raises:
+        ValueError: for an unknown name; the message lists the known ones.
+    """
+    if name.startswith(TIMM_PREFIX):
+        model = _create_timm(name[len(TIMM_PREFIX):], num_classes, **kwargs)
+    elif name in _REGISTRY:
+        model = _REGISTRY[name](num_classes=num_classes, **kwargs)
+    else:
+        known = ", ".join(list_models())
+        raise ValueError(f"unknown model {name!r}; known models: {known}, or 'timm:<name>' for any timm model")
+    model.arch_spec = {"name": name, "num_classes": int(num_classes), "kwargs": dict(kwargs)}
+    return model
+
+
+def _create_timm(name: str, num_classes: int, **kwargs: Any) -> nn.Module:
+    import timm  # imported lazily: timm is slow to import and most runs do not need it
+
+    if not timm.is_model(name):
+        raise ValueError(f"unknown timm model {name!r}; see timm.list_models() for the names timm knows")
+    return timm.create_model(name, pretrained=False, num_classes=num_classes, **kwargs)
