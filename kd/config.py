@@ -98,3 +98,16 @@ def resolve_device(name: str) -> torch.device:
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"--device {name} asked for CUDA, but torch sees no GPU; use --device cpu")
     return device
+
+
+@dataclass
+class KDConfig(RunConfig):
+    """Shared words of the distillation recipes: where the teacher comes from and the loss."""
+
+    teacher: str | None = arg(None, "teacher model file (written by train_teacher.py); without it a teacher is "
+                              "trained first on the same data")
+    teacher_arch: str = arg("wide_cnn", "architecture of the teacher trained when --teacher is not given")
+    teacher_model_args: str = arg("{}", "JSON of the teacher's architecture arguments")
+    teacher_epochs: int = arg(30, "epochs of the teacher trained when --teacher is not given")
+    temperature: float = arg(4.0, "distillation temperature T")
+    alpha: float = arg(0.9, "weight of the soft-target term; 0 = plain cross-entropy fine-tuning")

@@ -10,10 +10,13 @@ from typing import Any
 import torch
 from torch import nn
 
-from kd.config import RunConfig, resolve_device
+from kd.config import KDConfig, RunConfig, resolve_device
 from kd.data import BatchIterator, DataSplits, DataUnavailableError, load_dataset, make_loaders
 from kd.optim import make_optimizer, make_scheduler
-from kd.trainer import FitResult, Trainer
+from kd.losses import DistillationLoss
+from kd.report import ModelReport
+from kd.trainer import FitResult, Trainer, evaluate
+from models import create_model, load_model, save_model
 
 
 def load_data(cfg: RunConfig) -> DataSplits:
@@ -71,3 +74,45 @@ def run_main(main: Callable[[list[str] | None], Any], argv: list[str] | None = N
 def seed_everything(seed: int) -> None:
     """Seeds torch's CPU and CUDA generators (weights, dropout)."""
     torch.manual_seed(seed)
+
+
+def fit_teacher(cfg: RunConfig, data: DataSplits, arch: str, arch_args: dict[str, Any], out: Path, *,
+                epochs: int | None = None, label_smoothing: float = 0.0) -> tuple[nn.Module, ModelReport]:
+    """Trains ``arch`` with cross-entropy on ``data``, saves it to ``out/teacher.pt`` (pickle-free, with the
+    normalisation and classes in its meta) and returns it with its report (accuracy of the last epoch on test)."""
+    train_batches, test_batches = loaders(cfg, data)
+    model = create_model(arch, data.num_classes, **arch_args)
+    print(f"teacher {arch}: {len(data.train)} training / {len(data.test)} test images, {data.num_classes} classes")
+    result = train(model, cfg, train_batches, test_batches, out_dir=out / "teacher_train", epochs=epochs,
+                   loss=DistillationLoss(alpha=0.0, label_smoothing=label_smoothing))
+    report = ModelReport.measure("teacher", model, result.last_accuracy, data.input_size)
+    save_model(model, out / "teacher.pt", meta={"accuracy": report.accuracy, "classes": data.classes,
+                                                "mean": list(data.mean), "std": list(data.std),
+                                                "image_size": data.input_size[-1], "history": result.to_dict()["history"]})
+    return model, report
+
+
+def obtain_teacher(cfg: KDConfig, data: DataSplits, out: Path) -> tuple[nn.Module, ModelReport]:
+    """The teacher of a distillation recipe: ``--teacher FILE`` loaded (pickle-free) and scored on this test split,
+    or, without it, one trained first (``--teacher-arch --teacher-model-args --teacher-epochs``).
+
+    A loaded teacher's normalisation (``meta["mean"]``, ``meta["std"]``) replaces ``data.mean``/``data.std`` so the
+    student sees inputs exactly as the teacher was trained on them.
+
+    Raises:
+        ValueError: when the teacher's number of classes differs from the data's.
+    """
+    if cfg.teacher is None:
+        return fit_teacher(cfg, data, cfg.teacher_arch, model_args(cfg.teacher_model_args), out,
+                           epochs=cfg.teacher_epochs)
+    teacher = load_model(cfg.teacher)
+    classes = teacher.arch_spec["num_classes"]
+    if classes != data.num_classes:
+        raise ValueError(f"teacher {cfg.teacher!r} has {classes} classes but --dataset {cfg.dataset} has "
+                         f"{data.num_classes}; train a teacher on this data set or pick the matching one")
+    meta = getattr(teacher, "meta", {})
+    if "mean" in meta and "std" in meta:
+        data.mean, data.std = tuple(meta["mean"]), tuple(meta["std"])
+    _, test_batches = loaders(cfg, data)
+    accuracy = evaluate(teacher, test_batches, resolve_device(cfg.device)).accuracy
+    return teacher, ModelReport.measure("teacher", teacher, accuracy, data.input_size)
