@@ -45,10 +45,14 @@ def atomic_save(obj: Any, path: str | os.PathLike) -> None:
 
 
 def module_widths(model: nn.Module) -> dict[str, dict[str, Any]]:
-    """Per-module width attributes, e.g. ``{"features.conv1.conv": {"in_channels": 3, "out_channels": 40, ...}}``."""
+    """Per-module width attributes, e.g. ``{"features.conv1.conv": {"in_channels": 3, "out_channels": 40, ...}}``.
+
+    Only attributes stored on the module itself count: a read-only property (timm's ``ConvNormAct.in_channels``
+    reads its conv's) follows from the layers below it and cannot be set back.
+    """
     widths: dict[str, dict[str, Any]] = {}
     for name, module in model.named_modules():
-        attrs = {a: _plain(getattr(module, a)) for a in _WIDTH_ATTRS if isinstance(getattr(module, a, None), (int, tuple))}
+        attrs = {a: _plain(v) for a in _WIDTH_ATTRS if isinstance(v := vars(module).get(a), (int, tuple))}
         if attrs:
             widths[name] = attrs
     return widths
