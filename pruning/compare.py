@@ -1,0 +1,286 @@
+"""Line the compression methods up at one FLOPs budget and one epoch budget on one data set.
+
+Every method starts from the same teacher and data, trains for the same number of epochs on the same training
+batches (the training split minus a held-out validation split), and is scored on the test split. Decisions a method
+makes on its own (progressive steps, which blocks to remove) use the validation split or calibration batches from the
+training split, never the test split. A method that cannot land on the budget exactly (a block is all or nothing, a
+ShuffleNet width is a fixed menu) reports the FLOPs it really has.
+
+Methods (names for ``--methods``):
+    l1+kd, l1+ce            one-shot Torch-Pruning to the budget (filter L1 norm), then distillation / cross-entropy
+    random+kd               the same with random importance (a control for the criterion)
+    activation-progressive  prune → distil-fine-tune steps with mean-|activation| importance, epochs split over steps
+    layer-removal+kd        remove the blocks whose bypass costs least validation accuracy, then distil
+    1x1+kd                  turn the costliest 3×3 blocks into 1×1, then distil
+    scratch+kd, scratch+ce  a wide_cnn with all widths scaled to the budget, trained from random weights
+    shufflenet+kd           the CIFAR ShuffleNetV2 width closest below the budget, trained from random weights
+"""
+from __future__ import annotations
+
+import copy
+import math
+import statistics
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from kd.data import BatchIterator, DataSplits
+from kd.losses import DistillationLoss
+from kd.optim import make_optimizer, make_scheduler
+from kd.sweep import validation_split
+from kd.trainer import Trainer, evaluate
+from models import create_model, profile
+from models.shufflenet import _STAGE_CHANNELS
+from pruning.kernels import compress_kernels
+from pruning.layer_removal import remove_layers
+from pruning.progressive import progressive_prune
+from pruning.wide_config import build_wide, wide_config
+
+
+@dataclass
+class CompareSetup:
+    """What every method shares. ``train`` excludes the ``val`` images; ``calibration`` is a few training batches."""
+
+    teacher: nn.Module
+    train: BatchIterator
+    val: BatchIterator
+    test: BatchIterator
+    calibration: list[tuple[torch.Tensor, torch.Tensor]]
+    target_flops: int
+    epochs: int
+    lr: float = 0.05
+    finetune_lr: float = 0.01
+    alpha: float = 0.9
+    temperature: float = 4.0
+    progressive_steps: int = 2
+    seed: int = 0
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+
+    @property
+    def input_size(self) -> tuple[int, ...]:
+        return (1, *self.calibration[0][0].shape[1:])
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.train.classes)
+
+    def teacher_copy(self) -> nn.Module:
+        """A trainable copy of the teacher to compress: ``kd.Trainer`` freezes the shared teacher in place
+        (``requires_grad_(False)``), and a frozen copy can neither be traced by Torch-Pruning nor fine-tuned."""
+        return copy.deepcopy(self.teacher).requires_grad_(True)
+
+
+def make_setup(teacher: nn.Module, data: DataSplits, *, target_flops: int, epochs: int, batch_size: int = 128,
+               val_size: int | float = 0.1, calibration_batches: int = 4, seed: int = 0,
+               device: str | torch.device = "cpu", **options) -> CompareSetup:
+    """Splits ``data.train`` into training and validation (class-balanced, by ``seed``) and builds the iterators;
+    ``options`` go to :class:`CompareSetup` (``lr``, ``finetune_lr``, ``alpha``, ``temperature``,
+    ``progressive_steps``)."""
+    device = torch.device(device)
+    fit, val, _ = validation_split(data.train, val_size, seed)
+    norm = {"mean": data.mean, "std": data.std, "device": device}
+    train = BatchIterator(fit, batch_size, train=True, seed=seed, **norm)
+    calib_iter = BatchIterator(fit, batch_size, train=True, seed=seed + 1, **norm)  # shuffled: every class present
+    calibration = [b for _, b in zip(range(calibration_batches), calib_iter)]
+    return CompareSetup(teacher.to(device).eval(), train, BatchIterator(val, 2 * batch_size, train=False, **norm),
+                        BatchIterator(data.test, 2 * batch_size, train=False, **norm), calibration, target_flops,
+                        epochs, seed=seed, device=device, **options)
+
+
+@dataclass
+class MethodResult:
+    """One method on one seed: test accuracy (percent) and wall time (seconds, compression + training + test)."""
+
+    method: str
+    seed: int
+    flops: int
+    params: int
+    param_size_kb: float
+    accuracy: float
+    seconds: float
+    note: str = ""
+
+
+def recover(student: nn.Module, setup: CompareSetup, *, distill: bool, lr: float, epochs: int | None = None) -> None:
+    """Trains ``student`` for ``epochs`` (default: the budget) with SGD + cosine, distilling when ``distill``."""
+    epochs = epochs or setup.epochs
+    opt = make_optimizer("sgd", student.parameters(), lr)
+    sched = make_scheduler("cosine", opt, epochs * len(setup.train))
+    loss = DistillationLoss(setup.temperature, setup.alpha if distill else 0.0)
+    Trainer(student, setup.teacher if distill else None, loss, optimizer=opt, scheduler=sched, epochs=epochs,
+            device=setup.device, progress=False).fit(setup.train)
+
+
+def _one_shot(importance: str, distill: bool) -> Callable[[CompareSetup], tuple[nn.Module, str]]:
+    def method(setup: CompareSetup) -> tuple[nn.Module, str]:
+        from pruning.prune import prune
+
+        example = torch.zeros(setup.input_size, device=setup.device)
+        student = prune(setup.teacher_copy(), example, target_flops=setup.target_flops, importance=importance,
+                        calibration=setup.calibration, seed=setup.seed).model
+        recover(student, setup, distill=distill, lr=setup.finetune_lr)
+        return student, f"one-shot {importance} prune"
+    return method
+
+
+def _progressive(setup: CompareSetup) -> tuple[nn.Module, str]:
+    steps = max(1, min(setup.progressive_steps, setup.epochs))
+    before = profile(setup.teacher, setup.input_size).flops
+    keep = (setup.target_flops / before) ** (1 / (2 * steps))  # FLOPs ∝ kept channels², split evenly over steps
+    res = progressive_prune(setup.teacher_copy(), torch.zeros(setup.input_size), setup.train, setup.val,
+                            target_flops=setup.target_flops, step_ratio=min(0.9, max(0.01, 1 - keep)),
+                            importance="activation", calibration=setup.calibration,
+                            epochs_per_step=max(1, setup.epochs // steps), lr=setup.finetune_lr, teacher=setup.teacher,
+                            alpha=setup.alpha, temperature=setup.temperature, max_steps=steps + 2,
+                            device=setup.device)
+    used = (len(res.steps) - 1) * max(1, setup.epochs // steps)
+    return res.model, f"{len(res.steps) - 1} steps, {used} epochs in all"
+
+
+def _layer_removal(setup: CompareSetup) -> tuple[nn.Module, str]:
+    res = remove_layers(setup.teacher_copy(), setup.calibration, setup.val, target_flops=setup.target_flops,
+                        device=setup.device)
+    recover(res.model, setup, distill=True, lr=setup.finetune_lr)
+    return res.model, f"removed {', '.join(res.removed) or 'nothing'}"
+
+
+def _kernels(setup: CompareSetup) -> tuple[nn.Module, str]:
+    res = compress_kernels(setup.teacher_copy(), target_flops=setup.target_flops, calibration=setup.calibration,
+                           device=setup.device)
+    recover(res.model, setup, distill=True, lr=setup.finetune_lr)
+    return res.model, f"1×1: {', '.join(res.converted)}"
+
+
+def scaled_wide_cnn(teacher: nn.Module, target_flops: int, input_size: tuple[int, ...]) -> nn.Module:
+    """A fresh ``wide_cnn`` shaped like ``teacher`` with every width and the hidden layer scaled by one factor, the
+    largest (to 1/64) whose FLOPs are ≤ ``target_flops``."""
+    cfg = wide_config(teacher)
+
+    def build(s: float) -> nn.Module:
+        c = copy.deepcopy(cfg)
+        c["widths"] = [max(1, round(w * s)) for w in cfg["widths"]]
+        c["hidden"] = max(1, round(cfg["hidden"] * s)) if cfg["hidden"] else 0
+        return build_wide(c)
+
+    lo, hi = 0.0, 1.0
+    for _ in range(12):
+        mid = (lo + hi) / 2
+        lo, hi = (mid, hi) if profile(build(mid), input_size).flops <= target_flops else (lo, mid)
+    return build(max(lo, 1 / 64))
+
+
+def _scratch(distill: bool) -> Callable[[CompareSetup], tuple[nn.Module, str]]:
+    def method(setup: CompareSetup) -> tuple[nn.Module, str]:
+        student = scaled_wide_cnn(setup.teacher, setup.target_flops, setup.input_size).to(setup.device)
+        recover(student, setup, distill=distill, lr=setup.lr)
+        return student, f"widths {wide_config(student)['widths']}"
+    return method
+
+
+def _shufflenet(setup: CompareSetup) -> tuple[nn.Module, str]:
+    sizes = {w: profile(create_model("shufflenet_v2", setup.num_classes, width_mult=w), setup.input_size).flops
+             for w in _STAGE_CHANNELS}
+    fits = [w for w, f in sizes.items() if f <= setup.target_flops]
+    width = max(fits) if fits else min(sizes)
+    student = create_model("shufflenet_v2", setup.num_classes, width_mult=width).to(setup.device)
+    recover(student, setup, distill=True, lr=setup.lr)
+    return student, f"width_mult {width}"
+
+
+METHODS: dict[str, Callable[[CompareSetup], tuple[nn.Module, str]]] = {
+    "l1+kd": _one_shot("l1", True),
+    "l1+ce": _one_shot("l1", False),
+    "activation-progressive": _progressive,
+    "random+kd": _one_shot("random", True),
+    "layer-removal+kd": _layer_removal,
+    "1x1+kd": _kernels,
+    "scratch+kd": _scratch(True),
+    "scratch+ce": _scratch(False),
+    "shufflenet+kd": _shufflenet,
+}
+
+
+def run_method(name: str, setup: CompareSetup) -> MethodResult:
+    """Runs method ``name`` with torch seeded by ``setup.seed``; accuracy is on ``setup.test``."""
+    if name not in METHODS:
+        raise ValueError(f"unknown method {name!r}; choose from {', '.join(METHODS)}")
+    torch.manual_seed(setup.seed)
+    start = time.perf_counter()
+    student, note = METHODS[name](setup)
+    accuracy = evaluate(student, setup.test, setup.device).accuracy
+    seconds = time.perf_counter() - start
+    c = profile(student, setup.input_size)
+    return MethodResult(name, setup.seed, c.flops, c.params, c.param_size_kb, accuracy, seconds, note)
+
+
+# ----------------------------------------------------------------------------------------------------- reporting
+
+
+@dataclass
+class Summary:
+    """A method over seeds: mean and (sample) standard deviation of accuracy, mean wall time."""
+
+    method: str
+    flops: int
+    param_size_kb: float
+    accuracy: float
+    accuracy_std: float
+    seconds: float
+    seeds: int
+    note: str
+
+
+def summarize(results: Sequence[MethodResult]) -> list[Summary]:
+    """One :class:`Summary` per method, in first-seen order."""
+    by: dict[str, list[MethodResult]] = {}
+    for r in results:
+        by.setdefault(r.method, []).append(r)
+    out = []
+    for name, rs in by.items():
+        accs = [r.accuracy for r in rs]
+        out.append(Summary(name, rs[0].flops, rs[0].param_size_kb, statistics.fmean(accs),
+                           statistics.stdev(accs) if len(accs) > 1 else 0.0,
+                           statistics.fmean(r.seconds for r in rs), len(rs), rs[0].note))
+    return out
+
+
+def markdown_table(rows: Sequence[Summary], target_flops: int) -> str:
+    """``| method | flops | × budget | size kB | accuracy % | wall s | note |`` (accuracy as mean ± std over seeds)."""
+    lines = ["| method | flops | × budget | size kB | accuracy % | wall s | note |",
+             "|---|---:|---:|---:|---:|---:|---|"]
+    for r in rows:
+        acc = f"{r.accuracy:.2f} ± {r.accuracy_std:.2f}" if r.seeds > 1 else f"{r.accuracy:.2f}"
+        wall = "—" if math.isnan(r.seconds) else f"{r.seconds:.0f}"
+        lines.append(f"| {r.method} | {r.flops:,} | {r.flops / target_flops:.2f} | {r.param_size_kb:.1f} | {acc} | "
+                     f"{wall} | {r.note} |")
+    return "\n".join(lines)
+
+
+def plot(rows: Sequence[Summary], target_flops: int, path: str | Path) -> Path:
+    """Saves accuracy against FLOPs (error bars: std over seeds; dashed line: the budget) as a PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")  # no display on servers
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for r in rows:
+        ax.errorbar(r.flops / 1e6, r.accuracy, yerr=r.accuracy_std, fmt="*" if r.method == "teacher" else "o",
+                    capsize=3)
+        ax.annotate(r.method, (r.flops / 1e6, r.accuracy), textcoords="offset points", xytext=(4, 4), fontsize=8)
+    ax.axvline(target_flops / 1e6, linestyle="--", color="grey", label="FLOPs budget")
+    ax.set_xscale("log")
+    ax.set_xlabel("MFLOPs (thop MACs, one image)")
+    ax.set_ylabel("test accuracy %")
+    ax.grid(True, alpha=0.3)
+    ax.legend(loc="lower right")
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path

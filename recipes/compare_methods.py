@@ -1,0 +1,79 @@
+"""Compare the compression methods at one FLOPs budget and one epoch budget: markdown table + accuracy/FLOPs plot.
+
+    python recipes/compare_methods.py --dataset imagefolder --data-dir ../shared/data/cifar10 \
+        --teacher runs/teacher_c10/teacher.pt --budget 0.25 --epochs 3 --limit-train 4000 --limit-test 2000
+
+Methods and what each does: see :mod:`pruning.compare`. Writes OUT/compare.md (the table), OUT/compare.png,
+OUT/report.json (every method × seed) and OUT/config.json.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
+
+from kd.config import KDConfig, arg, parse_config, resolve_device, save_config  # noqa: E402
+from kd.run import load_data, obtain_teacher, run_main, seed_everything  # noqa: E402
+from pruning.compare import METHODS, Summary, make_setup, markdown_table, plot, run_method, summarize  # noqa: E402
+
+
+@dataclass
+class CompareConfig(KDConfig):
+    budget: float = arg(0.25, "FLOPs budget as a fraction of the teacher's FLOPs")
+    target_flops: int | None = arg(None, "FLOPs budget in thop MACs (overrides --budget)")
+    methods: str = arg(",".join(METHODS), "comma-separated methods to run")
+    seeds: int = arg(1, "run every method with seeds SEED .. SEED+N-1 and report mean ± std")
+    val_size: float = arg(0.1, "fraction of the training images held out for the methods' own decisions")
+    finetune_lr: float = arg(0.01, "learning rate of pruned / transformed students (--lr is for scratch students)")
+    progressive_steps: int = arg(2, "prune → fine-tune steps of the progressive method (epochs split over them)")
+    calibration_batches: int = arg(4, "training batches for activation importance, projections and BatchNorm")
+    epochs: int = arg(3, "epoch budget of every method")
+    out: str = arg("runs/compare", "output folder")
+
+
+def main(argv: list[str] | None = None) -> list[Summary]:
+    cfg = parse_config(CompareConfig, argv, description=__doc__.split("\n")[0])
+    methods = [m.strip() for m in cfg.methods.split(",") if m.strip()]
+    unknown = [m for m in methods if m not in METHODS]
+    if unknown:
+        raise ValueError(f"unknown method(s) {unknown}; choose from {', '.join(METHODS)}")
+    if cfg.seeds < 1:
+        raise ValueError(f"--seeds must be >= 1, got {cfg.seeds}")
+    out = Path(cfg.out)
+    save_config(cfg, out / "config.json")
+    seed_everything(cfg.seed)
+    data = load_data(cfg)
+    teacher, teacher_report = obtain_teacher(cfg, data, out)
+    target = cfg.target_flops or int(cfg.budget * teacher_report.flops)
+    print(f"{len(data.train)} training / {len(data.test)} test images; teacher {teacher_report.flops:,} FLOPs, "
+          f"{teacher_report.accuracy:.2f} %; budget {target:,} FLOPs, {cfg.epochs} epochs")
+    results = []
+    for seed in range(cfg.seed, cfg.seed + cfg.seeds):
+        setup = make_setup(teacher, data, target_flops=target, epochs=cfg.epochs, batch_size=cfg.batch_size,
+                           val_size=cfg.val_size, calibration_batches=cfg.calibration_batches, seed=seed,
+                           device=resolve_device(cfg.device), lr=cfg.lr, finetune_lr=cfg.finetune_lr,
+                           alpha=cfg.alpha, temperature=cfg.temperature, progressive_steps=cfg.progressive_steps)
+        for name in methods:
+            r = run_method(name, setup)
+            results.append(r)
+            print(f"  seed {seed} {name:24s} {r.flops:>13,} FLOPs  {r.param_size_kb:9.1f} kB  {r.accuracy:6.2f} %  "
+                  f"{r.seconds:6.0f} s  {r.note}", flush=True)
+    rows = [Summary("teacher", teacher_report.flops, teacher_report.param_size_kb, teacher_report.accuracy, 0.0,
+                    math.nan, 1, "")] + summarize(results)
+    table = markdown_table(rows, target)
+    print("\n" + table)
+    (out / "compare.md").write_text(table + "\n")
+    print(f"\nplot: {plot(rows, target, out / 'compare.png')}")
+    (out / "report.json").write_text(json.dumps({"target_flops": target, "teacher": dataclasses.asdict(teacher_report),
+                                                 "results": [dataclasses.asdict(r) for r in results],
+                                                 "config": dataclasses.asdict(cfg)}, indent=2) + "\n")
+    return rows
+
+
+if __name__ == "__main__":
+    run_main(main)

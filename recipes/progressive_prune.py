@@ -1,0 +1,91 @@
+"""Progressive channel reduction: prune a fraction of channels → fine-tune (distilling from the teacher) → evaluate,
+until the FLOPs or parameter target; one row per step.
+
+    python recipes/progressive_prune.py --dataset imagefolder --data-dir ../shared/data/cifar10 \
+        --teacher runs/teacher_c10/teacher.pt --budget 0.25 --step-ratio 0.2 --importance l1 --epochs 2 --max-drop 5
+
+Steps are scored on a validation split held out from the training images (``--val-size``); the kept model is then
+scored once on the test split. Writes OUT/student.pt (pickle-free), OUT/steps.md, OUT/report.json, OUT/config.json.
+"""
+from __future__ import annotations
+
+import dataclasses
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
+
+import torch  # noqa: E402
+
+from kd.config import KDConfig, arg, parse_config, resolve_device, save_config  # noqa: E402
+from kd.data import BatchIterator  # noqa: E402
+from kd.report import ModelReport, print_reports, write_report  # noqa: E402
+from kd.run import load_data, obtain_teacher, run_main, seed_everything  # noqa: E402
+from kd.sweep import validation_split  # noqa: E402
+from kd.trainer import evaluate  # noqa: E402
+from models import save_model  # noqa: E402
+from pruning.progressive import STEP_HEADER, ProgressiveResult, progressive_prune  # noqa: E402
+
+IMPORTANCES = ("l1", "l2", "random", "taylor", "activation")
+
+
+@dataclass
+class ProgressiveConfig(KDConfig):
+    budget: float = arg(0.25, "FLOPs target as a fraction of the teacher's FLOPs")
+    target_flops: int | None = arg(None, "FLOPs target in thop MACs (overrides --budget)")
+    target_params: int | None = arg(None, "parameter-count target instead of a FLOPs target")
+    step_ratio: float = arg(0.2, "fraction of each layer's channels removed per step")
+    importance: str = arg("l1", "channel importance: l1 (filter L1 norm), activation (mean |activation| over "
+                          "calibration batches), l2, taylor, random", IMPORTANCES)
+    epochs: int = arg(2, "fine-tuning epochs after each pruning step")
+    lr: float = arg(0.01, "fine-tuning learning rate (smaller than training from scratch)")
+    distill: bool = arg(True, "distil from the teacher while fine-tuning (--no-distill: cross-entropy)")
+    max_drop: float | None = arg(None, "stop when validation accuracy falls more than this many points")
+    max_steps: int = arg(20, "at most this many steps")
+    val_size: float = arg(0.1, "fraction of the training images held out to score the steps")
+    calibration_batches: int = arg(4, "training batches for the activation importance")
+    out: str = arg("runs/progressive", "output folder")
+
+
+def main(argv: list[str] | None = None) -> ProgressiveResult:
+    cfg = parse_config(ProgressiveConfig, argv, description=__doc__.split("\n")[0])
+    out, device = Path(cfg.out), resolve_device(cfg.device)
+    save_config(cfg, out / "config.json")
+    seed_everything(cfg.seed)
+    data = load_data(cfg)
+    teacher, teacher_report = obtain_teacher(cfg, data, out)
+    fit, val, _ = validation_split(data.train, cfg.val_size, cfg.seed)
+    norm = {"mean": data.mean, "std": data.std, "device": device}
+    train_batches = BatchIterator(fit, cfg.batch_size, train=True, seed=cfg.seed, **norm)
+    calibration = [b for _, b in zip(range(cfg.calibration_batches),
+                                     BatchIterator(fit, cfg.batch_size, train=True, seed=cfg.seed + 1, **norm))]
+    target = {"target_params": cfg.target_params} if cfg.target_params is not None else \
+        {"target_flops": cfg.target_flops or int(cfg.budget * teacher_report.flops)}
+    print(f"{len(fit)} training / {len(val)} validation / {len(data.test)} test images; target {target}")
+    print(STEP_HEADER)
+    result = progressive_prune(
+        teacher, torch.zeros(data.input_size), train_batches,
+        BatchIterator(val, 2 * cfg.batch_size, train=False, **norm), step_ratio=cfg.step_ratio,
+        importance=cfg.importance, calibration=calibration, epochs_per_step=cfg.epochs, lr=cfg.lr,
+        optimizer=cfg.optimizer, weight_decay=cfg.weight_decay, teacher=teacher if cfg.distill else None,
+        alpha=cfg.alpha, temperature=cfg.temperature, max_drop=cfg.max_drop, max_steps=cfg.max_steps, device=device,
+        on_step=lambda rec: print(rec.row(), flush=True), **target)
+    status = "meets the target" if result.met_target else "does NOT meet the target"
+    print(f"\nkept step {result.chosen} ({status}{', stopped early by --max-drop' if result.stopped_early else ''})")
+    test = BatchIterator(data.test, 2 * cfg.batch_size, train=False, **norm)
+    report = ModelReport.measure("student", result.model, evaluate(result.model, test, device).accuracy,
+                                 data.input_size)
+    save_model(result.model, out / "student.pt", meta={"accuracy": report.accuracy, "classes": data.classes,
+                                                       "mean": list(data.mean), "std": list(data.std),
+                                                       "image_size": cfg.image_size, "met_target": result.met_target})
+    (out / "steps.md").write_text(STEP_HEADER + "\n" + "\n".join(r.row() for r in result.steps) + "\n")
+    print_reports([teacher_report, report])
+    write_report(out / "report.json", [teacher_report, report], dataclasses.asdict(cfg),
+                 {"steps": [dataclasses.asdict(s) for s in result.steps], "chosen_step": result.chosen,
+                  "met_target": result.met_target, "stopped_early": result.stopped_early})
+    return result
+
+
+if __name__ == "__main__":
+    run_main(main)
