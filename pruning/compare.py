@@ -103,6 +103,11 @@ class MethodResult:
     accuracy: float
     seconds: float
     note: str = ""
+    model: nn.Module | None = field(default=None, repr=False, compare=False)
+
+    def to_dict(self) -> dict:
+        """The numbers, without the model (for report.json)."""
+        return {k: v for k, v in self.__dict__.items() if k != "model"}
 
 
 def recover(student: nn.Module, setup: CompareSetup, *, distill: bool, lr: float, epochs: int | None = None) -> None:
@@ -209,12 +214,13 @@ def run_method(name: str, setup: CompareSetup) -> MethodResult:
     if name not in METHODS:
         raise ValueError(f"unknown method {name!r}; choose from {', '.join(METHODS)}")
     torch.manual_seed(setup.seed)
+    setup.train.generator.manual_seed(setup.seed)  # every method sees the same shuffles, whatever ran before it
     start = time.perf_counter()
     student, note = METHODS[name](setup)
     accuracy = evaluate(student, setup.test, setup.device).accuracy
     seconds = time.perf_counter() - start
     c = profile(student, setup.input_size)
-    return MethodResult(name, setup.seed, c.flops, c.params, c.param_size_kb, accuracy, seconds, note)
+    return MethodResult(name, setup.seed, c.flops, c.params, c.param_size_kb, accuracy, seconds, note, student)
 
 
 # ----------------------------------------------------------------------------------------------------- reporting
@@ -273,7 +279,7 @@ def plot(rows: Sequence[Summary], target_flops: int, path: str | Path) -> Path:
                     capsize=3)
         ax.annotate(r.method, (r.flops / 1e6, r.accuracy), textcoords="offset points", xytext=(4, 4), fontsize=8)
     ax.axvline(target_flops / 1e6, linestyle="--", color="grey", label="FLOPs budget")
-    ax.set_xscale("log")
+    ax.set_xlim(left=0)
     ax.set_xlabel("MFLOPs (thop MACs, one image)")
     ax.set_ylabel("test accuracy %")
     ax.grid(True, alpha=0.3)

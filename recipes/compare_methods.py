@@ -70,7 +70,7 @@ def main(argv: list[str] | None = None) -> list[Summary]:
     (out / "compare.md").write_text(table + "\n")
     print(f"\nplot: {plot(rows, target, out / 'compare.png')}")
     (out / "report.json").write_text(json.dumps({"target_flops": target, "teacher": dataclasses.asdict(teacher_report),
-                                                 "results": [dataclasses.asdict(r) for r in results],
+                                                 "results": [r.to_dict() for r in results],
                                                  "config": dataclasses.asdict(cfg)}, indent=2) + "\n")
     return rows
 

@@ -88,3 +88,20 @@ def test_scaled_scratch_student_fits_budget():
     target = profile(teacher, SIZE).flops // 4
     student = scaled_wide_cnn(teacher, target, SIZE)
     assert 0.6 * target < profile(student, SIZE).flops <= target
+
+
+def test_methods_do_not_depend_on_what_ran_before():
+    from kd.data import load_dataset
+    from pruning.compare import make_setup, run_method
+
+    torch.manual_seed(0)
+    data = load_dataset("synthetic", limit_train=64, limit_test=32, image_size=16)
+    teacher = create_model("wide_cnn", 10, **TINY)
+    setup = make_setup(teacher, data, target_flops=profile(teacher, SIZE).flops // 4, epochs=1, batch_size=16,
+                       val_size=16, calibration_batches=1, seed=3)
+    first = run_method("scratch+ce", setup)
+    run_method("l1+ce", setup)
+    again = run_method("scratch+ce", setup)
+    assert (first.accuracy, first.flops, first.seed) == (again.accuracy, again.flops, 3)
+    for a, b in zip(first.model.state_dict().values(), again.model.state_dict().values()):
+        torch.testing.assert_close(a, b)  # same init, same batches: the same trained weights
