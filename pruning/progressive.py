@@ -93,7 +93,7 @@ def progressive_prune(model: nn.Module, example_inputs: torch.Tensor, train: Bat
         raise ValueError(f"step_ratio must be in (0, 1), got {step_ratio}")
     target = {"target_flops": target_flops} if target_flops is not None else {"target_params": target_params}
     device = torch.device(device)
-    current = copy.deepcopy(model).to(device)
+    current = copy.deepcopy(model).to(device).requires_grad_(True)  # a teacher frozen by kd.Trainer trains again
     example_inputs = example_inputs.to(device)
     size = tuple(example_inputs.shape)
     start = time.perf_counter()
