@@ -1,0 +1,37 @@
+"""Shared fixtures: tiny synthetic data, the real CIFAR-10 JPEGs shipped beside the repo, a private cache."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from kd.data import load_dataset
+
+REPO = Path(__file__).resolve().parents[1]
+CIFAR10_DIR = REPO.parent / "shared" / "data" / "cifar10"
+
+
+@pytest.fixture(autouse=True)
+def _seed_and_cache(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
+    torch.manual_seed(0)
+    monkeypatch.setenv("PTD_CACHE_DIR", str(tmp_path_factory.getbasetemp() / "cache"))
+
+
+@pytest.fixture(scope="session")
+def cifar10_dir() -> Path:
+    """The real CIFAR-10 images (ImageFolder layout); the suite needs them, so their absence is an error."""
+    assert (CIFAR10_DIR / "train").is_dir(), f"real CIFAR-10 images expected at {CIFAR10_DIR}"
+    return CIFAR10_DIR
+
+
+@pytest.fixture
+def synthetic():
+    """512 training / 256 test synthetic 32×32 images of 10 classes."""
+    return load_dataset("synthetic", limit_train=512, limit_test=256, seed=0)
+
+
+@pytest.fixture
+def tiny():
+    """128 training / 64 test synthetic 16×16 images of 10 classes (for mechanics, not learning)."""
+    return load_dataset("synthetic", image_size=16, limit_train=128, limit_test=64, seed=0)
