@@ -134,14 +134,11 @@ def _one_shot(importance: str, distill: bool) -> Callable[[CompareSetup], tuple[
 
 def _progressive(setup: CompareSetup) -> tuple[nn.Module, str]:
     steps = max(1, min(setup.progressive_steps, setup.epochs))
-    before = profile(setup.teacher, setup.input_size).flops
-    keep = (setup.target_flops / before) ** (1 / (2 * steps))  # FLOPs ∝ kept channels², split evenly over steps
     res = progressive_prune(setup.teacher_copy(), torch.zeros(setup.input_size), setup.train, setup.val,
-                            target_flops=setup.target_flops, step_ratio=min(0.9, max(0.01, 1 - keep)),
-                            importance="activation", calibration=setup.calibration,
-                            epochs_per_step=max(1, setup.epochs // steps), lr=setup.finetune_lr, teacher=setup.teacher,
-                            alpha=setup.alpha, temperature=setup.temperature, max_steps=steps + 2,
-                            device=setup.device)
+                            target_flops=setup.target_flops, num_steps=steps, importance="activation",
+                            calibration=setup.calibration, epochs_per_step=max(1, setup.epochs // steps),
+                            lr=setup.finetune_lr, teacher=setup.teacher, alpha=setup.alpha,
+                            temperature=setup.temperature, max_steps=steps, device=setup.device)
     used = (len(res.steps) - 1) * max(1, setup.epochs // steps)
     return res.model, f"{len(res.steps) - 1} steps, {used} epochs in all"
 

@@ -11,6 +11,7 @@ training, typically distillation from the uncompressed model.
 from __future__ import annotations
 
 import copy
+import itertools
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
@@ -35,15 +36,31 @@ class KernelCompressionResult:
 
 
 def choose_blocks(model: nn.Module, target_flops: int, input_size: tuple[int, ...]) -> list[str]:
-    """Blocks to turn into 1×1, largest FLOPs saving first, until the model's FLOPs are ≤ ``target_flops`` (or
-    every k×k block is chosen)."""
+    """Blocks to turn into 1×1 so that FLOPs land as close to ``target_flops`` from below as blocks allow.
+
+    Every subset of the k×k blocks is profiled (≤ 2⁸ of them; beyond that, greedily largest saving first); the
+    subset with the most FLOPs still ≤ the target wins, fewer blocks on a tie. When no subset fits, every k×k block
+    is chosen (the smallest this method gets).
+    """
     cfg = wide_config(model)
     names = block_names(model)
+    wide = [n for n, k in zip(names, cfg["kernel_sizes"]) if k > 1]
+    if len(wide) > 8:
+        return _greedy_blocks(cfg, names, wide, target_flops, input_size)
+    best: tuple[int, int, list[str]] | None = None
+    for r in range(len(wide) + 1):
+        for subset in itertools.combinations(wide, r):
+            flops = profile(_with_kernels(cfg, names, subset), input_size).flops
+            if flops <= target_flops and (best is None or flops > best[0]):
+                best = (flops, r, list(subset))
+    return best[2] if best is not None else wide
+
+
+def _greedy_blocks(cfg: dict, names: list[str], wide: list[str], target_flops: int,
+                   input_size: tuple[int, ...]) -> list[str]:
     chosen: list[str] = []
-    while profile(_with_kernels(cfg, names, chosen), input_size).flops > target_flops:
-        left = [n for n, k in zip(names, cfg["kernel_sizes"]) if k > 1 and n not in chosen]
-        if not left:
-            break
+    while profile(_with_kernels(cfg, names, chosen), input_size).flops > target_flops and len(chosen) < len(wide):
+        left = [n for n in wide if n not in chosen]
         saved = {n: profile(_with_kernels(cfg, names, chosen + [n]), input_size).flops for n in left}
         chosen.append(min(left, key=saved.__getitem__))
     return chosen
@@ -61,8 +78,8 @@ def compress_kernels(model: nn.Module, blocks: Sequence[str] | None = None, *, t
                      device: str | torch.device = "cpu") -> KernelCompressionResult:
     """A new ``wide_cnn`` whose ``blocks`` (names like ``"conv4"``) use 1×1 kernels; the input model is unchanged.
 
-    Give ``blocks`` or ``target_flops`` (then :func:`choose_blocks` picks them, largest saving first; the result may
-    stay above the target when every block is already 1×1 — read ``result.after``).
+    Give ``blocks`` or ``target_flops`` (then :func:`choose_blocks` picks the subset landing closest below it; the
+    result may stay above the target when even all-1×1 is too big, or fall well below it — read ``result.after``).
 
     Raises:
         ValueError: for a non-``wide_cnn`` model, an unknown block name, or neither/both of blocks and target_flops.

@@ -67,6 +67,7 @@ def _meets(c: Complexity, target_flops: int | None, target_params: int | None) -
 
 def progressive_prune(model: nn.Module, example_inputs: torch.Tensor, train: Batches, val: Batches, *,
                       target_flops: int | None = None, target_params: int | None = None, step_ratio: float = 0.2,
+                      num_steps: int | None = None,
                       importance: str = "l1", calibration: Batches | None = None, epochs_per_step: int = 1,
                       lr: float = 0.01, optimizer: str = "sgd", weight_decay: float = 5e-4,
                       teacher: nn.Module | None = None, alpha: float = 0.9, temperature: float = 4.0,
@@ -79,6 +80,9 @@ def progressive_prune(model: nn.Module, example_inputs: torch.Tensor, train: Bat
         train: fine-tuning batches; val: batches that score each step (a training-data split).
         target_flops, target_params: the budget (give exactly one).
         step_ratio: fraction of each prunable layer's channels removed per step, in (0, 1).
+        num_steps: instead of ``step_ratio``, reach the target in this many even steps: step k prunes to
+            ``before · (target / before)^(k / num_steps)`` FLOPs (or parameters), so a fixed epoch budget can be
+            split over a known number of steps.
         importance: ``pruning.prune`` criterion (``l1``, ``activation`` needs ``calibration`` ...).
         epochs_per_step, lr, optimizer, weight_decay: fine-tuning after each prune (cosine schedule).
         teacher: distil from it (``alpha``, ``temperature``) during fine-tuning; None fine-tunes with cross-entropy.
@@ -91,7 +95,10 @@ def progressive_prune(model: nn.Module, example_inputs: torch.Tensor, train: Bat
         raise ValueError("progressive_prune needs exactly one of target_flops or target_params")
     if not 0.0 < step_ratio < 1.0:
         raise ValueError(f"step_ratio must be in (0, 1), got {step_ratio}")
+    if num_steps is not None and num_steps < 1:
+        raise ValueError(f"num_steps must be >= 1, got {num_steps}")
     target = {"target_flops": target_flops} if target_flops is not None else {"target_params": target_params}
+    (kind, goal), = target.items()
     device = torch.device(device)
     current = copy.deepcopy(model).to(device).requires_grad_(True)  # a teacher frozen by kd.Trainer trains again
     example_inputs = example_inputs.to(device)
@@ -108,9 +115,14 @@ def progressive_prune(model: nn.Module, example_inputs: torch.Tensor, train: Bat
         if best is not None:
             break
         t0 = time.perf_counter()
-        res = prune(current, example_inputs, ratio=step_ratio, importance=importance, calibration=calibration)
-        if _meets(res.after, target_flops, target_params):  # this step reaches the budget: land on it, not below
-            res = prune(current, example_inputs, importance=importance, calibration=calibration, **target)
+        if num_steps is not None:  # geometric schedule between the input's complexity and the target
+            start_value = before.flops if kind == "target_flops" else before.params
+            step_goal = int(start_value * (goal / start_value) ** (min(k, num_steps) / num_steps))
+            res = prune(current, example_inputs, importance=importance, calibration=calibration, **{kind: step_goal})
+        else:
+            res = prune(current, example_inputs, ratio=step_ratio, importance=importance, calibration=calibration)
+            if _meets(res.after, target_flops, target_params):  # this step reaches the budget: land on it, not below
+                res = prune(current, example_inputs, importance=importance, calibration=calibration, **target)
         if res.after.flops >= res.before.flops and res.after.params >= res.before.params:
             break  # nothing left to prune
         student = res.model.to(device)

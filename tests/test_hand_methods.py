@@ -202,3 +202,12 @@ def test_sweep_dropout_picks_on_validation_split(data):
     val_batches = BatchIterator(val, 24, train=False, mean=data.mean, std=data.std)
     assert evaluate(res.model, val_batches).accuracy == res.accuracies[res.best_rate]  # scored on the held-out part
     assert set_dropout(model, 0.1).fc[2].p == 0.1 and model.fc[2].p == 0.5
+
+
+def test_progressive_prune_even_steps_land_on_target(batches):
+    _, test, calib = batches
+    model = create_model("wide_cnn", 10, **TINY)
+    before = profile(model, SIZE).flops
+    res = progressive_prune(model, torch.zeros(SIZE), calib, test, target_flops=before // 4, num_steps=2)
+    assert [s.step for s in res.steps] == [0, 1, 2] and res.met_target
+    assert before // 4 < res.steps[1].flops <= int(before * 0.5) and res.after.flops <= before // 4
