@@ -270,17 +270,17 @@ def plot(rows: Sequence[Summary], target_flops: int, path: str | Path) -> Path:
     matplotlib.use("Agg")  # no display on servers
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    for r in rows:
-        ax.errorbar(r.flops / 1e6, r.accuracy, yerr=r.accuracy_std, fmt="*" if r.method == "teacher" else "o",
-                    capsize=3)
-        ax.annotate(r.method, (r.flops / 1e6, r.accuracy), textcoords="offset points", xytext=(4, 4), fontsize=8)
+    fig, ax = plt.subplots(figsize=(9, 4.5))
+    markers = "*osD^vP<>Xh"  # methods at the same FLOPs (one-shot prunes) stay distinguishable in the legend
+    for i, r in enumerate(rows):
+        ax.errorbar(r.flops / 1e6, r.accuracy, yerr=r.accuracy_std, fmt=markers[i % len(markers)], capsize=3,
+                    markersize=10 if i == 0 else 7, alpha=0.85, label=r.method)
     ax.axvline(target_flops / 1e6, linestyle="--", color="grey", label="FLOPs budget")
     ax.set_xlim(left=0)
     ax.set_xlabel("MFLOPs (thop MACs, one image)")
     ax.set_ylabel("test accuracy %")
     ax.grid(True, alpha=0.3)
-    ax.legend(loc="lower right")
+    ax.legend(loc="center left", bbox_to_anchor=(1.01, 0.5), fontsize=8)
     fig.tight_layout()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
