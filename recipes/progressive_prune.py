@@ -36,6 +36,7 @@ class ProgressiveConfig(KDConfig):
     target_flops: int | None = arg(None, "FLOPs target in thop MACs (overrides --budget)")
     target_params: int | None = arg(None, "parameter-count target instead of a FLOPs target")
     step_ratio: float = arg(0.2, "fraction of each layer's channels removed per step")
+    num_steps: int | None = arg(None, "instead of --step-ratio: reach the target in this many even FLOPs steps")
     importance: str = arg("l1", "channel importance: l1 (filter L1 norm), activation (mean |activation| over "
                           "calibration batches), l2, taylor, random", IMPORTANCES)
     epochs: int = arg(2, "fine-tuning epochs after each pruning step")
@@ -66,7 +67,7 @@ def main(argv: list[str] | None = None) -> ProgressiveResult:
     print(STEP_HEADER)
     result = progressive_prune(
         teacher, torch.zeros(data.input_size), train_batches,
-        BatchIterator(val, 2 * cfg.batch_size, train=False, **norm), step_ratio=cfg.step_ratio,
+        BatchIterator(val, 2 * cfg.batch_size, train=False, **norm), step_ratio=cfg.step_ratio, num_steps=cfg.num_steps,
         importance=cfg.importance, calibration=calibration, epochs_per_step=cfg.epochs, lr=cfg.lr,
         optimizer=cfg.optimizer, weight_decay=cfg.weight_decay, teacher=teacher if cfg.distill else None,
         alpha=cfg.alpha, temperature=cfg.temperature, max_drop=cfg.max_drop, max_steps=cfg.max_steps, device=device,
