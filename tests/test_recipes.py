@@ -1,0 +1,77 @@
+"""The teacher and distill-only recipes end to end on a few hundred real CIFAR-10 images."""
+import json
+import re
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "recipes"))
+
+import distill_only  # noqa: E402
+import train_teacher  # noqa: E402
+
+from models import load_model  # noqa: E402
+
+BLOCK = re.compile(r"flops = (\d+)\nModel parameter size = (\d+\.\d{3}) kB\nAccuracy = (\d+\.\d{2}) %")
+SMALL = ["--limit-train", "600", "--limit-test", "300", "--batch-size", "32", "--no-progress"]
+
+
+@pytest.fixture(scope="module")
+def teacher_run(cifar10_dir, tmp_path_factory):
+    out = tmp_path_factory.mktemp("teacher")
+    argv = ["--dataset", "imagefolder", "--data-dir", str(cifar10_dir), "--epochs", "4", "--out", str(out),
+            "--cache-dir", str(out / "cache"), "--model-args", '{"widths": [16, 32, 32, 32], "hidden": 64, '
+            '"dropout": 0.0}', *SMALL]
+    return out, train_teacher.main(argv)
+
+
+def test_teacher_recipe_learns_real_images(teacher_run, capsys):
+    out, report = teacher_run
+    assert report.accuracy > 20.0  # chance is 10 % on the 300 balanced test images
+    saved = json.loads((out / "report.json").read_text())
+    assert saved["accuracy"] == report.accuracy and saved["flops"] == report.flops
+    assert saved["param_size_kb"] == pytest.approx(saved["params"] * 4 / 1024)
+    assert saved["config"]["limit_train"] == 600
+    payload = torch.load(out / "teacher.pt", weights_only=True)
+    assert payload["meta"]["classes"][0] == "airplane" and len(payload["meta"]["mean"]) == 3
+    assert (out / "teacher_train" / "last.pt").is_file() and (out / "config.json").is_file()
+
+
+def test_teacher_resume_continues_after_the_last_epoch(teacher_run, cifar10_dir, capsys):
+    out, report = teacher_run
+    argv = ["--dataset", "imagefolder", "--data-dir", str(cifar10_dir), "--epochs", "4", "--out", str(out),
+            "--cache-dir", str(out / "cache"), "--model-args", '{"widths": [16, 32, 32, 32], "hidden": 64, '
+            '"dropout": 0.0}', "--resume", *SMALL]
+    again = train_teacher.main(argv)  # all 4 epochs are done: nothing is trained, the same model is reported
+    assert "epoch   1:" in capsys.readouterr().out and again.accuracy == report.accuracy
+
+
+def test_distill_only_reports_teacher_and_student(teacher_run, cifar10_dir, tmp_path, capsys):
+    teacher_dir, teacher_report = teacher_run
+    argv = ["--dataset", "imagefolder", "--data-dir", str(cifar10_dir), "--teacher", str(teacher_dir / "teacher.pt"),
+            "--epochs", "2", "--model-args", '{"widths": [8, 16, 16, 16], "hidden": 32}', "--out", str(tmp_path),
+            "--cache-dir", str(teacher_dir / "cache"), *SMALL]
+    teacher, student = distill_only.main(argv)
+    blocks = BLOCK.findall(capsys.readouterr().out)
+    assert len(blocks) == 2 and int(blocks[1][0]) == student.flops < teacher.flops
+    assert teacher.accuracy == pytest.approx(teacher_report.accuracy)  # scored on the same test split
+    assert student.accuracy > 10.0
+    saved = json.loads((tmp_path / "report.json").read_text())
+    assert set(saved["models"]) == {"teacher", "student"} and saved["config"]["alpha"] == 0.9
+    model = load_model(tmp_path / "student.pt")
+    assert sum(p.numel() for p in model.parameters()) == student.params
+
+
+def test_recipe_errors_are_one_line(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        train_teacher.run_main(train_teacher.main, ["--dataset", "imagefolder", "--data-dir", str(tmp_path / "x"),
+                                                     "--out", str(tmp_path)])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: imagefolder data dir") and "\n" not in err
+    with pytest.raises(SystemExit):
+        distill_only.run_main(distill_only.main, ["--dataset", "synthetic", "--teacher", str(tmp_path / "none.pt"),
+                                                  "--out", str(tmp_path)])
+    assert "does not exist" in capsys.readouterr().err
