@@ -58,7 +58,7 @@ def train(model: nn.Module, cfg: RunConfig, train_batches: BatchIterator, test_b
     result = trainer.fit(train_batches, test_batches, resume=resume)
     for rec in result.history:
         print(f"  epoch {rec.epoch:3d}: train loss {rec.train_loss:.4f}  train acc {rec.train_accuracy:6.2f} %  "
-              f"test acc {rec.val_accuracy:6.2f} %  {rec.images_per_s:7.1f} img/s  {rec.seconds:7.1f} s")
+              f"test acc {rec.val_accuracy:6.2f} %  {rec.images_per_s:7.1f} img/s  {rec.seconds:7.1f} s", flush=True)
     return result
 
 

@@ -38,6 +38,7 @@ def atomic_save(obj: Any, path: str | os.PathLike) -> None:
     os.close(fd)
     try:
         torch.save(obj, tmp)
+        os.chmod(tmp, 0o644)  # mkstemp creates 0600; results are meant to be shared like any written file
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
