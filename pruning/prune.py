@@ -1,0 +1,364 @@
+"""``prune``: structured channel pruning with Torch-Pruning to a FLOPs target, a parameter target or a ratio.
+
+How a target is reached. Channel importance is scored once on the input model (``pruning.importance``). A pruning
+ratio ``r`` then fixes how many channels each dependency group loses: ``r`` of its channels (local pruning, the
+default) or the channels under one threshold that removes ``r`` of all prunable channels (``global_pruning``); every
+group keeps at least one channel (``round_to`` channels when given). Torch-Pruning's ``BasePruner`` prunes a copy of
+the model with these per-group counts (``pruning_ratio_dict``), the copy is profiled with :func:`models.profile`, and a
+search over ``r`` (interpolation on √FLOPs, which is nearly linear in ``r``, safeguarded by bisection) keeps the least
+pruned copy at or below the target, stopping once it is within ``tolerance`` of it. Counts only grow with ``r``, so
+FLOPs and parameters only fall, and ``r = 1`` — every group at its minimum — is the smallest reachable model.
+"""
+from __future__ import annotations
+
+import contextlib
+import copy
+import math
+import warnings
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import torch_pruning as tp
+from torch import nn
+
+from models.profile import Complexity, profile
+from pruning.importance import (
+    NEEDS_CALIBRATION, ActivationImportance, accumulate_gradients, clear_calibration, make_importance, needs_calibration,
+    record_activations,
+)
+from pruning.units import Unit, find_units
+
+Batches = Iterable[tuple[torch.Tensor, torch.Tensor]]
+_PRUNABLE = (nn.modules.conv._ConvNd, nn.Linear)
+
+
+@dataclass
+class PruneStep:
+    """One pruned copy tried by the target search: the ratio and the copy's FLOPs (thop MACs) and parameters."""
+
+    ratio: float
+    flops: int
+    params: int
+
+
+@dataclass
+class PruneResult:
+    """The pruned model and what pruning did.
+
+    model: the pruned model (the input model itself when ``inplace=True``), in the input's train/eval mode.
+    before, after: complexity of the input and of the pruned model for one input of ``example_inputs``' size.
+    kept: for every conv and linear layer, the indices (input model numbering, sorted) of the output channels it
+        kept; an unpruned layer keeps ``range(C)``. ``kept[name][j]`` is the original channel of new channel ``j``.
+    channels: for every conv and linear layer, (output channels before, after).
+    ratio: the pruning ratio applied (0 when the input already met the target).
+    importance: the criterion's name.
+    steps: the copies tried by the target search, in order (one for ``ratio=``).
+    """
+
+    model: nn.Module
+    before: Complexity
+    after: Complexity
+    kept: dict[str, list[int]]
+    channels: dict[str, tuple[int, int]]
+    ratio: float
+    importance: str
+    steps: list[PruneStep] = field(default_factory=list)
+
+    def pruned_layers(self) -> dict[str, tuple[int, int]]:
+        """``{layer: (channels before, after)}`` for the layers that lost output channels."""
+        return {name: c for name, c in self.channels.items() if c[1] < c[0]}
+
+
+def prune(model: nn.Module, example_inputs: torch.Tensor, *, target_flops: int | None = None,
+          target_params: int | None = None, ratio: float | None = None, importance: str | Any = "l1",
+          global_pruning: bool = False, ignored_layers: Sequence[nn.Module | str] | None = None,
+          round_to: int | None = None, inplace: bool = False, calibration: Batches | None = None,
+          calibration_batches: int = 16, tolerance: float = 0.02, seed: int = 0) -> PruneResult:
+    """Prunes output channels of the conv and linear layers of ``model`` with Torch-Pruning.
+
+    Args:
+        model: any CNN Torch-Pruning can trace (the registry models, timm CNNs); not changed unless ``inplace``.
+        example_inputs: a batch like the model's inputs (B, C, H, W), on the model's device; complexity is counted
+            for one input of that size.
+        target_flops: prune until FLOPs (thop MACs, as :func:`models.profile`) are at or below this, within
+            ``tolerance`` of it where channel granularity allows.
+        target_params: the same for the number of parameters.
+        ratio: fraction of channels removed from each prunable group (Torch-Pruning's ``pruning_ratio``), in [0, 1).
+        importance: a name from :data:`pruning.IMPORTANCES` (``l1`` = group L1 magnitude) or a Torch-Pruning
+            importance object.
+        global_pruning: rank channels across all layers instead of within each layer.
+        ignored_layers: layers (modules of ``model`` or dotted names) whose output channels stay; the final
+            classifier (``get_classifier()``, else the last linear layer) is always kept.
+        round_to: keep channel counts multiples of this.
+        inplace: prune ``model`` itself (Torch-Pruning changes modules in place) instead of a deep copy; its
+            ``.grad`` are cleared.
+        calibration: ``(x, y)`` batches for ``taylor`` (cross-entropy gradients) and ``activation`` (mean |a|).
+        calibration_batches: how many calibration batches are read at most.
+        tolerance: a FLOPs/params target counts as reached within ``[target · (1 − tolerance), target]``.
+        seed: seeds the ``random`` criterion.
+
+    Returns:
+        A :class:`PruneResult`.
+
+    Raises:
+        ValueError: not exactly one of the three targets, a bad value, a missing calibration set, or a target
+            below the smallest reachable value (the message gives that value).
+    """
+    kind, target = _check_target(target_flops, target_params, ratio, tolerance, round_to)
+    name, imp = make_importance(importance, seed)
+    if needs_calibration(imp) and calibration is None:
+        raise ValueError(f"importance={name!r} needs calibration batches: pass calibration=<iterable of (x, y)> "
+                         f"(criteria that need them: {', '.join(NEEDS_CALIBRATION)})")
+    input_size = (1, *example_inputs.shape[1:])
+    was_training = model.training
+    trainable = {n: p.requires_grad for n, p in model.named_parameters()}
+    work = model if inplace else copy.deepcopy(model)
+    work.eval()  # BatchNorm in train mode fails on 1×1 maps of a batch of one during tracing
+    work.requires_grad_(True)  # Torch-Pruning traces the autograd graph: a frozen model (a teacher) has none
+    try:
+        ignored = _ignored_names(model, ignored_layers) | {_classifier_name(model)}
+        if isinstance(imp, ActivationImportance):
+            record_activations(work, calibration, calibration_batches)
+        elif isinstance(imp, tp.importance.GroupTaylorImportance):
+            accumulate_gradients(work, calibration, calibration_batches)
+        with _single_thread():
+            plan = _Plan(work, find_units(work, example_inputs), imp, ignored, global_pruning, round_to or 1)
+            before = profile(work, input_size)
+            if kind == "ratio":
+                pruned, steps = (work if inplace else _copy(work)), []
+                kept, r = plan.apply(pruned, target), target
+            else:
+                pruned, kept, r, steps = _search(plan, work, kind, int(target), before, input_size, tolerance)
+                if inplace and pruned is not work:
+                    kept, pruned = plan.apply(work, r), work  # same counts and scores: the same channels
+            after = profile(pruned, input_size)
+            if kind == "ratio":
+                steps.append(PruneStep(r, after.flops, after.params))
+    finally:
+        clear_calibration(work)
+    clear_calibration(pruned)
+    for m in (work, pruned):
+        m.train(was_training)
+        for n, p in m.named_parameters():
+            p.requires_grad_(trainable.get(n, True))
+    channels = {n: (plan.widths[n], len(k)) for n, k in kept.items()}
+    return PruneResult(pruned, before, after, kept, channels, r, name, steps)
+
+
+@contextlib.contextmanager
+def _single_thread() -> Iterator[None]:
+    """Tracing, pruning and profiling run thousands of tiny ops on one or two images: extra intra-op threads only
+    add overhead (ten times slower on a busy two-core machine), so they run on one thread."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _check_target(target_flops: int | None, target_params: int | None, ratio: float | None, tolerance: float,
+                  round_to: int | None) -> tuple[str, float]:
+    given = {k: v for k, v in (("target_flops", target_flops), ("target_params", target_params), ("ratio", ratio))
+             if v is not None}
+    if len(given) != 1:
+        raise ValueError(f"prune needs exactly one of target_flops, target_params or ratio, got "
+                         f"{', '.join(given) if given else 'none'}")
+    kind, value = next(iter(given.items()))
+    if kind == "ratio" and not 0.0 <= value < 1.0:
+        raise ValueError(f"ratio is the fraction of channels removed per layer and must be in [0, 1), got {value}")
+    if kind != "ratio" and (value != int(value) or value < 1):
+        raise ValueError(f"{kind} must be a positive integer, got {value}")
+    if not 0.0 < tolerance < 0.5:
+        raise ValueError(f"tolerance must be in (0, 0.5), got {tolerance}")
+    if round_to is not None and round_to < 1:
+        raise ValueError(f"round_to must be a positive channel count, got {round_to}")
+    return kind.removeprefix("target_"), value
+
+
+def _classifier_name(model: nn.Module) -> str:
+    """The final classifier: ``model.get_classifier()`` when it is a layer with weights, else the last linear layer."""
+    names = {id(m): n for n, m in model.named_modules()}
+    head = model.get_classifier() if hasattr(model, "get_classifier") else None
+    if isinstance(head, nn.Module) and id(head) in names and any(True for _ in head.parameters()):
+        return names[id(head)]
+    linear = [n for n, m in model.named_modules() if isinstance(m, nn.Linear)]
+    if not linear:
+        raise ValueError(f"cannot tell the final classifier of {type(model).__name__}: it has no get_classifier() "
+                         "and no nn.Linear layer")
+    return linear[-1]
+
+
+def _ignored_names(model: nn.Module, layers: Sequence[nn.Module | str] | None) -> set[str]:
+    """Dotted names of ``layers`` (modules of ``model`` or names), checked against ``model``."""
+    names = {id(m): n for n, m in model.named_modules()}
+    out = set()
+    for layer in layers or ():
+        if isinstance(layer, str):
+            model.get_submodule(layer)  # raises AttributeError naming the missing part
+            out.add(layer)
+        elif id(layer) in names:
+            out.add(names[id(layer)])
+        else:
+            raise ValueError(f"ignored_layers holds a {type(layer).__name__} that is not a layer of the model")
+    return out
+
+
+def _copy(model: nn.Module) -> nn.Module:
+    """Deep copy that keeps ``.grad`` (``copy.deepcopy`` drops it; the Taylor criterion reads it)."""
+    clone = copy.deepcopy(model)
+    for p, q in zip(model.parameters(), clone.parameters()):
+        if p.grad is not None:
+            q.grad = p.grad.detach().clone()
+    return clone
+
+
+@dataclass
+class _Group:
+    """A prunable dependency group: its unit, its root layer (unit-relative name), channels per channel group and
+    the importance of each of them."""
+
+    unit: Unit
+    root: str
+    size: int
+    scores: torch.Tensor  # (size,)
+
+
+class _Plan:
+    """Scores every prunable group of ``model`` once; then prunes any copy of it for a given ratio."""
+
+    def __init__(self, model: nn.Module, units: list[Unit], importance: Any, ignored: set[str],
+                 global_pruning: bool, min_channels: int) -> None:
+        self.units, self.importance, self.ignored = units, importance, ignored
+        self.global_pruning, self.min_channels = global_pruning, min_channels
+        self.widths = {n: _out_channels(m) for n, m in model.named_modules() if isinstance(m, _PRUNABLE)}
+        self.groups: list[_Group] = []
+        for unit in units:
+            pruner = self._pruner(model, unit, {})
+            dg = pruner.DG
+            for group in dg.get_all_groups(ignored_layers=pruner.ignored_layers,
+                                           root_module_types=pruner.root_module_types):
+                scores = pruner.estimate_importance(group)
+                if scores is None:
+                    continue
+                ch_groups = pruner._get_channel_groups(group)
+                scores = scores.view(ch_groups, -1).mean(0) if ch_groups > 1 else scores  # as BasePruner ranks them
+                root = dg._module2name[group[0].dep.target.module]
+                self.groups.append(_Group(unit, root, len(scores), scores.detach().float().cpu()))
+        if not self.groups:
+            raise ValueError(f"{type(model).__name__} has no prunable channel group (all layers ignored or "
+                             "untraceable)")
+
+    def _pruner(self, model: nn.Module, unit: Unit, counts: dict[str, tuple[int, int]]) -> tp.pruner.BasePruner:
+        sub = model.get_submodule(unit.name) if unit.name else model
+        prefix = f"{unit.name}." if unit.name else ""
+        ignored = [sub.get_submodule(n) for n in unit.frozen]
+        ignored += [sub.get_submodule(n.removeprefix(prefix)) for n in self.ignored
+                    if (n.startswith(prefix) or not prefix) and n != unit.name]
+        # (n − ½)/size makes BasePruner's size − int(size · (1 − ratio)) exactly n
+        ratios = {sub.get_submodule(root): (n - 0.5) / size for root, (n, size) in counts.items() if n > 0}
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # Torch-Pruning warns about every unwrapped parameter it finds
+            return tp.pruner.BasePruner(sub, unit.example_inputs, importance=self.importance, pruning_ratio=0.0,
+                                        pruning_ratio_dict=ratios, ignored_layers=ignored,
+                                        round_to=self.min_channels if self.min_channels > 1 else None)
+
+    def counts(self, ratio: float) -> list[int]:
+        """Channels each group loses at ``ratio`` (each keeps at least ``min_channels``)."""
+        sizes = [g.size for g in self.groups]
+        if self.global_pruning:
+            scores = torch.cat([g.scores for g in self.groups])
+            n_total = len(scores) - int(len(scores) * (1 - ratio))
+            if n_total <= 0:
+                return [0] * len(sizes)
+            threshold = torch.kthvalue(scores, n_total).values
+            wanted = [int((g.scores <= threshold).sum()) for g in self.groups]
+        else:
+            wanted = [size - int(size * (1 - ratio)) for size in sizes]
+        return [max(0, min(n, size - min(self.min_channels, size))) for n, size in zip(wanted, sizes)]
+
+    def apply(self, model: nn.Module, ratio: float) -> dict[str, list[int]]:
+        """Prunes ``model`` (a copy of the scored model) in place at ``ratio``; returns the kept output channels."""
+        kept = {n: list(range(w)) for n, w in self.widths.items()}
+        counts = self.counts(ratio)
+        for unit in self.units:
+            unit_counts = {g.root: (n, g.size) for g, n in zip(self.groups, counts) if g.unit is unit}
+            if not any(n for n, _ in unit_counts.values()):
+                continue
+            pruner = self._pruner(model, unit, unit_counts)
+            prefix = f"{unit.name}." if unit.name else ""
+            for group in pruner.step(interactive=True):
+                _record_kept(group, pruner.DG, prefix, kept)
+                group.prune()
+        return kept
+
+
+def _out_channels(module: nn.Module) -> int:
+    return module.out_features if isinstance(module, nn.Linear) else module.out_channels
+
+
+def _record_kept(group: Any, dg: tp.DependencyGraph, prefix: str, kept: dict[str, list[int]]) -> None:
+    """Drops the channels ``group`` removes from the output-channel lists of its conv and linear layers."""
+    removed: dict[str, set[int]] = {}
+    for dep, idxs in group:
+        if dg.is_out_channel_pruning_fn(dep.handler) and isinstance(dep.target.module, _PRUNABLE):
+            removed.setdefault(prefix + dg._module2name[dep.target.module], set()).update(int(i) for i in idxs)
+    for name, drop in removed.items():
+        kept[name] = [k for j, k in enumerate(kept[name]) if j not in drop]
+
+
+def _search(plan: _Plan, work: nn.Module, kind: str, target: int, before: Complexity,
+            input_size: tuple[int, ...], tolerance: float) -> tuple[nn.Module, dict[str, list[int]], float, list]:
+    """The least pruned copy of ``work`` with ``kind`` (flops | params) at or below ``target`` (module docstring)."""
+    steps: list[PruneStep] = []
+    seen: dict[tuple[int, ...], int] = {}
+
+    def trial(r: float) -> tuple[nn.Module | None, dict[str, list[int]] | None, int]:
+        counts = tuple(plan.counts(r))
+        if counts in seen:  # the same channel counts give the same model: no need to build it again
+            return None, None, seen[counts]
+        model = _copy(work)
+        kept = plan.apply(model, r)
+        c = profile(model, input_size)
+        steps.append(PruneStep(r, c.flops, c.params))
+        seen[counts] = getattr(c, kind)
+        return model, kept, seen[counts]
+
+    start = getattr(before, kind)
+    if start <= target:
+        return _copy(work), {n: list(range(w)) for n, w in plan.widths.items()}, 0.0, steps
+    aim, floor = target * (1 - tolerance / 2), target * (1 - tolerance)
+    lo, hi, best, stuck = (0.0, start), None, None, ("", 0)
+    r = min(max(1 - math.sqrt(aim / start), 0.01), 0.99)  # FLOPs ∝ (1 − r)² when every layer loses r
+    for _ in range(40):
+        model, kept, value = trial(r)
+        if value <= target:
+            gain = value - hi[1] if hi is not None else math.inf
+            hi = (r, value)
+            if model is not None:
+                best = (model, kept)
+                if value >= floor or gain < tolerance / 8 * target:  # on target, or creeping up to a jump
+                    break
+        elif r == 1.0:
+            noun = "flops" if kind == "flops" else "parameters"
+            raise ValueError(f"target_{kind}={target:,} is below the smallest reachable value: pruning every layer "
+                             f"down to {plan.min_channels} channel(s) leaves {value:,} {noun} (from {start:,}); "
+                             f"ask for at least {value:,}")
+        else:
+            lo = (r, value)
+        side = "hi" if value <= target else "lo"
+        stuck = (side, stuck[1] + 1 if stuck[0] == side else 1)
+        if hi is None:
+            r = 1.0  # still above the target: bracket it with the smallest model (and check it is reachable)
+            continue
+        width = hi[0] - lo[0]
+        if width < 1e-4:
+            break
+        s_lo, s_hi = math.sqrt(lo[1]), math.sqrt(hi[1])
+        r = lo[0] + width * (s_lo - math.sqrt(aim)) / (s_lo - s_hi) if s_lo > s_hi else lo[0] + width / 2
+        if stuck[1] >= 2:  # the same side moved twice running: bisect instead
+            r = lo[0] + width / 2
+        r = min(max(r, lo[0] + 0.01 * width), hi[0] - 0.01 * width)
+    return best[0], best[1], hi[0], steps
