@@ -1,0 +1,152 @@
+"""Prune a trained teacher to a FLOPs/params budget with Torch-Pruning, then recover accuracy by distillation.
+
+    python recipes/prune_then_distill.py          # the lab's job: CIFAR-100, wide_cnn teacher, ≤ 31,269,888 flops
+    python recipes/prune_then_distill.py --dataset imagefolder --data-dir ../shared/data/cifar10 \
+        --teacher runs/teacher/teacher.pt --target-flops 76000000 --epochs 30
+
+Teacher (--teacher FILE, or trained first for --teacher-epochs) → deep copy → pruned to --target-flops,
+--target-params or --ratio by --importance (group L1 by default; the classifier keeps its outputs) → fine-tuned from
+the pruned weights with loss = alpha · T² · KL(softmax(t/T) ‖ softmax(s/T)) + (1 − alpha) · CE(s, y) (--alpha 0 is
+plain cross-entropy). Prints the report block of the teacher, of the pruned student before fine-tuning and of the
+final student; writes OUT/report.json, OUT/config.json and OUT/student.pt (pickle-free: pruning.load reads it).
+"""
+from __future__ import annotations
+
+import dataclasses
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
+
+import pruning  # noqa: E402
+from kd import DistillationLoss, HintLoss, evaluate  # noqa: E402
+from kd.config import KDConfig, arg, parse_config, resolve_device, save_config  # noqa: E402
+from kd.data import BatchIterator, DataSplits, subset  # noqa: E402
+from kd.report import ModelReport, print_reports, write_report  # noqa: E402
+from kd.run import load_data, loaders, obtain_teacher, run_main, seed_everything, train  # noqa: E402
+from pruning.importance import NEEDS_CALIBRATION  # noqa: E402
+
+LAB_TARGET_FLOPS = 31_269_888  # the lab's student budget (thop MACs of one 32×32 image)
+
+
+@dataclass
+class PruneThenDistillConfig(KDConfig):
+    target_flops: int | None = arg(None, f"prune the student to at most this many flops (thop MACs of one input); "
+                                   f"{LAB_TARGET_FLOPS} when no target is given")
+    target_params: int | None = arg(None, "prune the student to at most this many parameters instead")
+    ratio: float | None = arg(None, "remove this fraction of every prunable layer's channels instead")
+    importance: str = arg("l1", "channel criterion: l1 (group L1 magnitude), l2, random (a control), taylor or "
+                          "activation (the last two read --calibration-images training images)", pruning.IMPORTANCES)
+    global_pruning: bool = arg(False, "rank channels across layers instead of within each layer")
+    round_to: int | None = arg(None, "keep channel counts multiples of this")
+    calibration_images: int = arg(1024, "training images the taylor and activation criteria read")
+    hint_layer: str | None = arg(None, "FitNet hint on this layer of student and teacher (e.g. features.conv3), its "
+                                 "regressor started from the channels pruning kept; off by default")
+    hint_weight: float = arg(1.0, "weight of the FitNet hint loss")
+    out: str = arg("runs/prune_then_distill", "output folder")
+
+
+@dataclass
+class PruneThenDistillResult:
+    """The three report lines (teacher, pruned student before fine-tuning, final student), the student, the pruning."""
+
+    reports: list[ModelReport]
+    student: nn.Module
+    pruning: pruning.PruneResult
+
+
+def main(argv: list[str] | None = None) -> PruneThenDistillResult:
+    cfg = parse_config(PruneThenDistillConfig, argv, description=__doc__.split("\n")[0])
+    if cfg.target_flops is None and cfg.target_params is None and cfg.ratio is None:
+        cfg.target_flops = LAB_TARGET_FLOPS
+    seed_everything(cfg.seed)
+    data = load_data(cfg)  # first, so a missing data set stops the run before anything is written
+    out = Path(cfg.out)
+    save_config(cfg, out / "config.json")
+    teacher, teacher_report = obtain_teacher(cfg, data, out)
+    device = resolve_device(cfg.device)
+    train_batches, test_batches = loaders(cfg, data)  # after obtain_teacher: a loaded teacher's normalisation
+
+    teacher.to(device)
+    pruned = pruning.prune(teacher, torch.zeros(data.input_size, device=device), target_flops=cfg.target_flops,
+                           target_params=cfg.target_params, ratio=cfg.ratio, importance=cfg.importance,
+                           global_pruning=cfg.global_pruning, round_to=cfg.round_to,
+                           calibration=_calibration(cfg, data), seed=cfg.seed)
+    print_pruning(pruned)
+    student = pruned.model
+    pruned_report = ModelReport("student_pruned", pruned.after.flops, pruned.after.params, pruned.after.param_size_kb,
+                                evaluate(student, test_batches, device).accuracy)
+
+    seed_everything(cfg.seed)  # fine-tuning does not depend on how the teacher was obtained
+    hint = _hint(cfg, student, teacher, pruned)
+    uses_teacher = cfg.alpha > 0 or hint is not None
+    print(f"\nfine-tuning the pruned student for {cfg.epochs} epochs: "
+          + (f"distilling with T={cfg.temperature}, alpha={cfg.alpha}" if uses_teacher else "cross-entropy only"))
+    result = train(student, cfg, train_batches, test_batches, out_dir=out / "student_train",
+                   teacher=teacher if uses_teacher else None, loss=DistillationLoss(cfg.temperature, cfg.alpha),
+                   feature_loss=hint)
+    if hint is not None:
+        hint.remove()
+    student_report = ModelReport.measure("student", student, result.last_accuracy, data.input_size)
+    pruning.save(student, out / "student.pt", meta={
+        "accuracy": student_report.accuracy, "classes": data.classes, "mean": list(data.mean), "std": list(data.std),
+        "image_size": data.input_size[-1], "importance": pruned.importance, "pruning_ratio": pruned.ratio})
+
+    reports = [teacher_report, pruned_report, student_report]
+    print_reports(reports)
+    write_report(out / "report.json", reports, dataclasses.asdict(cfg),
+                 {"pruning": _pruning_summary(pruned), "history": result.to_dict()["history"]})
+    print(f"\nstudent saved to {out / 'student.pt'} (load it with pruning.load)")
+    return PruneThenDistillResult(reports, student, pruned)
+
+
+def _calibration(cfg: PruneThenDistillConfig, data: DataSplits) -> BatchIterator | None:
+    """Unaugmented batches of a class-balanced subset of the training images, for taylor and activation."""
+    if cfg.importance not in NEEDS_CALIBRATION:
+        return None
+    images = subset(data.train, cfg.calibration_images, seed=cfg.seed)
+    return BatchIterator(images, cfg.batch_size, train=False, mean=data.mean, std=data.std,
+                         device=resolve_device(cfg.device))
+
+
+def _hint(cfg: PruneThenDistillConfig, student: nn.Module, teacher: nn.Module,
+          pruned: pruning.PruneResult) -> HintLoss | None:
+    """A FitNet hint on ``--hint-layer``, its regressor the inverse of the channel selection pruning made there."""
+    if cfg.hint_layer is None:
+        return None
+    layer = student.get_submodule(cfg.hint_layer)
+    convs = [n for n, m in layer.named_modules() if isinstance(m, nn.Conv2d)]
+    if not convs:
+        raise ValueError(f"--hint-layer {cfg.hint_layer!r} has no conv layer whose channels pruning kept")
+    source = f"{cfg.hint_layer}.{convs[-1]}" if convs[-1] else cfg.hint_layer
+    return HintLoss(student, teacher, cfg.hint_layer, cfg.hint_layer, weight=cfg.hint_weight,
+                    kept_channels=pruned.kept[source])
+
+
+def print_pruning(res: pruning.PruneResult, max_layers: int = 8) -> None:
+    """A short before/after table and the widths of the first pruned layers."""
+    b, a = res.before, res.after
+    how = f"ratio {res.ratio:.4f}" + (f", found in {len(res.steps)} tries" if len(res.steps) > 1 else "")
+    print(f"\npruning ({res.importance}, {how}):\n"
+          f"  {'':8} {'flops':>14} {'params':>12} {'size kB':>10}\n"
+          f"  {'before':8} {b.flops:>14,} {b.params:>12,} {b.param_size_kb:>10.1f}\n"
+          f"  {'after':8} {a.flops:>14,} {a.params:>12,} {a.param_size_kb:>10.1f}\n"
+          f"  {'kept':8} {a.flops / b.flops:>14.1%} {a.params / b.params:>12.1%} {a.params / b.params:>10.1%}")
+    layers = res.pruned_layers()
+    shown = ", ".join(f"{n} {c[0]}→{c[1]}" for n, c in list(layers.items())[:max_layers])
+    more = f" (+{len(layers) - max_layers} more)" if len(layers) > max_layers else ""
+    print(f"  channels: {shown}{more}")
+
+
+def _pruning_summary(res: pruning.PruneResult) -> dict:
+    return {"importance": res.importance, "ratio": res.ratio, "before": dataclasses.asdict(res.before),
+            "after": dataclasses.asdict(res.after), "layers": {n: list(c) for n, c in res.pruned_layers().items()},
+            "steps": [dataclasses.asdict(s) for s in res.steps]}
+
+
+if __name__ == "__main__":
+    run_main(main)

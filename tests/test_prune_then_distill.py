@@ -1,0 +1,117 @@
+"""recipes/prune_then_distill.py end to end on a few hundred real CIFAR-10 images, and its offline message."""
+from __future__ import annotations
+
+import json
+import re
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "recipes"))
+
+import prune_then_distill  # noqa: E402
+
+import pruning  # noqa: E402
+from kd import evaluate  # noqa: E402
+from kd.data import load_dataset, make_loaders  # noqa: E402
+from models import create_model, profile  # noqa: E402
+
+BLOCK = re.compile(r"== (\w+) ==\nflops = (\d+)\nModel parameter size = (\d+\.\d{3}) kB\nAccuracy = (\d+\.\d{2}) %")
+TEACHER_ARGS = {"widths": [8, 16, 16, 16], "hidden": 32, "dropout": 0.0}
+SMALL = ["--limit-train", "300", "--limit-test", "200", "--batch-size", "50", "--no-progress"]
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Tiny models on a shared two-core machine: one intra-op thread is faster than two that fight."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def _data_args(cifar10_dir: Path, cache: Path) -> list[str]:
+    return ["--dataset", "imagefolder", "--data-dir", str(cifar10_dir), "--cache-dir", str(cache), *SMALL]
+
+
+def test_recipe_trains_teacher_prunes_distills_and_saves(cifar10_dir, tmp_path, capsys):
+    teacher_flops = profile(create_model("wide_cnn", 10, **TEACHER_ARGS)).flops
+    target = teacher_flops // 2
+    out = tmp_path / "run"
+    argv = [*_data_args(cifar10_dir, tmp_path / "cache"), "--teacher-model-args", json.dumps(TEACHER_ARGS),
+            "--teacher-epochs", "1", "--epochs", "1", "--target-flops", str(target), "--out", str(out)]
+    result = prune_then_distill.main(argv)
+
+    printed = capsys.readouterr().out
+    blocks = {name: (int(f), float(kb), float(acc)) for name, f, kb, acc in BLOCK.findall(printed)}
+    assert list(blocks) == ["teacher", "student_pruned", "student"]
+    assert "pruning (l1" in printed and "before" in printed and "after" in printed
+    saved = json.loads((out / "report.json").read_text())
+    models = saved["models"]
+    assert models["teacher"]["flops"] == teacher_flops == blocks["teacher"][0]
+    assert models["student"]["flops"] == models["student_pruned"]["flops"] == blocks["student"][0]
+    assert 0.9 * target <= models["student"]["flops"] <= target
+    assert saved["flops"] == models["student"]["flops"] and saved["accuracy"] == models["student"]["accuracy"]
+    assert saved["config"]["target_flops"] == target and saved["config"]["alpha"] == 0.9
+    assert saved["pruning"]["after"]["flops"] == models["student"]["flops"] and saved["pruning"]["layers"]
+    for r in models.values():
+        assert 0.0 <= r["accuracy"] <= 100.0
+        assert r["param_size_kb"] == pytest.approx(r["params"] * 4 / 1024)
+    assert [r.name for r in result.reports] == ["teacher", "student_pruned", "student"]
+
+    payload = torch.load(out / "student.pt", weights_only=True)  # pickle-free
+    assert payload["arch"] == "wide_cnn" and payload["meta"]["accuracy"] == models["student"]["accuracy"]
+    loaded = pruning.load(out / "student.pt")
+    x = torch.randn(4, 3, 32, 32)
+    result.student.eval()
+    with torch.no_grad():
+        assert torch.equal(loaded(x), result.student(x))
+    # the saved student scores exactly what the report says, on the same test images and normalisation
+    data = load_dataset("imagefolder", cifar10_dir, limit_train=300, limit_test=200, cache_dir=tmp_path / "cache")
+    _, test = make_loaders(data, 50)
+    assert evaluate(loaded, test).accuracy == models["student"]["accuracy"]
+
+    # a saved teacher is reused: loaded (its normalisation too), scored on the same split, pruned by activation
+    again = tmp_path / "again"
+    argv = [*_data_args(cifar10_dir, tmp_path / "cache"), "--teacher", str(out / "teacher.pt"), "--ratio", "0.5",
+            "--importance", "activation", "--calibration-images", "100", "--alpha", "0", "--epochs", "1",
+            "--out", str(again)]
+    second = prune_then_distill.main(argv)
+    assert second.reports[0].accuracy == models["teacher"]["accuracy"]
+    assert second.pruning.importance == "activation"
+    assert second.pruning.pruned_layers()["features.conv2.conv"] == (16, 8)
+    assert "cross-entropy only" in capsys.readouterr().out
+
+
+def test_without_arguments_it_is_the_lab_job_and_offline_it_says_what_to_pass(tmp_path, monkeypatch, capsys):
+    import torchvision.datasets
+
+    seen = {}
+
+    def offline(root, train, download):
+        seen["root"] = root
+        raise OSError("no network")
+
+    monkeypatch.setattr(torchvision.datasets, "CIFAR100", offline)
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as exit_info:
+        prune_then_distill.run_main(prune_then_distill.main, [])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and err.startswith("error: could not download cifar100")
+    assert "--dataset imagefolder --data-dir DIR" in err
+    assert seen and not (tmp_path / "runs").exists()  # nothing is written before the data is there
+    cfg = prune_then_distill.parse_config(prune_then_distill.PruneThenDistillConfig, [])
+    assert (cfg.dataset, cfg.teacher_arch, cfg.temperature, cfg.alpha) == ("cifar100", "wide_cnn", 4.0, 0.9)
+
+
+def test_impossible_target_is_one_line(cifar10_dir, tmp_path, capsys):
+    argv = [*_data_args(cifar10_dir, tmp_path / "cache"), "--teacher-model-args", json.dumps(TEACHER_ARGS),
+            "--teacher-epochs", "1", "--target-flops", "1000", "--out", str(tmp_path / "run")]
+    with pytest.raises(SystemExit) as exit_info:
+        prune_then_distill.run_main(prune_then_distill.main, argv)
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and "smallest reachable value" in err
