@@ -137,14 +137,18 @@ def prune(model: nn.Module, example_inputs: torch.Tensor, *, target_flops: int |
             if kind == "ratio":
                 steps.append(PruneStep(r, after.flops, after.params))
     finally:
-        clear_calibration(work)
-    clear_calibration(pruned)
-    for m in (work, pruned):
-        m.train(was_training)
-        for n, p in m.named_parameters():
-            p.requires_grad_(trainable.get(n, True))
+        _restore(work, was_training, trainable)  # also when pruning fails: an inplace model comes back as it was
+    _restore(pruned, was_training, trainable)
     channels = {n: (plan.widths[n], len(k)) for n, k in kept.items()}
     return PruneResult(pruned, before, after, kept, channels, r, name, steps)
+
+
+def _restore(model: nn.Module, training: bool, trainable: dict[str, bool]) -> None:
+    """Removes calibration state and gives back the input's train/eval mode and ``requires_grad`` flags."""
+    clear_calibration(model)
+    model.train(training)
+    for n, p in model.named_parameters():
+        p.requires_grad_(trainable.get(n, True))
 
 
 @contextlib.contextmanager

@@ -77,11 +77,17 @@ def test_recipe_trains_teacher_prunes_distills_and_saves(cifar10_dir, tmp_path, 
     again = tmp_path / "again"
     argv = [*_data_args(cifar10_dir, tmp_path / "cache"), "--teacher", str(out / "teacher.pt"), "--ratio", "0.5",
             "--importance", "activation", "--calibration-images", "100", "--alpha", "0", "--epochs", "1",
-            "--out", str(again)]
+            "--hint-layer", "features.conv3", "--out", str(again)]
     second = prune_then_distill.main(argv)
     assert second.reports[0].accuracy == models["teacher"]["accuracy"]
     assert second.pruning.importance == "activation"
     assert second.pruning.pruned_layers()["features.conv2.conv"] == (16, 8)
+    assert "alpha=0.0" in capsys.readouterr().out  # the FitNet hint needs the teacher even without soft targets
+    assert not second.student.features.conv3._forward_hooks  # the hint's hooks are gone after training
+
+    # cross-entropy only, no hint: the teacher is not run during fine-tuning
+    argv = [*argv[:-4], "--out", str(tmp_path / "ce")]
+    prune_then_distill.main(argv)
     assert "cross-entropy only" in capsys.readouterr().out
 
 

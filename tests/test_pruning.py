@@ -128,8 +128,10 @@ def test_flops_target_lands_within_tolerance_on_wide_cnn():
 def test_impossible_target_names_the_smallest_reachable_value():
     model = create_model("resnet20", 10)
     smallest = pruning.prune(model, _x(), ratio=0.999).after.flops  # every group down to one channel
+    before = _snapshot(model)
     with pytest.raises(ValueError, match=f"smallest reachable value.*{smallest:,}"):
-        pruning.prune(model, _x(), target_flops=smallest - 1)
+        pruning.prune(model, _x(), target_flops=smallest - 1, inplace=True)
+    assert model.training and all(torch.equal(before[k], v) for k, v in model.state_dict().items())
     assert pruning.prune(model, _x(), target_flops=smallest).after.flops == smallest
 
 
