@@ -128,7 +128,7 @@ class Trainer:
                 history and random state are restored, so the run ends as an uninterrupted one would.
         """
         if self.scheduler is None:
-            self.scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(self.optimizer, T_max=self.epochs * len(train))
+            self.scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(self.optimizer, T_max=self.epochs * (_len(train) or 1))
         if resume:
             self._load_checkpoint(resume, train)
         while self.epoch < self.epochs and not self.should_stop:
@@ -147,7 +147,7 @@ class Trainer:
         if self.teacher is not None:
             self.teacher.eval()  # student.train() does not reach it, but a user's callback might; re-assert
         loss_sum, correct, seen, start = 0.0, 0, 0, time.perf_counter()
-        bar = tqdm(train, total=len(train), desc=f"epoch {self.epoch}/{self.epochs}", disable=not self.progress,
+        bar = tqdm(train, total=_len(train), desc=f"epoch {self.epoch}/{self.epochs}", disable=not self.progress,
                    leave=False, unit="batch")
         for step, (x, y) in enumerate(bar):
             x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
@@ -260,6 +260,10 @@ class Trainer:
                                                 weights_only=True)["student"])
 
 
+def _len(batches: Batches) -> int | None:
+    return len(batches) if hasattr(batches, "__len__") else None
+
+
 def _freeze(teacher: nn.Module) -> nn.Module:
     teacher.eval()
     teacher.requires_grad_(False)
@@ -278,7 +282,7 @@ def evaluate(model: nn.Module, data: Batches, device: str | torch.device = "cpu"
     model.eval()
     loss_sum, correct, seen = 0.0, 0, 0
     ctx = torch.autocast(device.type, dtype=torch.bfloat16) if amp else contextlib.nullcontext()
-    for x, y in tqdm(data, total=len(data), desc="eval", disable=not progress, leave=False, unit="batch"):
+    for x, y in tqdm(data, total=_len(data), desc="eval", disable=not progress, leave=False, unit="batch"):
         x, y = x.to(device), y.to(device)
         with ctx:
             logits = model(x).float()  # (B, K)
