@@ -128,7 +128,8 @@ class Trainer:
                 history and random state are restored, so the run ends as an uninterrupted one would.
         """
         if self.scheduler is None:
-            self.scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(self.optimizer, T_max=self.epochs * (_len(train) or 1))
+            steps = self.epochs * (_len(train) or 1)
+            self.scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(self.optimizer, T_max=steps)
         if resume:
             self._load_checkpoint(resume, train)
         while self.epoch < self.epochs and not self.should_stop:
