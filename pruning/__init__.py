@@ -15,3 +15,16 @@ __all__ = [
     "prune",
     "save",
 ]
+
+# The lab's hand methods (issue 5): wide_cnn transformations and the progressive prune → fine-tune loop.
+from pruning.fc import FCPruneResult, prune_fc  # noqa: E402
+from pruning.kernels import KernelCompressionResult, compress_kernels  # noqa: E402
+from pruning.layer_removal import (  # noqa: E402
+    BlockScore, LayerRemovalResult, rank_blocks, remove_block, remove_layers,
+)
+from pruning.progressive import ProgressiveResult, StepRecord, progressive_prune  # noqa: E402
+
+__all__ += [
+    "BlockScore", "FCPruneResult", "KernelCompressionResult", "LayerRemovalResult", "ProgressiveResult", "StepRecord",
+    "compress_kernels", "prune_fc", "progressive_prune", "rank_blocks", "remove_block", "remove_layers",
+]
