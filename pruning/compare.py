@@ -38,6 +38,7 @@ from models.shufflenet import _STAGE_CHANNELS
 from pruning.kernels import compress_kernels
 from pruning.layer_removal import remove_layers
 from pruning.progressive import progressive_prune
+from pruning.prune import prune
 from pruning.wide_config import build_wide, wide_config
 
 
@@ -122,8 +123,6 @@ def recover(student: nn.Module, setup: CompareSetup, *, distill: bool, lr: float
 
 def _one_shot(importance: str, distill: bool) -> Callable[[CompareSetup], tuple[nn.Module, str]]:
     def method(setup: CompareSetup) -> tuple[nn.Module, str]:
-        from pruning.prune import prune
-
         example = torch.zeros(setup.input_size, device=setup.device)
         student = prune(setup.teacher_copy(), example, target_flops=setup.target_flops, importance=importance,
                         calibration=setup.calibration, seed=setup.seed).model

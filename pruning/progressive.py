@@ -21,6 +21,7 @@ from kd.losses import DistillationLoss
 from kd.optim import make_optimizer, make_scheduler
 from kd.trainer import Trainer, evaluate
 from models import Complexity, profile
+from pruning.prune import prune
 
 Batches = Iterable[tuple[torch.Tensor, torch.Tensor]]
 
@@ -89,8 +90,6 @@ def progressive_prune(model: nn.Module, example_inputs: torch.Tensor, train: Bat
         max_drop: stop when validation accuracy is more than this many points below the input model's.
         on_step: called with each :class:`StepRecord` as it is made (to print a row).
     """
-    from pruning.prune import prune  # the Torch-Pruning front end
-
     if (target_flops is None) == (target_params is None):
         raise ValueError("progressive_prune needs exactly one of target_flops or target_params")
     if not 0.0 < step_ratio < 1.0:
