@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -63,9 +63,10 @@ class FitResult:
 class Trainer:
     """Trains ``student`` on batches of ``(x (B, C, H, W), y (B,))``, distilling from ``teacher`` when given.
 
-    The teacher is frozen: moved to the device, ``requires_grad_(False)``, kept in ``eval()`` for the whole fit (also
-    after the student is put in train mode) and run under ``torch.inference_mode()``; it is never given to the
-    optimizer.
+    The teacher is frozen: moved to the device, kept in ``eval()`` for the whole fit (also after the student is put in
+    train mode) and run under ``torch.inference_mode()``, so it never gets gradients; it is never given to the
+    optimizer, and its parameters are ``requires_grad=False`` during ``fit`` (their flags are given back afterwards,
+    so the caller's teacher can still be pruned or fine-tuned). It is left in ``eval()``.
 
     Args:
         student: the model being trained.
@@ -95,7 +96,7 @@ class Trainer:
             raise ValueError(f"epochs must be >= 1, got {epochs}")
         self.device = torch.device(device)
         self.student = student.to(self.device)
-        self.teacher = _freeze(teacher.to(self.device)) if teacher is not None else None
+        self.teacher = teacher.to(self.device).eval() if teacher is not None else None
         self.loss = loss if loss is not None else DistillationLoss(alpha=0.9 if teacher is not None else 0.0)
         self.feature_loss = feature_loss.to(self.device) if feature_loss is not None else None
         if self.feature_loss is not None and self.teacher is None:
@@ -132,15 +133,16 @@ class Trainer:
             self.scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(self.optimizer, T_max=steps)
         if resume:
             self._load_checkpoint(resume, train)
-        while self.epoch < self.epochs and not self.should_stop:
-            self.epoch += 1
-            record = self._train_epoch(train)
-            if val is not None:
-                ev = self.evaluate(val)
-                record.val_loss, record.val_accuracy = ev.loss, ev.accuracy
-            self._record(record, train)
-            for cb in self.callbacks:
-                cb.on_epoch_end(self, record)
+        with _frozen(self.teacher):
+            while self.epoch < self.epochs and not self.should_stop:
+                self.epoch += 1
+                record = self._train_epoch(train)
+                if val is not None:
+                    ev = self.evaluate(val)
+                    record.val_loss, record.val_accuracy = ev.loss, ev.accuracy
+                self._record(record, train)
+                for cb in self.callbacks:
+                    cb.on_epoch_end(self, record)
         return self.result
 
     def _train_epoch(self, train: Batches) -> EpochRecord:
@@ -265,10 +267,19 @@ def _len(batches: Batches) -> int | None:
     return len(batches) if hasattr(batches, "__len__") else None
 
 
-def _freeze(teacher: nn.Module) -> nn.Module:
-    teacher.eval()
+@contextlib.contextmanager
+def _frozen(teacher: nn.Module | None) -> Iterator[None]:
+    """``requires_grad=False`` on the teacher's parameters inside the block; their own flags come back after it."""
+    if teacher is None:
+        yield
+        return
+    flags = [p.requires_grad for p in teacher.parameters()]
     teacher.requires_grad_(False)
-    return teacher
+    try:
+        yield
+    finally:
+        for p, flag in zip(teacher.parameters(), flags):
+            p.requires_grad_(flag)
 
 
 @torch.inference_mode()

@@ -41,16 +41,18 @@ def test_teacher_is_frozen_and_stays_in_eval(tiny):
     before = {k: v.clone() for k, v in teacher.state_dict().items()}
     seen_modes = []
 
-    class Spy(Callback):
+    class FrozenSpy(Callback):
         def on_step_end(self, trainer, step, loss):
             seen_modes.append((trainer.student.training, trainer.teacher.training))
+            assert not any(p.requires_grad for p in trainer.teacher.parameters())
 
-    trainer = Trainer(_student(), teacher, epochs=2, progress=False, callbacks=[Spy()])
+    trainer = Trainer(_student(), teacher, epochs=2, progress=False, callbacks=[FrozenSpy()])
     trainer.fit(train, test)
     assert seen_modes and all(s and not t for s, t in seen_modes)  # student trains, teacher never does
     assert not teacher.training
     assert all(torch.equal(before[k], v) for k, v in teacher.state_dict().items())  # incl. BN running stats
-    assert all(p.grad is None and not p.requires_grad for p in teacher.parameters())
+    assert all(p.grad is None for p in teacher.parameters())
+    assert all(p.requires_grad for p in teacher.parameters())  # the caller's flags are given back after fit
     assert not any(p is q for p in teacher.parameters() for g in trainer.optimizer.param_groups for q in g["params"])
     assert isinstance(trainer.loss, DistillationLoss) and trainer.loss.alpha == 0.9
 
