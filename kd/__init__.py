@@ -1,5 +1,5 @@
 """Knowledge distillation: losses, the Trainer, callbacks and the in-memory data pipeline."""
-from kd.callbacks import Callback, EarlyStopping
+from kd.callbacks import Callback, EarlyStopping, EpochPrinter
 from kd.features import HintLoss
 from kd.hooks import FeatureHook
 from kd.losses import DistillationLoss, soft_target_kl
@@ -7,6 +7,6 @@ from kd.optim import make_optimizer, make_scheduler
 from kd.trainer import EpochRecord, EvalResult, FitResult, Trainer, evaluate
 
 __all__ = [
-    "Callback", "DistillationLoss", "EarlyStopping", "EpochRecord", "EvalResult", "FeatureHook", "FitResult",
+    "Callback", "DistillationLoss", "EarlyStopping", "EpochPrinter", "EpochRecord", "EvalResult", "FeatureHook", "FitResult",
     "HintLoss", "Trainer", "evaluate", "make_optimizer", "make_scheduler", "soft_target_kl",
 ]

@@ -30,3 +30,12 @@ class EarlyStopping(Callback):
         else:
             self._since += 1
             trainer.should_stop = self._since >= self.patience
+
+
+class EpochPrinter(Callback):
+    """Prints one line per epoch as it ends (train loss and accuracy, test accuracy, images/s, seconds)."""
+
+    def on_epoch_end(self, trainer: Any, record: Any) -> None:
+        print(f"  epoch {record.epoch:3d}: train loss {record.train_loss:.4f}  train acc {record.train_accuracy:6.2f} %  "
+              f"test acc {record.val_accuracy:6.2f} %  {record.images_per_s:7.1f} img/s  {record.seconds:7.1f} s",
+              flush=True)

@@ -10,6 +10,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from kd.callbacks import EpochPrinter
 from kd.config import KDConfig, RunConfig, resolve_device
 from kd.data import BatchIterator, DataSplits, DataUnavailableError, load_dataset, make_loaders
 from kd.optim import make_optimizer, make_scheduler
@@ -53,13 +54,11 @@ def train(model: nn.Module, cfg: RunConfig, train_batches: BatchIterator, test_b
     scheduler = make_scheduler(cfg.schedule, optimizer, epochs * len(train_batches))
     trainer = Trainer(model, teacher, loss, optimizer=optimizer, scheduler=scheduler, epochs=epochs,
                       device=resolve_device(cfg.device), out_dir=out_dir, feature_loss=feature_loss, amp=cfg.amp,
-                      progress=cfg.progress)
+                      progress=cfg.progress, callbacks=[EpochPrinter()])
     resume = cfg.resume and (Path(out_dir) / "last.pt").is_file()
-    result = trainer.fit(train_batches, test_batches, resume=resume)
-    for rec in result.history:
-        print(f"  epoch {rec.epoch:3d}: train loss {rec.train_loss:.4f}  train acc {rec.train_accuracy:6.2f} %  "
-              f"test acc {rec.val_accuracy:6.2f} %  {rec.images_per_s:7.1f} img/s  {rec.seconds:7.1f} s", flush=True)
-    return result
+    if resume:
+        print(f"  resuming from {Path(out_dir) / 'last.pt'}", flush=True)
+    return trainer.fit(train_batches, test_batches, resume=resume)
 
 
 def run_main(main: Callable[[list[str] | None], Any], argv: list[str] | None = None) -> Any:
