@@ -49,8 +49,11 @@ def main(argv: list[str] | None = None) -> list[ModelReport]:
         if not (cfg.hint_student_layer and cfg.hint_teacher_layer):
             raise ValueError("a FitNet hint needs both --hint-student-layer and --hint-teacher-layer")
         hint = HintLoss(student, teacher, cfg.hint_student_layer, cfg.hint_teacher_layer, weight=cfg.hint_weight)
-    print(f"student {cfg.arch}: distilling with T={cfg.temperature}, alpha={cfg.alpha}")
-    result = train(student, cfg, train_batches, test_batches, out_dir=out / "student_train", teacher=teacher,
+    uses_teacher = cfg.alpha > 0 or hint is not None  # alpha = 0 without a hint: the teacher would run for nothing
+    print(f"student {cfg.arch}: " + (f"distilling with T={cfg.temperature}, alpha={cfg.alpha}" if uses_teacher
+                                     else "cross-entropy only"))
+    result = train(student, cfg, train_batches, test_batches, out_dir=out / "student_train",
+                   teacher=teacher if uses_teacher else None,
                    loss=DistillationLoss(cfg.temperature, cfg.alpha), feature_loss=hint)
     if hint is not None:
         hint.remove()

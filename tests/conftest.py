@@ -35,3 +35,12 @@ def synthetic():
 def tiny():
     """128 training / 64 test synthetic 16×16 images of 10 classes (for mechanics, not learning)."""
     return load_dataset("synthetic", image_size=16, limit_train=128, limit_test=64, seed=0)
+
+
+@pytest.fixture
+def one_thread():
+    """Tiny tensors: one intra-op thread beats two that spin against each other (and against other processes)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -17,13 +17,7 @@ TINY = {"widths": [4, 8, 8, 12], "hidden": 8}
 SIZE = (1, 3, 16, 16)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny tensors on a shared 2-core machine: a second thread only spins against the other processes."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _recipe():

@@ -23,13 +23,7 @@ TEACHER_ARGS = {"widths": [8, 16, 16, 16], "hidden": 32, "dropout": 0.0}
 SMALL = ["--limit-train", "300", "--limit-test", "200", "--batch-size", "50", "--no-progress"]
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny models on a shared two-core machine: one intra-op thread is faster than two that fight."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _data_args(cifar10_dir: Path, cache: Path) -> list[str]:

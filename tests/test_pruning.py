@@ -18,13 +18,7 @@ TIMM_MODELS = ["timm:resnet18", "timm:mobilenetv3_small_050", "timm:efficientnet
 NARROW = {"widths": [8, 16, 16, 24], "hidden": 32}  # a wide_cnn small enough to reason about by hand
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny models on a shared two-core machine: one intra-op thread is faster than two that fight."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _x(batch: int = 2) -> torch.Tensor:
