@@ -11,7 +11,7 @@ from torchvision.models.shufflenetv2 import ShuffleNetV2
 
 from models.registry import register_model
 
-_STAGE_CHANNELS = {
+STAGE_CHANNELS = {  # width_mult → channels of the stem, the three stages and conv5
     0.5: [24, 48, 96, 192, 1024],
     1.0: [24, 116, 232, 464, 1024],
     1.5: [24, 176, 352, 704, 1024],
@@ -22,9 +22,9 @@ _STAGE_CHANNELS = {
 @register_model
 def shufflenet_v2(num_classes: int = 10, width_mult: float = 1.0) -> ShuffleNetV2:
     """CIFAR ShuffleNetV2 (Ma et al., 2018); ``width_mult`` in {0.5, 1.0, 1.5, 2.0}."""
-    if width_mult not in _STAGE_CHANNELS:
-        raise ValueError(f"width_mult must be one of {sorted(_STAGE_CHANNELS)}, got {width_mult}")
-    channels = _STAGE_CHANNELS[width_mult]
+    if width_mult not in STAGE_CHANNELS:
+        raise ValueError(f"width_mult must be one of {sorted(STAGE_CHANNELS)}, got {width_mult}")
+    channels = STAGE_CHANNELS[width_mult]
     model = ShuffleNetV2([4, 8, 4], channels, num_classes=num_classes)
     model.conv1 = nn.Sequential(
         nn.Conv2d(3, channels[0], 3, stride=1, padding=1, bias=False),

@@ -34,7 +34,7 @@ from kd.optim import make_optimizer, make_scheduler
 from kd.sweep import validation_split
 from kd.trainer import Trainer, evaluate
 from models import create_model, profile
-from models.shufflenet import _STAGE_CHANNELS
+from models.shufflenet import STAGE_CHANNELS
 from pruning.kernels import compress_kernels
 from pruning.layer_removal import remove_layers
 from pruning.progressive import progressive_prune
@@ -184,7 +184,7 @@ def _scratch(distill: bool) -> Callable[[CompareSetup], tuple[nn.Module, str]]:
 
 def _shufflenet(setup: CompareSetup) -> tuple[nn.Module, str]:
     sizes = {w: profile(create_model("shufflenet_v2", setup.num_classes, width_mult=w), setup.input_size).flops
-             for w in _STAGE_CHANNELS}
+             for w in STAGE_CHANNELS}
     fits = [w for w, f in sizes.items() if f <= setup.target_flops]
     width = max(fits) if fits else min(sizes)
     student = create_model("shufflenet_v2", setup.num_classes, width_mult=width).to(setup.device)
