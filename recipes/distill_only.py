@@ -36,10 +36,10 @@ class DistillConfig(KDConfig):
 
 def main(argv: list[str] | None = None) -> list[ModelReport]:
     cfg = parse_config(DistillConfig, argv, description=__doc__.split("\n")[0])
+    seed_everything(cfg.seed)
+    data = load_data(cfg)  # first, so a missing data set stops the run before anything is written
     out = Path(cfg.out)
     save_config(cfg, out / "config.json")
-    seed_everything(cfg.seed)
-    data = load_data(cfg)
     teacher, teacher_report = obtain_teacher(cfg, data, out)
     train_batches, test_batches = loaders(cfg, data)
     seed_everything(cfg.seed)  # the student's initial weights do not depend on how the teacher was obtained

@@ -30,10 +30,10 @@ class TeacherConfig(RunConfig):
 
 def main(argv: list[str] | None = None) -> ModelReport:
     cfg = parse_config(TeacherConfig, argv, description=__doc__.split("\n")[0])
+    seed_everything(cfg.seed)
+    data = load_data(cfg)  # first, so a missing data set stops the run before anything is written
     out = Path(cfg.out)
     save_config(cfg, out / "config.json")
-    seed_everything(cfg.seed)
-    data = load_data(cfg)
     _, report = fit_teacher(cfg, data, cfg.arch, model_args(cfg.model_args), out,
                             label_smoothing=cfg.label_smoothing)
     print_reports([report])

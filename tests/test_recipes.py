@@ -73,6 +73,7 @@ def test_recipe_errors_are_one_line(tmp_path, capsys):
     assert exit_info.value.code == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: imagefolder data dir") and "\n" not in err
+    assert not (tmp_path / "config.json").exists()  # nothing written before the data loaded
     with pytest.raises(SystemExit):
         distill_only.run_main(distill_only.main, ["--dataset", "synthetic", "--teacher", str(tmp_path / "none.pt"),
                                                   "--out", str(tmp_path)])
