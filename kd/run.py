@@ -85,9 +85,8 @@ def fit_teacher(cfg: RunConfig, data: DataSplits, arch: str, arch_args: dict[str
     result = train(model, cfg, train_batches, test_batches, out_dir=out / "teacher_train", epochs=epochs,
                    loss=DistillationLoss(alpha=0.0, label_smoothing=label_smoothing))
     report = ModelReport.measure("teacher", model, result.last_accuracy, data.input_size)
-    save_model(model, out / "teacher.pt", meta={"accuracy": report.accuracy, "classes": data.classes,
-                                                "mean": list(data.mean), "std": list(data.std),
-                                                "image_size": data.input_size[-1], "history": result.to_dict()["history"]})
+    save_model(model, out / "teacher.pt", meta={"accuracy": report.accuracy, **data.meta(),
+                                                "history": result.to_dict()["history"]})
     return model, report
 
 

@@ -58,8 +58,7 @@ def main(argv: list[str] | None = None) -> list[ModelReport]:
     if hint is not None:
         hint.remove()
     student_report = ModelReport.measure("student", student, result.last_accuracy, data.input_size)
-    save_model(student, out / "student.pt", meta={"accuracy": student_report.accuracy, "classes": data.classes,
-                                                  "mean": list(data.mean), "std": list(data.std)})
+    save_model(student, out / "student.pt", meta={"accuracy": student_report.accuracy, **data.meta()})
     reports = [teacher_report, student_report]
     print_reports(reports)
     write_report(out / "report.json", reports, dataclasses.asdict(cfg), {"history": result.to_dict()["history"]})

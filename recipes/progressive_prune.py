@@ -77,9 +77,8 @@ def main(argv: list[str] | None = None) -> ProgressiveResult:
     test = BatchIterator(data.test, 2 * cfg.batch_size, train=False, **norm)
     report = ModelReport.measure("student", result.model, evaluate(result.model, test, device).accuracy,
                                  data.input_size)
-    save_model(result.model, out / "student.pt", meta={"accuracy": report.accuracy, "classes": data.classes,
-                                                       "mean": list(data.mean), "std": list(data.std),
-                                                       "image_size": cfg.image_size, "met_target": result.met_target})
+    save_model(result.model, out / "student.pt", meta={"accuracy": report.accuracy, **data.meta(),
+                                                       "met_target": result.met_target})
     (out / "steps.md").write_text(STEP_HEADER + "\n" + "\n".join(r.row() for r in result.steps) + "\n")
     print_reports([teacher_report, report])
     write_report(out / "report.json", [teacher_report, report], dataclasses.asdict(cfg),

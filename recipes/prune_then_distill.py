@@ -93,8 +93,8 @@ def main(argv: list[str] | None = None) -> PruneThenDistillResult:
         hint.remove()
     student_report = ModelReport.measure("student", student, result.last_accuracy, data.input_size)
     pruning.save(student, out / "student.pt", meta={
-        "accuracy": student_report.accuracy, "classes": data.classes, "mean": list(data.mean), "std": list(data.std),
-        "image_size": data.input_size[-1], "importance": pruned.importance, "pruning_ratio": pruned.ratio})
+        "accuracy": student_report.accuracy, **data.meta(), "importance": pruned.importance,
+        "pruning_ratio": pruned.ratio})
 
     reports = [teacher_report, pruned_report, student_report]
     print_reports(reports)

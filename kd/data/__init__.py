@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
@@ -31,6 +32,11 @@ class DataSplits:
     @property
     def num_classes(self) -> int:
         return len(self.classes)
+
+    def meta(self) -> dict[str, Any]:
+        """What a saved model needs to see inputs as it was trained: class names, normalisation, image size."""
+        return {"classes": list(self.classes), "mean": list(self.mean), "std": list(self.std),
+                "image_size": int(self.train.images.shape[-1])}
 
     @property
     def input_size(self) -> tuple[int, int, int, int]:
