@@ -98,7 +98,8 @@ def obtain_teacher(cfg: KDConfig, data: DataSplits, out: Path) -> tuple[nn.Modul
     student sees inputs exactly as the teacher was trained on them.
 
     Raises:
-        ValueError: when the teacher's number of classes differs from the data's.
+        ValueError: when the teacher's classes (number, or names and order where its file records them) or image size
+            differ from the data's.
     """
     if cfg.teacher is None:
         return fit_teacher(cfg, data, cfg.teacher_arch, model_args(cfg.teacher_model_args), out,
@@ -109,6 +110,12 @@ def obtain_teacher(cfg: KDConfig, data: DataSplits, out: Path) -> tuple[nn.Modul
         raise ValueError(f"teacher {cfg.teacher!r} has {classes} classes but --dataset {cfg.dataset} has "
                          f"{data.num_classes}; train a teacher on this data set or pick the matching one")
     meta = getattr(teacher, "meta", {})
+    if meta.get("classes") not in (None, data.classes):
+        raise ValueError(f"teacher {cfg.teacher!r} was trained on classes {meta['classes'][:5]}... but the data has "
+                         f"{data.classes[:5]}...; the class order must match")
+    if meta.get("image_size") not in (None, data.input_size[-1]):
+        raise ValueError(f"teacher {cfg.teacher!r} was trained on {meta['image_size']}-pixel images; pass "
+                         f"--image-size {meta['image_size']}")
     if "mean" in meta and "std" in meta:
         data.mean, data.std = tuple(meta["mean"]), tuple(meta["std"])
     _, test_batches = loaders(cfg, data)

@@ -78,3 +78,16 @@ def test_recipe_errors_are_one_line(tmp_path, capsys):
         distill_only.run_main(distill_only.main, ["--dataset", "synthetic", "--teacher", str(tmp_path / "none.pt"),
                                                   "--out", str(tmp_path)])
     assert "does not exist" in capsys.readouterr().err
+
+
+def test_a_teacher_for_other_classes_or_image_size_is_refused(teacher_run, cifar10_dir, tmp_path, capsys):
+    teacher_dir, _ = teacher_run
+    common = ["--dataset", "imagefolder", "--data-dir", str(cifar10_dir), "--teacher", str(teacher_dir / "teacher.pt"),
+              "--out", str(tmp_path), "--cache-dir", str(teacher_dir / "cache"), *SMALL]
+    with pytest.raises(SystemExit):
+        distill_only.run_main(distill_only.main, [*common, "--image-size", "24"])
+    assert "--image-size 32" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        distill_only.run_main(distill_only.main, ["--dataset", "synthetic", "--teacher", str(teacher_dir / "teacher.pt"),
+                                                  "--out", str(tmp_path), "--no-progress"])
+    assert "class order must match" in capsys.readouterr().err
