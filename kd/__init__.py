@@ -4,9 +4,9 @@ from kd.features import HintLoss
 from kd.hooks import FeatureHook
 from kd.losses import DistillationLoss, soft_target_kl
 from kd.optim import make_optimizer, make_scheduler
-from kd.trainer import EpochRecord, EvalResult, FitResult, Trainer, evaluate
+from kd.trainer import EpochRecord, EvalResult, FitResult, Trainer, evaluate, fit_model
 
 __all__ = [
     "Callback", "DistillationLoss", "EarlyStopping", "EpochPrinter", "EpochRecord", "EvalResult", "FeatureHook", "FitResult",
-    "HintLoss", "Trainer", "evaluate", "make_optimizer", "make_scheduler", "soft_target_kl",
+    "HintLoss", "Trainer", "evaluate", "fit_model", "make_optimizer", "make_scheduler", "soft_target_kl",
 ]

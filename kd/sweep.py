@@ -15,9 +15,7 @@ import torch
 from torch import nn
 
 from kd.data import BatchIterator, ImageTensors, balanced_indices
-from kd.losses import DistillationLoss
-from kd.optim import make_optimizer, make_scheduler
-from kd.trainer import Trainer, evaluate
+from kd.trainer import evaluate, fit_model
 
 
 def validation_split(data: ImageTensors, size: int | float, seed: int = 0
@@ -87,10 +85,8 @@ def sweep_dropout(model: nn.Module, rates: Sequence[float], train: ImageTensors,
         torch.manual_seed(seed)
         candidate = set_dropout(model, rate)
         batches = BatchIterator(fit_part, batch_size, train=True, mean=mean, std=std, device=device, seed=seed)
-        opt = make_optimizer("sgd", candidate.parameters(), lr)
-        loss = DistillationLoss(temperature, alpha if teacher is not None else 0.0)
-        Trainer(candidate, teacher, loss, optimizer=opt, scheduler=make_scheduler("cosine", opt, epochs * len(batches)),
-                epochs=epochs, device=device, progress=False).fit(batches)
+        fit_model(candidate, batches, epochs=epochs, lr=lr, teacher=teacher, alpha=alpha, temperature=temperature,
+                  device=device, progress=False)
         accuracies[float(rate)] = evaluate(candidate, val_batches, device).accuracy
         models[float(rate)] = candidate
     best = max(accuracies, key=lambda r: (accuracies[r], -r))  # ties: the smaller rate

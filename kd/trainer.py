@@ -19,6 +19,7 @@ from tqdm import tqdm
 
 from kd.callbacks import Callback
 from kd.losses import DistillationLoss
+from kd.optim import make_optimizer, make_scheduler
 from models.checkpoint import atomic_save
 
 CHECKPOINT_FORMAT = 1
@@ -303,3 +304,22 @@ def evaluate(model: nn.Module, data: Batches, device: str | torch.device = "cpu"
         seen += y.numel()
     model.train(was_training)
     return EvalResult(loss_sum / max(seen, 1), 100.0 * correct / max(seen, 1), seen)
+
+
+def fit_model(student: nn.Module, train: Batches, val: Batches | None = None, *, epochs: int, lr: float,
+              teacher: nn.Module | None = None, loss: nn.Module | None = None, alpha: float = 0.9,
+              temperature: float = 4.0, optimizer: str = "sgd", schedule: str = "cosine", weight_decay: float = 5e-4,
+              feature_loss: nn.Module | None = None, resume: bool | str | Path = False, **trainer_options: Any
+              ) -> FitResult:
+    """One call for the usual fit: optimizer by name over the student's (and the feature loss's) parameters, a
+    per-step schedule over ``epochs × len(train)`` steps, and ``DistillationLoss(temperature, alpha)`` with a teacher
+    or plain cross-entropy without one (unless ``loss`` is given). ``trainer_options`` go to :class:`Trainer`
+    (``device``, ``out_dir``, ``amp``, ``progress``, ``callbacks`` ...)."""
+    params = list(student.parameters()) + (list(feature_loss.parameters()) if feature_loss is not None else [])
+    opt = make_optimizer(optimizer, params, lr, weight_decay)
+    sched = make_scheduler(schedule, opt, epochs * (_len(train) or 1))
+    if loss is None:
+        loss = DistillationLoss(temperature, alpha if teacher is not None else 0.0)
+    trainer = Trainer(student, teacher, loss, optimizer=opt, scheduler=sched, epochs=epochs,
+                      feature_loss=feature_loss, **trainer_options)
+    return trainer.fit(train, val, resume=resume)

@@ -29,10 +29,8 @@ import torch
 from torch import nn
 
 from kd.data import BatchIterator, DataSplits
-from kd.losses import DistillationLoss
-from kd.optim import make_optimizer, make_scheduler
 from kd.sweep import validation_split
-from kd.trainer import Trainer, evaluate
+from kd.trainer import evaluate, fit_model
 from models import create_model, profile
 from models.shufflenet import STAGE_CHANNELS
 from pruning.kernels import compress_kernels
@@ -70,8 +68,8 @@ class CompareSetup:
         return len(self.train.classes)
 
     def teacher_copy(self) -> nn.Module:
-        """A trainable copy of the teacher to compress: ``kd.Trainer`` freezes the shared teacher in place
-        (``requires_grad_(False)``), and a frozen copy can neither be traced by Torch-Pruning nor fine-tuned."""
+        """A trainable copy of the teacher to compress (the shared teacher stays as given, frozen or not; the copy
+        is pruned or transformed, then fine-tuned)."""
         return copy.deepcopy(self.teacher).requires_grad_(True)
 
 
@@ -113,12 +111,8 @@ class MethodResult:
 
 def recover(student: nn.Module, setup: CompareSetup, *, distill: bool, lr: float, epochs: int | None = None) -> None:
     """Trains ``student`` for ``epochs`` (default: the budget) with SGD + cosine, distilling when ``distill``."""
-    epochs = epochs or setup.epochs
-    opt = make_optimizer("sgd", student.parameters(), lr)
-    sched = make_scheduler("cosine", opt, epochs * len(setup.train))
-    loss = DistillationLoss(setup.temperature, setup.alpha if distill else 0.0)
-    Trainer(student, setup.teacher if distill else None, loss, optimizer=opt, scheduler=sched, epochs=epochs,
-            device=setup.device, progress=False).fit(setup.train)
+    fit_model(student, setup.train, epochs=epochs or setup.epochs, lr=lr, teacher=setup.teacher if distill else None,
+              alpha=setup.alpha, temperature=setup.temperature, device=setup.device, progress=False)
 
 
 def _one_shot(importance: str, distill: bool) -> Callable[[CompareSetup], tuple[nn.Module, str]]:

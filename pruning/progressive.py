@@ -17,9 +17,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from kd.losses import DistillationLoss
-from kd.optim import make_optimizer, make_scheduler
-from kd.trainer import Trainer, evaluate
+from kd.trainer import evaluate, fit_model
 from models import Complexity, profile
 from pruning.prune import prune
 
@@ -99,7 +97,8 @@ def progressive_prune(model: nn.Module, example_inputs: torch.Tensor, train: Bat
     target = {"target_flops": target_flops} if target_flops is not None else {"target_params": target_params}
     (kind, goal), = target.items()
     device = torch.device(device)
-    current = copy.deepcopy(model).to(device).requires_grad_(True)  # a teacher frozen by kd.Trainer trains again
+    # trainable even when the input is frozen (prune gives a copy the input's flags): every step is fine-tuned
+    current = copy.deepcopy(model).to(device).requires_grad_(True)
     example_inputs = example_inputs.to(device)
     size = tuple(example_inputs.shape)
     start = time.perf_counter()
@@ -146,8 +145,5 @@ def progressive_prune(model: nn.Module, example_inputs: torch.Tensor, train: Bat
 
 def _fine_tune(student: nn.Module, train: Batches, teacher: nn.Module | None, epochs: int, lr: float, optimizer: str,
                weight_decay: float, alpha: float, temperature: float, device: torch.device) -> None:
-    opt = make_optimizer(optimizer, student.parameters(), lr, weight_decay)
-    sched = make_scheduler("cosine", opt, epochs * len(train))  # type: ignore[arg-type]
-    loss = DistillationLoss(temperature, alpha if teacher is not None else 0.0)
-    Trainer(student, teacher, loss, optimizer=opt, scheduler=sched, epochs=epochs, device=device,
-            progress=False).fit(train)
+    fit_model(student, train, epochs=epochs, lr=lr, teacher=teacher, alpha=alpha, temperature=temperature,
+              optimizer=optimizer, weight_decay=weight_decay, device=device, progress=False)
