@@ -11,12 +11,11 @@ import torch
 from torch import nn
 
 from kd.callbacks import EpochPrinter
-from kd.config import KDConfig, RunConfig, resolve_device
+from kd.config import KDConfig, RunConfig, resolve_device, save_config
 from kd.data import BatchIterator, DataSplits, DataUnavailableError, load_dataset, make_loaders
-from kd.optim import make_optimizer, make_scheduler
 from kd.losses import DistillationLoss
 from kd.report import ModelReport
-from kd.trainer import FitResult, Trainer, evaluate
+from kd.trainer import FitResult, evaluate, fit_model
 from models import create_model, load_model, save_model
 
 
@@ -24,6 +23,16 @@ def load_data(cfg: RunConfig) -> DataSplits:
     """The data set named by ``cfg`` (``--dataset --data-dir --image-size --limit-train --limit-test --seed``)."""
     return load_dataset(cfg.dataset, cfg.data_dir, image_size=cfg.image_size, limit_train=cfg.limit_train,
                         limit_test=cfg.limit_test, seed=cfg.seed, cache_dir=cfg.cache_dir)
+
+
+def start_run(cfg: RunConfig) -> tuple[DataSplits, Path]:
+    """Seeds, loads the data (first, so a missing data set stops the run before anything is written), then writes
+    ``OUT/config.json``; returns the data and the output folder."""
+    seed_everything(cfg.seed)
+    data = load_data(cfg)
+    out = Path(cfg.out)
+    save_config(cfg, out / "config.json")
+    return data, out
 
 
 def loaders(cfg: RunConfig, data: DataSplits) -> tuple[BatchIterator, BatchIterator]:
@@ -48,17 +57,14 @@ def train(model: nn.Module, cfg: RunConfig, train_batches: BatchIterator, test_b
           epochs: int | None = None, lr: float | None = None, feature_loss: nn.Module | None = None) -> FitResult:
     """Fits ``model`` with the optimizer and schedule of ``cfg`` (``epochs``/``lr`` override it), checkpointing to
     ``out_dir`` and resuming from it when ``cfg.resume`` and a ``last.pt`` is there."""
-    epochs = epochs if epochs is not None else cfg.epochs
-    params = list(model.parameters()) + (list(feature_loss.parameters()) if feature_loss is not None else [])
-    optimizer = make_optimizer(cfg.optimizer, params, lr if lr is not None else cfg.lr, cfg.weight_decay)
-    scheduler = make_scheduler(cfg.schedule, optimizer, epochs * len(train_batches))
-    trainer = Trainer(model, teacher, loss, optimizer=optimizer, scheduler=scheduler, epochs=epochs,
-                      device=resolve_device(cfg.device), out_dir=out_dir, feature_loss=feature_loss, amp=cfg.amp,
-                      progress=cfg.progress, callbacks=[EpochPrinter()])
     resume = cfg.resume and (Path(out_dir) / "last.pt").is_file()
     if resume:
         print(f"  resuming from {Path(out_dir) / 'last.pt'}", flush=True)
-    return trainer.fit(train_batches, test_batches, resume=resume)
+    return fit_model(model, train_batches, test_batches, epochs=epochs if epochs is not None else cfg.epochs,
+                     lr=lr if lr is not None else cfg.lr, teacher=teacher, loss=loss, optimizer=cfg.optimizer,
+                     schedule=cfg.schedule, weight_decay=cfg.weight_decay, feature_loss=feature_loss, resume=resume,
+                     device=resolve_device(cfg.device), out_dir=out_dir, amp=cfg.amp, progress=cfg.progress,
+                     callbacks=[EpochPrinter()])
 
 
 def run_main(main: Callable[[list[str] | None], Any], argv: list[str] | None = None) -> Any:

@@ -17,8 +17,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
-from kd.config import KDConfig, arg, parse_config, resolve_device, save_config  # noqa: E402
-from kd.run import load_data, obtain_teacher, run_main, seed_everything  # noqa: E402
+from kd.config import KDConfig, arg, parse_config, resolve_device  # noqa: E402
+from kd.run import obtain_teacher, run_main, start_run  # noqa: E402
 from pruning.compare import METHODS, Summary, make_setup, markdown_table, plot, run_method, summarize  # noqa: E402
 
 
@@ -44,10 +44,7 @@ def main(argv: list[str] | None = None) -> list[Summary]:
         raise ValueError(f"unknown method(s) {unknown}; choose from {', '.join(METHODS)}")
     if cfg.seeds < 1:
         raise ValueError(f"--seeds must be >= 1, got {cfg.seeds}")
-    out = Path(cfg.out)
-    save_config(cfg, out / "config.json")
-    seed_everything(cfg.seed)
-    data = load_data(cfg)
+    data, out = start_run(cfg)
     teacher, teacher_report = obtain_teacher(cfg, data, out)
     target = cfg.target_flops or int(cfg.budget * teacher_report.flops)
     print(f"{len(data.train)} training / {len(data.test)} test images; teacher {teacher_report.flops:,} FLOPs, "

@@ -17,9 +17,9 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
 from kd import DistillationLoss, HintLoss  # noqa: E402
-from kd.config import KDConfig, arg, parse_config, save_config  # noqa: E402
+from kd.config import KDConfig, arg, parse_config  # noqa: E402
 from kd.report import ModelReport, print_reports, write_report  # noqa: E402
-from kd.run import load_data, loaders, model_args, obtain_teacher, run_main, seed_everything, train  # noqa: E402
+from kd.run import loaders, model_args, obtain_teacher, run_main, seed_everything, start_run, train  # noqa: E402
 from models import create_model, list_models, save_model  # noqa: E402
 
 
@@ -36,10 +36,7 @@ class DistillConfig(KDConfig):
 
 def main(argv: list[str] | None = None) -> list[ModelReport]:
     cfg = parse_config(DistillConfig, argv, description=__doc__.split("\n")[0])
-    seed_everything(cfg.seed)
-    data = load_data(cfg)  # first, so a missing data set stops the run before anything is written
-    out = Path(cfg.out)
-    save_config(cfg, out / "config.json")
+    data, out = start_run(cfg)
     teacher, teacher_report = obtain_teacher(cfg, data, out)
     train_batches, test_batches = loaders(cfg, data)
     seed_everything(cfg.seed)  # the student's initial weights do not depend on how the teacher was obtained

@@ -18,10 +18,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 
 import torch  # noqa: E402
 
-from kd.config import KDConfig, arg, parse_config, resolve_device, save_config  # noqa: E402
+from kd.config import KDConfig, arg, parse_config, resolve_device  # noqa: E402
 from kd.data import BatchIterator  # noqa: E402
 from kd.report import ModelReport, print_reports, write_report  # noqa: E402
-from kd.run import load_data, obtain_teacher, run_main, seed_everything  # noqa: E402
+from kd.run import obtain_teacher, run_main, start_run  # noqa: E402
 from kd.sweep import validation_split  # noqa: E402
 from kd.trainer import evaluate  # noqa: E402
 from models import save_model  # noqa: E402
@@ -51,10 +51,8 @@ class ProgressiveConfig(KDConfig):
 
 def main(argv: list[str] | None = None) -> ProgressiveResult:
     cfg = parse_config(ProgressiveConfig, argv, description=__doc__.split("\n")[0])
-    out, device = Path(cfg.out), resolve_device(cfg.device)
-    save_config(cfg, out / "config.json")
-    seed_everything(cfg.seed)
-    data = load_data(cfg)
+    device = resolve_device(cfg.device)
+    data, out = start_run(cfg)
     teacher, teacher_report = obtain_teacher(cfg, data, out)
     fit, val, _ = validation_split(data.train, cfg.val_size, cfg.seed)
     norm = {"mean": data.mean, "std": data.std, "device": device}

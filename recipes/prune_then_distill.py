@@ -24,10 +24,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 
 import pruning  # noqa: E402
 from kd import DistillationLoss, HintLoss, evaluate  # noqa: E402
-from kd.config import KDConfig, arg, parse_config, resolve_device, save_config  # noqa: E402
+from kd.config import KDConfig, arg, parse_config, resolve_device  # noqa: E402
 from kd.data import BatchIterator, DataSplits, subset  # noqa: E402
 from kd.report import ModelReport, print_reports, write_report  # noqa: E402
-from kd.run import load_data, loaders, obtain_teacher, run_main, seed_everything, train  # noqa: E402
+from kd.run import loaders, obtain_teacher, run_main, seed_everything, start_run, train  # noqa: E402
 from pruning.importance import NEEDS_CALIBRATION  # noqa: E402
 
 LAB_TARGET_FLOPS = 31_269_888  # the lab's student budget (thop MACs of one 32×32 image)
@@ -63,10 +63,7 @@ def main(argv: list[str] | None = None) -> PruneThenDistillResult:
     cfg = parse_config(PruneThenDistillConfig, argv, description=__doc__.split("\n")[0])
     if cfg.target_flops is None and cfg.target_params is None and cfg.ratio is None:
         cfg.target_flops = LAB_TARGET_FLOPS
-    seed_everything(cfg.seed)
-    data = load_data(cfg)  # first, so a missing data set stops the run before anything is written
-    out = Path(cfg.out)
-    save_config(cfg, out / "config.json")
+    data, out = start_run(cfg)
     teacher, teacher_report = obtain_teacher(cfg, data, out)
     device = resolve_device(cfg.device)
     train_batches, test_batches = loaders(cfg, data)  # after obtain_teacher: a loaded teacher's normalisation

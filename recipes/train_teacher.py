@@ -14,9 +14,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
-from kd.config import RunConfig, arg, parse_config, save_config  # noqa: E402
+from kd.config import RunConfig, arg, parse_config  # noqa: E402
 from kd.report import ModelReport, print_reports, write_report  # noqa: E402
-from kd.run import fit_teacher, load_data, model_args, run_main, seed_everything  # noqa: E402
+from kd.run import fit_teacher, model_args, run_main, start_run  # noqa: E402
 from models import list_models  # noqa: E402
 
 
@@ -30,10 +30,7 @@ class TeacherConfig(RunConfig):
 
 def main(argv: list[str] | None = None) -> ModelReport:
     cfg = parse_config(TeacherConfig, argv, description=__doc__.split("\n")[0])
-    seed_everything(cfg.seed)
-    data = load_data(cfg)  # first, so a missing data set stops the run before anything is written
-    out = Path(cfg.out)
-    save_config(cfg, out / "config.json")
+    data, out = start_run(cfg)
     _, report = fit_teacher(cfg, data, cfg.arch, model_args(cfg.model_args), out,
                             label_smoothing=cfg.label_smoothing)
     print_reports([report])
