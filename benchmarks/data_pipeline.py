@@ -25,32 +25,31 @@ from kd.data import balanced_indices, load_dataset, make_loaders  # noqa: E402
 from models import create_model  # noqa: E402
 
 
-def timed_training(batches, model: torch.nn.Module, steps: int, warmup: int = 2) -> float:
-    """Images/s over ``steps`` SGD steps after ``warmup`` untimed ones; data loading time included."""
-    opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
-    model.train()
+def images_per_s(batches, steps: int, step=None, warmup: int = 2) -> float:
+    """Images/s over ``steps`` batches after ``warmup`` untimed ones, data loading included; ``step(x, y)`` is the
+    work done on each batch (none: the data path alone)."""
     seen, start, it = 0, 0.0, iter(batches)
-    for step in range(warmup + steps):
-        if step == warmup:
+    for i in range(warmup + steps):
+        if i == warmup:
             seen, start = 0, time.perf_counter()
         x, y = next(it)
+        if step is not None:
+            step(x, y)
+        seen += y.numel()
+    return seen / (time.perf_counter() - start)
+
+
+def sgd_step(model: torch.nn.Module):
+    """One cross-entropy SGD step on ``model`` per call."""
+    opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+    model.train()
+
+    def step(x: torch.Tensor, y: torch.Tensor) -> None:
         loss = F.cross_entropy(model(x), y)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
-        seen += y.numel()
-    return seen / (time.perf_counter() - start)
-
-
-def timed_loading(batches, steps: int, warmup: int = 2) -> float:
-    """Images/s of the data path alone."""
-    seen, start, it = 0, 0.0, iter(batches)
-    for step in range(warmup + steps):
-        if step == warmup:
-            seen, start = 0, time.perf_counter()
-        _, y = next(it)
-        seen += y.numel()
-    return seen / (time.perf_counter() - start)
+    return step
 
 
 def main() -> None:
@@ -76,7 +75,7 @@ def main() -> None:
     for name, batches in (("kd.data BatchIterator", ours), (f"DataLoader(ImageFolder, workers={args.workers})", theirs)):
         torch.manual_seed(0)
         model = create_model(args.arch, data.num_classes)
-        rows.append((name, timed_loading(batches, args.steps), timed_training(batches, model, args.steps)))
+        rows.append((name, images_per_s(batches, args.steps), images_per_s(batches, args.steps, sgd_step(model))))
     print(f"\n{args.arch}, batch {args.batch_size}, {args.steps} timed steps, torch threads {torch.get_num_threads()}\n")
     print("| data path | loading only (img/s) | training (img/s) |\n|---|---:|---:|")
     for name, load, train in rows:
