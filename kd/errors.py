@@ -1,0 +1,6 @@
+"""Errors the library raises for conditions a user can act on; recipes turn them into one line and exit status 2."""
+from __future__ import annotations
+
+
+class NonFiniteError(FloatingPointError):
+    """A loss or the weights became NaN or infinite (a diverged run); nothing non-finite is saved."""
