@@ -2,11 +2,13 @@
 from kd.callbacks import Callback, EarlyStopping, EpochPrinter
 from kd.features import HintLoss
 from kd.hooks import FeatureHook
-from kd.losses import DistillationLoss, soft_target_kl
+from kd.losses import (LOSSES, DistillationLoss, DistillLoss, TrainState, create_loss, register_loss, soft_target_kl,
+                       total_loss)
 from kd.optim import make_optimizer, make_scheduler
 from kd.trainer import EpochRecord, EvalResult, FitResult, Trainer, evaluate, fit_model
 
 __all__ = [
-    "Callback", "DistillationLoss", "EarlyStopping", "EpochPrinter", "EpochRecord", "EvalResult", "FeatureHook", "FitResult",
-    "HintLoss", "Trainer", "evaluate", "fit_model", "make_optimizer", "make_scheduler", "soft_target_kl",
+    "LOSSES", "Callback", "DistillLoss", "DistillationLoss", "EarlyStopping", "EpochPrinter", "EpochRecord", "EvalResult",
+    "FeatureHook", "FitResult", "HintLoss", "TrainState", "Trainer", "create_loss", "evaluate", "fit_model",
+    "make_optimizer", "make_scheduler", "register_loss", "soft_target_kl", "total_loss",
 ]
