@@ -8,7 +8,7 @@ from kd.optim import make_optimizer, make_scheduler
 from kd.trainer import EpochRecord, EvalResult, FitResult, Trainer, evaluate, fit_model
 
 __all__ = [
-    "LOSSES", "Callback", "DistillLoss", "DistillationLoss", "EarlyStopping", "EpochPrinter", "EpochRecord", "EvalResult",
-    "FeatureHook", "FitResult", "HintLoss", "TrainState", "Trainer", "create_loss", "evaluate", "fit_model",
-    "make_optimizer", "make_scheduler", "register_loss", "soft_target_kl", "total_loss",
+    "LOSSES", "Callback", "DistillLoss", "DistillationLoss", "EarlyStopping", "EpochPrinter", "EpochRecord",
+    "EvalResult", "FeatureHook", "FitResult", "HintLoss", "TrainState", "Trainer", "create_loss", "evaluate",
+    "fit_model", "make_optimizer", "make_scheduler", "register_loss", "soft_target_kl", "total_loss",
 ]

@@ -447,7 +447,7 @@ def _init_arguments(cls: type) -> list[str]:
 
 
 def _check(name: str, value: Any, ok: Callable[[float], bool], accepted: str) -> float:
-    """``float(value)`` when ``ok`` holds for it; otherwise a ValueError naming the argument, the value and the range."""
+    """``float(value)`` when ``ok`` holds for it, else a ValueError naming the argument, the value and the range."""
     try:
         number = float(value)
     except (TypeError, ValueError):
