@@ -213,8 +213,8 @@ class DKDLoss(DistillLoss):
 
     Defaults are the paper's CIFAR-100 setting as in mdistiller's config (``DKD.CE_WEIGHT = 1``, ``ALPHA = 1``,
     ``BETA = 8``, ``T = 4``, ``WARMUP = 20``). beta is tuned per teacher–student pair there (8 for ResNet32×4 →
-    ResNet8×4, 6 for WRN-40-2 and VGG13 teachers, 2 for ResNet56/110 teachers); the paper's ImageNet setting is
-    alpha = beta = 0.5, T = 1.
+    ResNet8×4, 6 for WRN-40-2 and VGG13 teachers, 2 for ResNet56/110 teachers); its ImageNet configs use T = 1, a
+    1-epoch warm-up and beta = 0.5 (ResNet34 → ResNet18) or 2 (ResNet50 → MobileNetV1).
 
     Args:
         alpha: weight of TCKD, >= 0.
@@ -274,13 +274,13 @@ class DISTLoss(DistillLoss):
     constant vector (e.g. a column when B = 1) counts as uncorrelated instead of giving NaN. The intra-class term needs
     B >= 2 to carry information. Being correlations, both terms are unchanged by adding a constant to a row of logits
     (softmax ignores it), but not by rescaling the logits (that changes the softmax); they are zero whenever the
-    student's probabilities are a positive affine map of the teacher's, ``Y^s = a·Y^t + (1 − a)/K``, which is the
-    relaxed match the paper argues for.
+    student's probabilities are a positive affine map of the teacher's, ``Y^s = a·Y^t + (1 − a)/K`` with one a > 0
+    for the batch, which is the relaxed match the paper argues for.
 
     Defaults are the paper's CIFAR-100 setting, beta = gamma = 2, τ = 4, CE weight 1; in the authors' code
     (hunto/image_classification_sota, ``configs/strategies/distill/dist_cifar.yaml``) this is the ``dist_t4`` loss
-    (beta = gamma = 1, τ = 4) times ``kd_loss_weight: 2`` with ``ori_loss_weight: 1``. Their ImageNet setting is
-    beta = gamma = 2 (also via ``kd_loss_weight: 2``) with τ = 1.
+    (beta = gamma = 1, τ = 4) times ``kd_loss_weight: 2`` with ``ori_loss_weight: 1``. Their ImageNet config
+    (``resnet_dist.yaml``) is the same with τ = 1.
 
     Args:
         beta: weight of the inter-class relation, >= 0.
@@ -332,8 +332,8 @@ class LogitStandardizedKDLoss(DistillLoss):
     is unchanged by adding a constant to a row of either model's logits or multiplying it by a positive number.
 
     ``std`` is the sample standard deviation (divisor K − 1) and ``eps = 1e-7`` is added to it, as in the authors'
-    code (sunshangquan/logit-standardization-KD, ``mdistiller/distillers/KD.py``, ``torch.std``); the paper's formula
-    divides by K, which only rescales T by ``sqrt(K/(K − 1))`` (0.5 % for K = 100).
+    code (sunshangquan/logit-standardization-KD, ``mdistiller/distillers/KD.py``, ``torch.std``). The population std
+    (divisor K) would only rescale T by ``sqrt(K/(K − 1))`` (0.5 % for K = 100, 5 % for K = 10).
 
     Weights are named as in the authors' code (a CE weight and a KD weight, not alpha) because their KD weight is 9,
     not a convex mix. Defaults are their CIFAR-100 setting for KD+LS: base temperature 2 and KD weight 9
