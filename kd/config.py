@@ -17,7 +17,9 @@ from typing import Any, TypeVar
 import torch
 
 from kd.data import DATASETS
+from kd.losses import LOSSES
 from kd.optim import OPTIMIZERS, SCHEDULES
+from kd.precision import PRECISIONS
 
 C = TypeVar("C")
 
@@ -49,7 +51,12 @@ class RunConfig:
     seed: int = arg(0, "random seed (weights, shuffling, augmentation, subsets)")
     device: str = arg("auto", "cpu, cuda, cuda:N, or auto (cuda when available)")
     resume: bool = arg(False, "continue an interrupted run from OUT/.../last.pt")
-    amp: bool = arg(False, "bf16 autocast for forward passes")
+    precision: str = arg("auto", "auto: bf16 autocast where the hardware computes bf16 natively (CUDA, CPUs with AMX "
+                         "or AVX512-BF16), fp32 elsewhere; the choice and the CPU are printed and kept in report.json",
+                         PRECISIONS)
+    channels_last: bool | None = arg(None, "channels-last memory format for models and batches (default: on CUDA and "
+                                     "with bf16, where it is faster)")
+    compile: bool = arg(False, "train through torch.compile (pays a compile time up front; see BENCHMARKS.md)")
     progress: bool = arg(True, "show progress bars")
 
 
@@ -109,5 +116,11 @@ class KDConfig(RunConfig):
     teacher_arch: str = arg("wide_cnn", "architecture of the teacher trained when --teacher is not given")
     teacher_model_args: str = arg("{}", "JSON of the teacher's architecture arguments")
     teacher_epochs: int = arg(30, "epochs of the teacher trained when --teacher is not given")
-    temperature: float = arg(4.0, "distillation temperature T")
-    alpha: float = arg(0.9, "weight of the soft-target term; 0 = plain cross-entropy fine-tuning")
+    kd_loss: str = arg("kd", "distillation loss (kd.losses.LOSSES): kd (Hinton), dkd (decoupled KD), dist (DIST), "
+                       "kd-ls (logit-standardised KD), ce (no teacher)", tuple(LOSSES))
+    loss_args: str = arg("{}", "JSON of the loss's arguments, e.g. '{\"beta\": 6}' for dkd")
+    temperature: float | None = arg(None, "softening temperature T of kd / dkd / kd-ls (default: the loss's own)")
+    alpha: float | None = arg(None, "kd's soft-target weight in [0, 1] (default: the loss's own); 0 = plain "
+                              "cross-entropy, whatever --kd-loss says")
+    teacher_cache: int = arg(0, "K > 0: run the teacher once over K augmented views of every training image, keep "
+                             "the logits on disk (--cache-dir) and train from them, never running the teacher again")

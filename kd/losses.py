@@ -113,6 +113,13 @@ def create_loss(name: str, **kwargs: Any) -> DistillLoss:
     return cls(**kwargs)
 
 
+def loss_arguments(name: str) -> list[str]:
+    """The keyword arguments the registered loss ``name`` accepts (ValueError for an unknown name)."""
+    if name not in LOSSES:
+        raise ValueError(f"unknown loss {name!r}; known losses: {', '.join(sorted(LOSSES))}")
+    return _init_arguments(LOSSES[name])
+
+
 def total_loss(parts: Parts) -> torch.Tensor:
     """The training loss: the sum of the (already weighted) parts a :class:`DistillLoss` returned."""
     values = list(parts.values())

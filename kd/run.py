@@ -13,8 +13,10 @@ from torch import nn
 from kd.callbacks import EpochPrinter
 from kd.config import KDConfig, RunConfig, resolve_device, save_config
 from kd.data import BatchIterator, DataSplits, DataUnavailableError, load_dataset, make_loaders
-from kd.losses import DistillationLoss
+from kd.losses import CrossEntropy, DistillLoss, create_loss, loss_arguments
+from kd.precision import Hardware
 from kd.report import ModelReport
+from kd.teacher_cache import CachedBatchIterator, load_or_build
 from kd.trainer import FitResult, evaluate, fit_model
 from models import create_model, load_model, save_model
 
@@ -29,6 +31,7 @@ def start_run(cfg: RunConfig) -> tuple[DataSplits, Path]:
     """Seeds, loads the data (first, so a missing data set stops the run before anything is written), then writes
     ``OUT/config.json``; returns the data and the output folder."""
     seed_everything(cfg.seed)
+    print(hardware(cfg).describe(), flush=True)
     data = load_data(cfg)
     out = Path(cfg.out)
     save_config(cfg, out / "config.json")
@@ -42,28 +45,76 @@ def loaders(cfg: RunConfig, data: DataSplits) -> tuple[BatchIterator, BatchItera
 
 def model_args(text: str) -> dict[str, Any]:
     """Parses ``--model-args`` JSON (e.g. ``'{"widths": [32, 64, 128, 128]}'``) into keyword arguments."""
+    return json_object(text, "--model-args", '{"widths": [32, 64]}')
+
+
+def json_object(text: str, option: str, example: str) -> dict[str, Any]:
+    """Parses an option's JSON object text into a dict; a one-sentence ValueError naming ``option`` otherwise."""
     try:
         value = json.loads(text)
     except json.JSONDecodeError as err:
-        raise ValueError(f"--model-args must be a JSON object such as '{{\"widths\": [32, 64]}}', got {text!r} "
-                         f"({err.msg})") from None
+        raise ValueError(f"{option} must be a JSON object such as '{example}', got {text!r} ({err.msg})") from None
     if not isinstance(value, dict):
-        raise ValueError(f"--model-args must be a JSON object, got {text!r}")
+        raise ValueError(f"{option} must be a JSON object such as '{example}', got {text!r}")
     return value
+
+
+def hardware(cfg: RunConfig) -> Hardware:
+    """The CPU, device, precision and memory format this run trains with (``--precision --channels-last``)."""
+    return Hardware.detect(cfg.precision, resolve_device(cfg.device), cfg.channels_last)
+
+
+def make_loss(cfg: KDConfig) -> DistillLoss:
+    """The loss of ``--kd-loss`` with ``--loss-args``. ``--temperature`` fills the ``temperature`` argument of the
+    losses that have one and ``--alpha`` the soft-target weight of ``kd``, unless ``--loss-args`` sets them;
+    ``--alpha 0`` is plain cross-entropy whatever the loss.
+
+    Raises:
+        ValueError: unknown loss, malformed ``--loss-args``, an argument the loss does not take, a bad value.
+    """
+    if cfg.alpha == 0:
+        return CrossEntropy()
+    kwargs = json_object(cfg.loss_args, "--loss-args", '{"beta": 6}')
+    if cfg.alpha is not None and cfg.kd_loss != "kd":
+        raise ValueError(f"--alpha is the soft-target weight of --kd-loss kd; set the weights of {cfg.kd_loss} with "
+                         f"--loss-args (or --alpha 0 for plain cross-entropy)")
+    if cfg.temperature is not None and "temperature" in loss_arguments(cfg.kd_loss):
+        kwargs.setdefault("temperature", cfg.temperature)
+    elif cfg.temperature is not None:
+        raise ValueError(f"--kd-loss {cfg.kd_loss} has no temperature argument; set its arguments with --loss-args")
+    if cfg.alpha is not None:
+        kwargs.setdefault("alpha", cfg.alpha)
+    return create_loss(cfg.kd_loss, **kwargs)
 
 
 def train(model: nn.Module, cfg: RunConfig, train_batches: BatchIterator, test_batches: BatchIterator, *,
           out_dir: str | Path, teacher: nn.Module | None = None, loss: nn.Module | None = None,
           epochs: int | None = None, lr: float | None = None, feature_loss: nn.Module | None = None) -> FitResult:
-    """Fits ``model`` with the optimizer and schedule of ``cfg`` (``epochs``/``lr`` override it), checkpointing to
-    ``out_dir`` and resuming from it when ``cfg.resume`` and a ``last.pt`` is there."""
+    """Fits ``model`` with the optimizer, schedule and precision of ``cfg`` (``epochs``/``lr`` override it),
+    checkpointing to ``out_dir`` and resuming from it when ``cfg.resume`` and a ``last.pt`` is there.
+
+    With ``--teacher-cache K`` (and a loss that reads only the teacher's logits), the teacher's outputs on K views of
+    every training image are taken from the cache (built first when missing) and the teacher is not run again.
+    """
     resume = cfg.resume and (Path(out_dir) / "last.pt").is_file()
     if resume:
         print(f"  resuming from {Path(out_dir) / 'last.pt'}", flush=True)
+    views = getattr(cfg, "teacher_cache", 0)
+    if teacher is not None and views > 0 and getattr(loss, "needs_teacher", True):
+        if feature_loss is not None:
+            raise ValueError("--teacher-cache keeps only the teacher's logits; a FitNet hint needs its features "
+                             "(drop --teacher-cache or the hint)")
+        cache, reused = load_or_build(teacher, train_batches, views, cache_dir=cfg.cache_dir, seed=cfg.seed,
+                                      precision=cfg.precision, progress=cfg.progress)
+        how = "reused" if reused else f"built in {cache.seconds:.0f} s"
+        print(f"  teacher cache: {views} views × {train_batches.num_samples} images, {cache.nbytes / 2**20:.1f} MiB, "
+              f"{how}", flush=True)
+        train_batches, teacher = CachedBatchIterator(cache, train_batches), None
     return fit_model(model, train_batches, test_batches, epochs=epochs if epochs is not None else cfg.epochs,
                      lr=lr if lr is not None else cfg.lr, teacher=teacher, loss=loss, optimizer=cfg.optimizer,
                      schedule=cfg.schedule, weight_decay=cfg.weight_decay, feature_loss=feature_loss, resume=resume,
-                     device=resolve_device(cfg.device), out_dir=out_dir, amp=cfg.amp, progress=cfg.progress,
+                     device=resolve_device(cfg.device), out_dir=out_dir, precision=cfg.precision,
+                     channels_last=cfg.channels_last, compile=cfg.compile, progress=cfg.progress,
                      callbacks=[EpochPrinter()])
 
 
@@ -89,7 +140,7 @@ def fit_teacher(cfg: RunConfig, data: DataSplits, arch: str, arch_args: dict[str
     model = create_model(arch, data.num_classes, **arch_args)
     print(f"teacher {arch}: {len(data.train)} training / {len(data.test)} test images, {data.num_classes} classes")
     result = train(model, cfg, train_batches, test_batches, out_dir=out / "teacher_train", epochs=epochs,
-                   loss=DistillationLoss(alpha=0.0, label_smoothing=label_smoothing))
+                   loss=CrossEntropy(label_smoothing=label_smoothing))
     report = ModelReport.measure("teacher", model, result.last_accuracy, data.input_size)
     save_model(model, out / "teacher.pt", meta={"accuracy": report.accuracy, **data.meta(),
                                                 "history": result.to_dict()["history"]})

@@ -68,12 +68,12 @@ class DropoutSweep:
 
 def sweep_dropout(model: nn.Module, rates: Sequence[float], train: ImageTensors, *, mean: Sequence[float],
                   std: Sequence[float], val_size: int | float = 0.1, epochs: int = 2, lr: float = 0.01,
-                  batch_size: int = 128, teacher: nn.Module | None = None, alpha: float = 0.9,
-                  temperature: float = 4.0, device: str | torch.device = "cpu", seed: int = 0) -> DropoutSweep:
+                  batch_size: int = 128, teacher: nn.Module | None = None, loss: nn.Module | None = None,
+                  device: str | torch.device = "cpu", seed: int = 0) -> DropoutSweep:
     """Trains a copy of ``model`` per dropout rate on ``train`` minus a validation split and picks the best rate.
 
     Every copy starts from the same weights, sees the same batches (same seed) and is trained for ``epochs`` with
-    SGD + cosine at ``lr``, distilling from ``teacher`` when given (``alpha``, ``temperature``), else cross-entropy.
+    SGD + cosine at ``lr``, distilling from ``teacher`` with ``loss`` when given (default: the Trainer's), else cross-entropy.
     Only training tensors are passed in: the pick never sees the test split.
     """
     if not rates:
@@ -85,7 +85,7 @@ def sweep_dropout(model: nn.Module, rates: Sequence[float], train: ImageTensors,
         torch.manual_seed(seed)
         candidate = set_dropout(model, rate)
         batches = BatchIterator(fit_part, batch_size, train=True, mean=mean, std=std, device=device, seed=seed)
-        fit_model(candidate, batches, epochs=epochs, lr=lr, teacher=teacher, alpha=alpha, temperature=temperature,
+        fit_model(candidate, batches, epochs=epochs, lr=lr, teacher=teacher, loss=loss,
                   device=device, progress=False)
         accuracies[float(rate)] = evaluate(candidate, val_batches, device).accuracy
         models[float(rate)] = candidate

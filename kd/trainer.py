@@ -1,7 +1,9 @@
 """``kd.Trainer``: supervised training or distillation of a student, with checkpoints, resume and progress bars.
 
-The trainer knows nothing of the architecture: it takes a student, an optional frozen teacher, a loss called as
-``loss(student_logits, teacher_logits_or_None, targets)``, an optimizer and a per-step scheduler.
+The trainer knows nothing of the architecture: it takes a student, an optional frozen teacher, a loss from
+:mod:`kd.losses` (called as ``loss(student_logits, teacher_logits | None, targets, state)``, returning named parts), an
+optimizer and a per-step scheduler. Batches are ``(x, y)`` or, from a teacher cache, ``(x, y, teacher_logits)``: then
+the teacher is not run at all.
 """
 from __future__ import annotations
 
@@ -18,12 +20,16 @@ from torch import nn
 from tqdm import tqdm
 
 from kd.callbacks import Callback
-from kd.losses import DistillationLoss
+from kd.errors import NonFiniteError
+from kd.losses import CrossEntropy, DistillLoss, TrainState, create_loss, total_loss
 from kd.optim import make_optimizer, make_scheduler
+from kd.precision import Hardware, autocast, resolve_precision
 from models.checkpoint import atomic_save
 
 CHECKPOINT_FORMAT = 1
-Batches = Iterable[tuple[torch.Tensor, torch.Tensor]]
+DEFAULT_LOSS = "kd"  # the loss a Trainer with a teacher uses when none is given
+# (x (B, C, H, W), y (B,)) or, from a teacher cache, (x, y, teacher_logits (B, K))
+Batches = Iterable[tuple[torch.Tensor, ...]]
 
 
 @dataclass
@@ -45,6 +51,7 @@ class EpochRecord:
     images_per_s: float
     seconds: float
     lr: float
+    train_parts: dict[str, float] = field(default_factory=dict)  # mean of each named loss part over the epoch
 
 
 @dataclass
@@ -71,9 +78,9 @@ class Trainer:
 
     Args:
         student: the model being trained.
-        teacher: optional frozen teacher; ``None`` is supervised training.
-        loss: called as ``loss(student_logits, teacher_logits | None, targets)``; defaults to
-            ``DistillationLoss()`` (T = 4, alpha = 0.9) with a teacher and plain cross-entropy without one.
+        teacher: optional frozen teacher; ``None`` is supervised training (or distillation from cached logits).
+        loss: a :class:`kd.losses.DistillLoss` (or any module returning a scalar or a dict of scalar parts);
+            defaults to ``create_loss(DEFAULT_LOSS)`` with a teacher and cross-entropy without one.
         optimizer: defaults to SGD (lr 0.05, momentum 0.9, Nesterov, weight decay 5e-4) over the student's (and the
             feature loss's) parameters.
         scheduler: stepped once per batch; defaults to cosine annealing over ``epochs × len(train)`` steps.
@@ -83,31 +90,42 @@ class Trainer:
             atomically; ``fit(resume=True)`` continues from ``last.pt``.
         feature_loss: optional extra term (e.g. :class:`kd.HintLoss`) called with no arguments after each forward.
         callbacks: objects with ``on_step_end`` / ``on_epoch_end`` (see :class:`kd.Callback`).
-        amp: bf16 autocast for the forward passes (CPU or CUDA).
+        precision: ``auto`` (bf16 autocast where the hardware has native bf16, see :mod:`kd.precision`), ``fp32``
+            or ``bf16``. Losses and metrics stay fp32.
+        channels_last: run student, teacher and batches channels-last; None picks by hardware and precision.
+        compile: train through ``torch.compile(student)`` (checkpoints still hold the plain module's weights).
         progress: show tqdm bars.
         grad_clip: clip the gradient norm to this value when given.
+
+    Raises:
+        kd.errors.NonFiniteError: from ``fit`` when the loss becomes NaN or infinite; no checkpoint of that epoch is
+            written, so ``best.pt`` and ``last.pt`` only ever hold finite weights.
     """
 
     def __init__(self, student: nn.Module, teacher: nn.Module | None = None, loss: nn.Module | None = None, *,
                  optimizer: torch.optim.Optimizer | None = None, scheduler: Any = None, epochs: int = 10,
                  device: str | torch.device = "cpu", out_dir: str | Path | None = None,
-                 feature_loss: nn.Module | None = None, callbacks: Sequence[Callback] = (), amp: bool = False,
-                 progress: bool = True, grad_clip: float | None = None) -> None:
+                 feature_loss: nn.Module | None = None, callbacks: Sequence[Callback] = (), precision: str = "auto",
+                 channels_last: bool | None = None, compile: bool = False, progress: bool = True,
+                 grad_clip: float | None = None) -> None:
         if epochs < 1:
             raise ValueError(f"epochs must be >= 1, got {epochs}")
         self.device = torch.device(device)
-        self.student = student.to(self.device)
-        self.teacher = teacher.to(self.device).eval() if teacher is not None else None
-        self.loss = loss if loss is not None else DistillationLoss(alpha=0.9 if teacher is not None else 0.0)
+        self.hardware = Hardware.detect(precision, self.device, channels_last)
+        self.precision, self.channels_last = self.hardware.precision, self.hardware.channels_last
+        self.student = _to(student, self.device, self.channels_last)
+        self.teacher = _to(teacher, self.device, self.channels_last).eval() if teacher is not None else None
+        self.loss = loss if loss is not None else (create_loss(DEFAULT_LOSS) if teacher is not None else CrossEntropy())
         self.feature_loss = feature_loss.to(self.device) if feature_loss is not None else None
         if self.feature_loss is not None and self.teacher is None:
             raise ValueError("a feature loss needs a teacher")
-        self.epochs, self.out_dir, self.amp, self.progress = epochs, Path(out_dir) if out_dir else None, amp, progress
+        self.epochs, self.out_dir, self.progress = epochs, Path(out_dir) if out_dir else None, progress
         self.grad_clip = grad_clip
         self.callbacks = list(callbacks)
         self.optimizer = optimizer or torch.optim.SGD(self._trainable(), lr=0.05, momentum=0.9, nesterov=True,
                                                       weight_decay=5e-4)
         self.scheduler = scheduler
+        self._forward = torch.compile(self.student) if compile else self.student
         self.should_stop = False  # a callback may set it to end fit after the current epoch
         self.epoch = 0
         self.result = FitResult(checkpoint_dir=str(self.out_dir) if self.out_dir else None)
@@ -150,54 +168,75 @@ class Trainer:
         self.student.train()
         if self.teacher is not None:
             self.teacher.eval()  # student.train() does not reach it, but a user's callback might; re-assert
+        parts_sum: dict[str, float] = {}
         loss_sum, correct, seen, start = 0.0, 0, 0, time.perf_counter()
-        bar = tqdm(train, total=_len(train), desc=f"epoch {self.epoch}/{self.epochs}", disable=not self.progress,
+        steps = _len(train)
+        bar = tqdm(train, total=steps, desc=f"epoch {self.epoch}/{self.epochs}", disable=not self.progress,
                    leave=False, unit="batch")
-        for step, (x, y) in enumerate(bar):
-            x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
-            loss, logits = self._step(x, y)
+        for step, batch in enumerate(bar):
+            x, y = batch[0].to(self.device, non_blocking=True), batch[1].to(self.device, non_blocking=True)
+            cached = batch[2].to(self.device, non_blocking=True) if len(batch) > 2 else None
+            state = TrainState(self.epoch, self.epochs, (self.epoch - 1) * (steps or 0) + step, steps)
+            parts, logits = self._step(x, y, cached, state)
             b = y.numel()
+            for name, value in parts.items():
+                parts_sum[name] = parts_sum.get(name, 0.0) + value * b
+            loss = sum(parts.values())
             loss_sum += loss * b
             correct += int((logits.argmax(1) == y).sum())
             seen += b
             rate = seen / max(time.perf_counter() - start, 1e-9)
-            bar.set_postfix(loss=f"{loss_sum / seen:.3f}", acc=f"{100 * correct / seen:.1f}", img_s=f"{rate:.0f}")
+            shown = {k: f"{v / seen:.3f}" for k, v in parts_sum.items()} if len(parts_sum) > 1 else {}
+            bar.set_postfix(loss=f"{loss_sum / seen:.3f}", **shown, acc=f"{100 * correct / seen:.1f}",
+                            img_s=f"{rate:.0f}")
             for cb in self.callbacks:
                 cb.on_step_end(self, step, loss)
         seconds = time.perf_counter() - start
-        return EpochRecord(self.epoch, loss_sum / max(seen, 1), 100 * correct / max(seen, 1), float("nan"),
-                           float("nan"), seen / max(seconds, 1e-9), seconds, self.optimizer.param_groups[0]["lr"])
+        n = max(seen, 1)
+        return EpochRecord(self.epoch, loss_sum / n, 100 * correct / n, float("nan"), float("nan"),
+                           seen / max(seconds, 1e-9), seconds, self.optimizer.param_groups[0]["lr"],
+                           {k: v / n for k, v in parts_sum.items()})
 
-    def _step(self, x: torch.Tensor, y: torch.Tensor) -> tuple[float, torch.Tensor]:
-        with self._autocast():
-            logits = self.student(x)  # (B, K)
-            teacher_logits = None
-            if self.teacher is not None:
+    def _step(self, x: torch.Tensor, y: torch.Tensor, cached: torch.Tensor | None,
+              state: TrainState) -> tuple[dict[str, float], torch.Tensor]:
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        with autocast(self.precision, self.device):
+            logits = self._forward(x)  # (B, K)
+            teacher_logits = cached
+            if teacher_logits is None and self.teacher is not None:
                 with torch.inference_mode():
                     teacher_logits = self.teacher(x)
                 teacher_logits = teacher_logits.clone()  # an ordinary tensor, usable by autograd
-            loss = self.loss(logits, teacher_logits, y)
+            parts = _as_parts(self._call_loss(logits, teacher_logits, y, state))
             if self.feature_loss is not None:
-                loss = loss + self.feature_loss()
+                parts["hint"] = self.feature_loss()
+        loss = total_loss(parts)
+        if not torch.isfinite(loss):
+            raise NonFiniteError(
+                f"the training loss became {float(loss)} at epoch {state.epoch}, step {state.step + 1} (lr "
+                f"{self.optimizer.param_groups[0]['lr']:.3g}); the run diverged: lower the learning rate")
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         if self.grad_clip is not None:
             nn.utils.clip_grad_norm_(self._trainable(), self.grad_clip)
         self.optimizer.step()
         self.scheduler.step()
-        return float(loss.detach()), logits.detach()
+        return {k: float(v.detach()) for k, v in parts.items()}, logits.detach()
 
-    def _autocast(self) -> contextlib.AbstractContextManager:
-        if not self.amp:
-            return contextlib.nullcontext()
-        return torch.autocast(device_type=self.device.type, dtype=torch.bfloat16)
+    def _call_loss(self, logits: torch.Tensor, teacher_logits: torch.Tensor | None, y: torch.Tensor,
+                   state: TrainState) -> Any:
+        if isinstance(self.loss, DistillLoss):
+            return self.loss(logits, teacher_logits, y, state)
+        return self.loss(logits, teacher_logits, y)  # a user's module with the three-argument signature
 
     # -------------------------------------------------------------------------------------------------- evaluate
 
     @torch.inference_mode()
     def evaluate(self, data: Batches, model: nn.Module | None = None) -> EvalResult:
         """Mean cross-entropy and top-1 accuracy (percent) of ``model`` (default: the student) on ``data``."""
-        return evaluate(model or self.student, data, self.device, amp=self.amp, progress=self.progress)
+        return evaluate(model or self.student, data, self.device, precision=self.precision,
+                        channels_last=self.channels_last, progress=self.progress)
 
     # ----------------------------------------------------------------------------------------------- checkpoints
 
@@ -210,6 +249,7 @@ class Trainer:
             res.best_accuracy, res.best_epoch = record.val_accuracy, record.epoch
         if self.out_dir is None:
             return
+        _check_finite(self.student)
         state = self._checkpoint_state(train)
         atomic_save(state, self.out_dir / "last.pt")
         if improved:
@@ -264,6 +304,23 @@ class Trainer:
                                                 weights_only=True)["student"])
 
 
+def _to(model: nn.Module, device: torch.device, channels_last: bool) -> nn.Module:
+    model = model.to(device)
+    return model.to(memory_format=torch.channels_last) if channels_last else model
+
+
+def _as_parts(out: torch.Tensor | dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """A loss's output as named parts: a plain scalar becomes ``{"loss": value}``."""
+    return dict(out) if isinstance(out, dict) else {"loss": out}
+
+
+def _check_finite(model: nn.Module) -> None:
+    bad = [name for name, p in model.state_dict().items() if p.is_floating_point() and not torch.isfinite(p).all()]
+    if bad:
+        raise NonFiniteError(f"the student's weights became non-finite ({', '.join(bad[:3])}"
+                             f"{' ...' if len(bad) > 3 else ''}); the run diverged: lower the learning rate")
+
+
 def _len(batches: Batches) -> int | None:
     return len(batches) if hasattr(batches, "__len__") else None
 
@@ -284,20 +341,23 @@ def _frozen(teacher: nn.Module | None) -> Iterator[None]:
 
 
 @torch.inference_mode()
-def evaluate(model: nn.Module, data: Batches, device: str | torch.device = "cpu", *, amp: bool = False,
-             progress: bool = False) -> EvalResult:
+def evaluate(model: nn.Module, data: Batches, device: str | torch.device = "cpu", *, precision: str = "fp32",
+             channels_last: bool = False, progress: bool = False) -> EvalResult:
     """Mean cross-entropy and top-1 accuracy (percent) of ``model`` in eval mode on ``data``.
 
-    The model's train/eval mode is restored afterwards.
+    ``precision`` (``fp32``, ``bf16`` or ``auto``) and ``channels_last`` apply to the forward pass only; the loss is
+    computed in fp32. The model's train/eval mode is restored afterwards.
     """
     device = torch.device(device)
     was_training = model.training
     model.eval()
     loss_sum, correct, seen = 0.0, 0, 0
-    ctx = torch.autocast(device.type, dtype=torch.bfloat16) if amp else contextlib.nullcontext()
-    for x, y in tqdm(data, total=_len(data), desc="eval", disable=not progress, leave=False, unit="batch"):
-        x, y = x.to(device), y.to(device)
-        with ctx:
+    precision = resolve_precision(precision, device)
+    for batch in tqdm(data, total=_len(data), desc="eval", disable=not progress, leave=False, unit="batch"):
+        x, y = batch[0].to(device), batch[1].to(device)
+        if channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        with autocast(precision, device):
             logits = model(x).float()  # (B, K)
         loss_sum += float(F.cross_entropy(logits, y, reduction="sum"))
         correct += int((logits.argmax(1) == y).sum())
@@ -307,19 +367,19 @@ def evaluate(model: nn.Module, data: Batches, device: str | torch.device = "cpu"
 
 
 def fit_model(student: nn.Module, train: Batches, val: Batches | None = None, *, epochs: int, lr: float,
-              teacher: nn.Module | None = None, loss: nn.Module | None = None, alpha: float = 0.9,
-              temperature: float = 4.0, optimizer: str = "sgd", schedule: str = "cosine", weight_decay: float = 5e-4,
-              feature_loss: nn.Module | None = None, resume: bool | str | Path = False, **trainer_options: Any
-              ) -> FitResult:
-    """One call for the usual fit: optimizer by name over the student's (and the feature loss's) parameters, a
-    per-step schedule over ``epochs × len(train)`` steps, and ``DistillationLoss(temperature, alpha)`` with a teacher
-    or plain cross-entropy without one (unless ``loss`` is given). ``trainer_options`` go to :class:`Trainer`
-    (``device``, ``out_dir``, ``amp``, ``progress``, ``callbacks`` ...)."""
+              teacher: nn.Module | None = None, loss: nn.Module | None = None, optimizer: str = "sgd",
+              schedule: str = "cosine", weight_decay: float = 5e-4, feature_loss: nn.Module | None = None,
+              resume: bool | str | Path = False, **trainer_options: Any) -> FitResult:
+    """The one training entry: optimizer by name over the student's (and the feature loss's) parameters, a per-step
+    schedule over ``epochs × len(train)`` steps, and ``loss`` (default: the Trainer's — ``DEFAULT_LOSS`` with a
+    teacher, cross-entropy without one). A teacher is only run when the loss or a feature loss needs it.
+    ``trainer_options`` go to :class:`Trainer` (``device``, ``out_dir``, ``precision``, ``progress``, ``callbacks``
+    ...)."""
     params = list(student.parameters()) + (list(feature_loss.parameters()) if feature_loss is not None else [])
     opt = make_optimizer(optimizer, params, lr, weight_decay)
     sched = make_scheduler(schedule, opt, epochs * (_len(train) or 1))
-    if loss is None:
-        loss = DistillationLoss(temperature, alpha if teacher is not None else 0.0)
+    if loss is not None and not getattr(loss, "needs_teacher", True) and feature_loss is None:
+        teacher = None  # e.g. alpha = 0: running the teacher would cost time for nothing
     trainer = Trainer(student, teacher, loss, optimizer=opt, scheduler=sched, epochs=epochs,
                       feature_loss=feature_loss, **trainer_options)
     return trainer.fit(train, val, resume=resume)

@@ -53,8 +53,7 @@ class CompareSetup:
     epochs: int
     lr: float = 0.05
     finetune_lr: float = 0.01
-    alpha: float = 0.9
-    temperature: float = 4.0
+    loss: nn.Module | None = None  # the distillation loss of the "+kd" methods (None: the Trainer's default)
     progressive_steps: int = 2
     seed: int = 0
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
@@ -77,7 +76,7 @@ def make_setup(teacher: nn.Module, data: DataSplits, *, target_flops: int, epoch
                val_size: int | float = 0.1, calibration_batches: int = 4, seed: int = 0,
                device: str | torch.device = "cpu", **options) -> CompareSetup:
     """Splits ``data.train`` into training and validation (class-balanced, by ``seed``) and builds the iterators;
-    ``options`` go to :class:`CompareSetup` (``lr``, ``finetune_lr``, ``alpha``, ``temperature``,
+    ``options`` go to :class:`CompareSetup` (``lr``, ``finetune_lr``, ``loss``,
     ``progressive_steps``)."""
     device = torch.device(device)
     fit, val, _ = validation_split(data.train, val_size, seed)
@@ -112,7 +111,7 @@ class MethodResult:
 def recover(student: nn.Module, setup: CompareSetup, *, distill: bool, lr: float, epochs: int | None = None) -> None:
     """Trains ``student`` for ``epochs`` (default: the budget) with SGD + cosine, distilling when ``distill``."""
     fit_model(student, setup.train, epochs=epochs or setup.epochs, lr=lr, teacher=setup.teacher if distill else None,
-              alpha=setup.alpha, temperature=setup.temperature, device=setup.device, progress=False)
+              loss=setup.loss if distill else None, device=setup.device, progress=False)
 
 
 def _one_shot(importance: str, distill: bool) -> Callable[[CompareSetup], tuple[nn.Module, str]]:
@@ -130,8 +129,8 @@ def _progressive(setup: CompareSetup) -> tuple[nn.Module, str]:
     res = progressive_prune(setup.teacher_copy(), torch.zeros(setup.input_size), setup.train, setup.val,
                             target_flops=setup.target_flops, num_steps=steps, importance="activation",
                             calibration=setup.calibration, epochs_per_step=max(1, setup.epochs // steps),
-                            lr=setup.finetune_lr, teacher=setup.teacher, alpha=setup.alpha,
-                            temperature=setup.temperature, max_steps=steps, device=setup.device)
+                            lr=setup.finetune_lr, teacher=setup.teacher, loss=setup.loss, max_steps=steps,
+                            device=setup.device)
     used = (len(res.steps) - 1) * max(1, setup.epochs // steps)
     return res.model, f"{len(res.steps) - 1} steps, {used} epochs in all"
 

@@ -69,7 +69,7 @@ def progressive_prune(model: nn.Module, example_inputs: torch.Tensor, train: Bat
                       num_steps: int | None = None,
                       importance: str = "l1", calibration: Batches | None = None, epochs_per_step: int = 1,
                       lr: float = 0.01, optimizer: str = "sgd", weight_decay: float = 5e-4,
-                      teacher: nn.Module | None = None, alpha: float = 0.9, temperature: float = 4.0,
+                      teacher: nn.Module | None = None, loss: nn.Module | None = None,
                       max_drop: float | None = None, max_steps: int = 20, device: str | torch.device = "cpu",
                       on_step: Callable[[StepRecord], None] | None = None) -> ProgressiveResult:
     """Runs the prune → fine-tune → evaluate loop on a copy of ``model`` (the input is not changed).
@@ -84,7 +84,8 @@ def progressive_prune(model: nn.Module, example_inputs: torch.Tensor, train: Bat
             split over a known number of steps.
         importance: ``pruning.prune`` criterion (``l1``, ``activation`` needs ``calibration`` ...).
         epochs_per_step, lr, optimizer, weight_decay: fine-tuning after each prune (cosine schedule).
-        teacher: distil from it (``alpha``, ``temperature``) during fine-tuning; None fine-tunes with cross-entropy.
+        teacher: distil from it with ``loss`` (a :mod:`kd.losses` object; default the Trainer's) during fine-tuning;
+            None fine-tunes with cross-entropy.
         max_drop: stop when validation accuracy is more than this many points below the input model's.
         on_step: called with each :class:`StepRecord` as it is made (to print a row).
     """
@@ -124,7 +125,7 @@ def progressive_prune(model: nn.Module, example_inputs: torch.Tensor, train: Bat
         if res.after.flops >= res.before.flops and res.after.params >= res.before.params:
             break  # nothing left to prune
         student = res.model.to(device)
-        _fine_tune(student, train, teacher, epochs_per_step, lr, optimizer, weight_decay, alpha, temperature, device)
+        _fine_tune(student, train, teacher, loss, epochs_per_step, lr, optimizer, weight_decay, device)
         c = profile(student, size)
         rec = StepRecord(k, c.flops, c.params, c.param_size_kb, evaluate(student, val, device).accuracy,
                          _meets(c, target_flops, target_params), time.perf_counter() - t0)
@@ -143,7 +144,7 @@ def progressive_prune(model: nn.Module, example_inputs: torch.Tensor, train: Bat
                              stopped, time.perf_counter() - start)
 
 
-def _fine_tune(student: nn.Module, train: Batches, teacher: nn.Module | None, epochs: int, lr: float, optimizer: str,
-               weight_decay: float, alpha: float, temperature: float, device: torch.device) -> None:
-    fit_model(student, train, epochs=epochs, lr=lr, teacher=teacher, alpha=alpha, temperature=temperature,
+def _fine_tune(student: nn.Module, train: Batches, teacher: nn.Module | None, loss: nn.Module | None, epochs: int,
+               lr: float, optimizer: str, weight_decay: float, device: torch.device) -> None:
+    fit_model(student, train, epochs=epochs, lr=lr, teacher=teacher, loss=loss if teacher is not None else None,
               optimizer=optimizer, weight_decay=weight_decay, device=device, progress=False)

@@ -18,7 +18,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
 from kd.config import KDConfig, arg, parse_config, resolve_device  # noqa: E402
-from kd.run import obtain_teacher, run_main, start_run  # noqa: E402
+from kd.run import make_loss, obtain_teacher, run_main, start_run  # noqa: E402
 from pruning.compare import METHODS, Summary, make_setup, markdown_table, plot, run_method, summarize  # noqa: E402
 
 
@@ -44,6 +44,7 @@ def main(argv: list[str] | None = None) -> list[Summary]:
         raise ValueError(f"unknown method(s) {unknown}; choose from {', '.join(METHODS)}")
     if cfg.seeds < 1:
         raise ValueError(f"--seeds must be >= 1, got {cfg.seeds}")
+    loss = make_loss(cfg)
     data, out = start_run(cfg)
     teacher, teacher_report = obtain_teacher(cfg, data, out)
     target = cfg.target_flops or int(cfg.budget * teacher_report.flops)
@@ -54,7 +55,7 @@ def main(argv: list[str] | None = None) -> list[Summary]:
         setup = make_setup(teacher, data, target_flops=target, epochs=cfg.epochs, batch_size=cfg.batch_size,
                            val_size=cfg.val_size, calibration_batches=cfg.calibration_batches, seed=seed,
                            device=resolve_device(cfg.device), lr=cfg.lr, finetune_lr=cfg.finetune_lr,
-                           alpha=cfg.alpha, temperature=cfg.temperature, progressive_steps=cfg.progressive_steps)
+                           loss=loss, progressive_steps=cfg.progressive_steps)
         for name in methods:
             r = run_method(name, setup)
             results.append(r)

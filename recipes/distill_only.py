@@ -16,10 +16,12 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
-from kd import DistillationLoss, HintLoss  # noqa: E402
+from kd import HintLoss  # noqa: E402
 from kd.config import KDConfig, arg, parse_config  # noqa: E402
 from kd.report import ModelReport, print_reports, write_report  # noqa: E402
-from kd.run import loaders, model_args, obtain_teacher, run_main, seed_everything, start_run, train  # noqa: E402
+from kd.run import (  # noqa: E402
+    loaders, make_loss, model_args, obtain_teacher, run_main, seed_everything, start_run, train,
+)
 from models import create_model, list_models, save_model  # noqa: E402
 
 
@@ -36,6 +38,7 @@ class DistillConfig(KDConfig):
 
 def main(argv: list[str] | None = None) -> list[ModelReport]:
     cfg = parse_config(DistillConfig, argv, description=__doc__.split("\n")[0])
+    loss = make_loss(cfg)
     data, out = start_run(cfg)
     teacher, teacher_report = obtain_teacher(cfg, data, out)
     train_batches, test_batches = loaders(cfg, data)
@@ -46,12 +49,10 @@ def main(argv: list[str] | None = None) -> list[ModelReport]:
         if not (cfg.hint_student_layer and cfg.hint_teacher_layer):
             raise ValueError("a FitNet hint needs both --hint-student-layer and --hint-teacher-layer")
         hint = HintLoss(student, teacher, cfg.hint_student_layer, cfg.hint_teacher_layer, weight=cfg.hint_weight)
-    uses_teacher = cfg.alpha > 0 or hint is not None  # alpha = 0 without a hint: the teacher would run for nothing
-    print(f"student {cfg.arch}: " + (f"distilling with T={cfg.temperature}, alpha={cfg.alpha}" if uses_teacher
-                                     else "cross-entropy only"))
+    uses_teacher = loss.needs_teacher or hint is not None  # cross-entropy without a hint: the teacher is not run
+    print(f"student {cfg.arch}: " + (f"distilling with {loss}" if loss.needs_teacher else "cross-entropy only"))
     result = train(student, cfg, train_batches, test_batches, out_dir=out / "student_train",
-                   teacher=teacher if uses_teacher else None,
-                   loss=DistillationLoss(cfg.temperature, cfg.alpha), feature_loss=hint)
+                   teacher=teacher if uses_teacher else None, loss=loss, feature_loss=hint)
     if hint is not None:
         hint.remove()
     student_report = ModelReport.measure("student", student, result.last_accuracy, data.input_size)

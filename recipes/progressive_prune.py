@@ -21,7 +21,7 @@ import torch  # noqa: E402
 from kd.config import KDConfig, arg, parse_config, resolve_device  # noqa: E402
 from kd.data import BatchIterator  # noqa: E402
 from kd.report import ModelReport, print_reports, write_report  # noqa: E402
-from kd.run import obtain_teacher, run_main, start_run  # noqa: E402
+from kd.run import make_loss, obtain_teacher, run_main, start_run  # noqa: E402
 from kd.sweep import validation_split  # noqa: E402
 from kd.trainer import evaluate  # noqa: E402
 from models import save_model  # noqa: E402
@@ -52,6 +52,7 @@ class ProgressiveConfig(KDConfig):
 def main(argv: list[str] | None = None) -> ProgressiveResult:
     cfg = parse_config(ProgressiveConfig, argv, description=__doc__.split("\n")[0])
     device = resolve_device(cfg.device)
+    loss = make_loss(cfg)
     data, out = start_run(cfg)
     teacher, teacher_report = obtain_teacher(cfg, data, out)
     fit, val, _ = validation_split(data.train, cfg.val_size, cfg.seed)
@@ -68,7 +69,7 @@ def main(argv: list[str] | None = None) -> ProgressiveResult:
         BatchIterator(val, 2 * cfg.batch_size, train=False, **norm), step_ratio=cfg.step_ratio, num_steps=cfg.num_steps,
         importance=cfg.importance, calibration=calibration, epochs_per_step=cfg.epochs, lr=cfg.lr,
         optimizer=cfg.optimizer, weight_decay=cfg.weight_decay, teacher=teacher if cfg.distill else None,
-        alpha=cfg.alpha, temperature=cfg.temperature, max_drop=cfg.max_drop, max_steps=cfg.max_steps, device=device,
+        loss=loss, max_drop=cfg.max_drop, max_steps=cfg.max_steps, device=device,
         on_step=lambda rec: print(rec.row(), flush=True), **target)
     status = "meets the target" if result.met_target else "does NOT meet the target"
     print(f"\nkept step {result.chosen} ({status}{', stopped early by --max-drop' if result.stopped_early else ''})")

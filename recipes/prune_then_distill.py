@@ -23,11 +23,11 @@ from torch import nn
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
 import pruning  # noqa: E402
-from kd import DistillationLoss, HintLoss, evaluate  # noqa: E402
+from kd import HintLoss, evaluate  # noqa: E402
 from kd.config import KDConfig, arg, parse_config, resolve_device  # noqa: E402
 from kd.data import BatchIterator, DataSplits, subset  # noqa: E402
 from kd.report import ModelReport, print_reports, write_report  # noqa: E402
-from kd.run import loaders, obtain_teacher, run_main, seed_everything, start_run, train  # noqa: E402
+from kd.run import loaders, make_loss, obtain_teacher, run_main, seed_everything, start_run, train  # noqa: E402
 from pruning.importance import NEEDS_CALIBRATION  # noqa: E402
 
 LAB_TARGET_FLOPS = 31_269_888  # the lab's student budget (thop MACs of one 32×32 image)
@@ -63,6 +63,7 @@ def main(argv: list[str] | None = None) -> PruneThenDistillResult:
     cfg = parse_config(PruneThenDistillConfig, argv, description=__doc__.split("\n")[0])
     if cfg.target_flops is None and cfg.target_params is None and cfg.ratio is None:
         cfg.target_flops = LAB_TARGET_FLOPS
+    loss = make_loss(cfg)  # a bad --kd-loss / --loss-args / --alpha stops the run before anything is written
     data, out = start_run(cfg)
     teacher, teacher_report = obtain_teacher(cfg, data, out)
     device = resolve_device(cfg.device)
@@ -80,12 +81,12 @@ def main(argv: list[str] | None = None) -> PruneThenDistillResult:
 
     seed_everything(cfg.seed)  # fine-tuning does not depend on how the teacher was obtained
     hint = _hint(cfg, student, teacher, pruned)
-    uses_teacher = cfg.alpha > 0 or hint is not None
+    uses_teacher = loss.needs_teacher or hint is not None
     print(f"\nfine-tuning the pruned student for {cfg.epochs} epochs: "
-          + (f"distilling with T={cfg.temperature}, alpha={cfg.alpha}" if uses_teacher else "cross-entropy only"))
+          + (f"distilling with {loss}" if loss.needs_teacher else "cross-entropy only")
+          + (f" + FitNet hint on {cfg.hint_layer}" if hint is not None else ""))
     result = train(student, cfg, train_batches, test_batches, out_dir=out / "student_train",
-                   teacher=teacher if uses_teacher else None, loss=DistillationLoss(cfg.temperature, cfg.alpha),
-                   feature_loss=hint)
+                   teacher=teacher if uses_teacher else None, loss=loss, feature_loss=hint)
     if hint is not None:
         hint.remove()
     student_report = ModelReport.measure("student", student, result.last_accuracy, data.input_size)

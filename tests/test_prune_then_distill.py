@@ -48,7 +48,7 @@ def test_recipe_trains_teacher_prunes_distills_and_saves(cifar10_dir, tmp_path, 
     assert models["student"]["flops"] == models["student_pruned"]["flops"] == blocks["student"][0]
     assert 0.9 * target <= models["student"]["flops"] <= target
     assert saved["flops"] == models["student"]["flops"] and saved["accuracy"] == models["student"]["accuracy"]
-    assert saved["config"]["target_flops"] == target and saved["config"]["alpha"] == 0.9
+    assert saved["config"]["target_flops"] == target and saved["config"]["kd_loss"] == "kd"
     assert saved["pruning"]["after"]["flops"] == models["student"]["flops"] and saved["pruning"]["layers"]
     for r in models.values():
         assert 0.0 <= r["accuracy"] <= 100.0
@@ -76,7 +76,7 @@ def test_recipe_trains_teacher_prunes_distills_and_saves(cifar10_dir, tmp_path, 
     assert second.reports[0].accuracy == models["teacher"]["accuracy"]
     assert second.pruning.importance == "activation"
     assert second.pruning.pruned_layers()["features.conv2.conv"] == (16, 8)
-    assert "alpha=0.0" in capsys.readouterr().out  # the FitNet hint needs the teacher even without soft targets
+    assert "cross-entropy only + FitNet hint on features.conv3" in capsys.readouterr().out  # the hint runs the teacher
     assert not second.student.features.conv3._forward_hooks  # the hint's hooks are gone after training
 
     # cross-entropy only, no hint: the teacher is not run during fine-tuning
@@ -104,7 +104,7 @@ def test_without_arguments_it_is_the_lab_job_and_offline_it_says_what_to_pass(tm
     assert "--dataset imagefolder --data-dir DIR" in err
     assert seen and not (tmp_path / "runs").exists()  # nothing is written before the data is there
     cfg = prune_then_distill.parse_config(prune_then_distill.PruneThenDistillConfig, [])
-    assert (cfg.dataset, cfg.teacher_arch, cfg.temperature, cfg.alpha) == ("cifar100", "wide_cnn", 4.0, 0.9)
+    assert (cfg.dataset, cfg.teacher_arch, cfg.kd_loss, cfg.precision) == ("cifar100", "wide_cnn", "kd", "auto")
 
 
 def test_impossible_target_is_one_line(cifar10_dir, tmp_path, capsys):

@@ -61,7 +61,7 @@ def test_distill_only_reports_teacher_and_student(teacher_run, cifar10_dir, tmp_
     assert teacher.accuracy == pytest.approx(teacher_report.accuracy)  # scored on the same test split
     assert student.accuracy > 10.0
     saved = json.loads((tmp_path / "report.json").read_text())
-    assert set(saved["models"]) == {"teacher", "student"} and saved["config"]["alpha"] == 0.9
+    assert set(saved["models"]) == {"teacher", "student"} and saved["config"]["kd_loss"] == "kd"
     model = load_model(tmp_path / "student.pt")
     assert sum(p.numel() for p in model.parameters()) == student.params
 

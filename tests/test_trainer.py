@@ -136,5 +136,5 @@ def test_evaluate_restores_train_mode(tiny):
 
 def test_bf16_autocast_trains(tiny):
     train, test = make_loaders(tiny, 32)
-    result = Trainer(_student(), _teacher(), epochs=1, progress=False, amp=True).fit(train, test)
+    result = Trainer(_student(), _teacher(), epochs=1, progress=False, precision="bf16").fit(train, test)
     assert torch.isfinite(torch.tensor(result.history[0].train_loss))

@@ -7,15 +7,15 @@ from typing import Any
 
 import torch
 
-from kd.data.batches import BatchIterator, channel_stats, random_crop_flip
+from kd.data.batches import BatchIterator, apply_crop_flip, channel_stats, draw_crop_flip, random_crop_flip
 from kd.data.sources import (
     DATASETS, DataUnavailableError, ImageTensors, balanced_indices, default_cache_dir, load_cifar, load_imagefolder,
     make_synthetic, subset,
 )
 
 __all__ = [
-    "DATASETS", "BatchIterator", "DataSplits", "DataUnavailableError", "ImageTensors", "balanced_indices",
-    "channel_stats", "default_cache_dir", "load_dataset", "make_loaders", "random_crop_flip", "subset",
+    "DATASETS", "BatchIterator", "DataSplits", "DataUnavailableError", "ImageTensors", "apply_crop_flip",
+    "balanced_indices", "channel_stats", "draw_crop_flip", "default_cache_dir", "load_dataset", "make_loaders", "random_crop_flip", "subset",
 ]
 
 

@@ -20,22 +20,33 @@ def channel_stats(images: torch.Tensor) -> tuple[tuple[float, ...], tuple[float,
     return tuple(x.mean(1).tolist()), tuple(x.std(1).tolist())
 
 
-def random_crop_flip(x: torch.Tensor, pad: int, generator: torch.Generator) -> torch.Tensor:
-    """Pad-``pad`` (zeros) random crop of each image, then a horizontal flip with probability 1/2.
+def draw_crop_flip(batch: int, pad: int, generator: torch.Generator) -> torch.Tensor:
+    """Random pad-``pad`` crop offsets and flips for ``batch`` images: (B, 3) int64 rows ``(oy, ox, flip)``.
+
+    Offsets are uniform in [0, 2·pad], flip is 1 with probability 1/2. Drawn on the CPU ``generator`` in a fixed
+    order (all oy, all ox, all flips), so a saved generator state replays them exactly.
+    """
+    oy = torch.randint(0, 2 * pad + 1, (batch,), generator=generator)
+    ox = torch.randint(0, 2 * pad + 1, (batch,), generator=generator)
+    flip = (torch.rand(batch, generator=generator) < 0.5).long()
+    return torch.stack([oy, ox, flip], dim=1)
+
+
+def apply_crop_flip(x: torch.Tensor, pad: int, params: torch.Tensor) -> torch.Tensor:
+    """Zero-pads ``x`` (B, C, H, W) by ``pad``, crops each image at its ``(oy, ox)`` and mirrors it where ``flip``.
 
     Args:
         x: (B, C, H, W) images of any dtype.
-        pad: zero padding on each side; crop offsets are uniform in [0, 2·pad].
-        generator: a CPU generator that draws the offsets and flips (kept by the iterator for resume).
+        pad: zero padding on each side.
+        params: (B, 3) rows ``(oy, ox, flip)`` from :func:`draw_crop_flip` (or a teacher cache).
 
     Returns:
         (B, C, H, W), each image shifted by its own offset and maybe mirrored.
     """
     b, _, h, w = x.shape
     dev = x.device
-    oy = torch.randint(0, 2 * pad + 1, (b,), generator=generator).to(dev)
-    ox = torch.randint(0, 2 * pad + 1, (b,), generator=generator).to(dev)
-    flip = (torch.rand(b, generator=generator) < 0.5).to(dev)
+    params = params.to(dev)
+    oy, ox, flip = params[:, 0], params[:, 1], params[:, 2].bool()
     padded = F.pad(x, (pad, pad, pad, pad))  # (B, C, H+2p, W+2p)
     rows = oy[:, None] + torch.arange(h, device=dev)  # (B, H)
     cols = ox[:, None] + torch.arange(w, device=dev)  # (B, W)
@@ -43,6 +54,11 @@ def random_crop_flip(x: torch.Tensor, pad: int, generator: torch.Generator) -> t
     batch = torch.arange(b, device=dev)[:, None, None]
     out = padded[batch, :, rows[:, :, None], cols[:, None, :]]  # (B, H, W, C): advanced indices come first
     return out.permute(0, 3, 1, 2)
+
+
+def random_crop_flip(x: torch.Tensor, pad: int, generator: torch.Generator) -> torch.Tensor:
+    """Pad-``pad`` random crop and horizontal flip of each image of ``x`` (B, C, H, W), drawn from ``generator``."""
+    return apply_crop_flip(x, pad, draw_crop_flip(x.shape[0], pad, generator))
 
 
 class BatchIterator:
@@ -89,7 +105,11 @@ class BatchIterator:
             x, y = self.images[idx], self.labels[idx]
             if self.train and self.pad > 0:
                 x = random_crop_flip(x, self.pad, self.generator)
-            yield (x.float().div_(255) - self.mean) / self.std, y
+            yield self.normalize(x), y
+
+    def normalize(self, x: torch.Tensor) -> torch.Tensor:
+        """uint8 (B, C, H, W) → float32 ``(x / 255 − mean) / std``."""
+        return (x.float().div_(255) - self.mean) / self.std
 
     def state_dict(self) -> dict[str, Any]:
         """The generator state: restoring it replays the same shuffles and augmentations."""
