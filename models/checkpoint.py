@@ -12,9 +12,11 @@ channels than its architecture's defaults), then loads the weights.
 """
 from __future__ import annotations
 
+import errno
 import math
 import os
 import pickle
+import re
 import tempfile
 import time
 import warnings
@@ -113,11 +115,19 @@ def safe_load(path: str | os.PathLike, what: str = "file") -> Any:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # "Detected pickle protocol 4": the refusal below says what matters
             return torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError:
-        raise _errors().FileFormatError(f"{what} {str(path)!r} holds pickled objects other than tensors and plain "
-                                        "values; it is refused because reading it could run code") from None
-    except OSError:
-        raise
+    except pickle.UnpicklingError as err:
+        code = re.search(r"GLOBAL ([\w.]+)", str(err))
+        if code:
+            raise _errors().FileFormatError(f"{what} {str(path)!r} holds pickled code ({code.group(1)}), refused: "
+                                            "reading it could run that code; pass a file written by this "
+                                            "project") from None
+        raise _errors().FileFormatError(f"{what} {str(path)!r} is corrupt or holds pickled objects other than "
+                                        "tensors and plain values (refused: reading them could run code)") from None
+    except OSError as err:
+        if err.errno in (errno.EACCES, errno.EPERM, errno.ENOENT, errno.EISDIR, errno.EIO):
+            raise OSError(err.errno, err.strerror, str(path)) from None
+        raise _errors().FileFormatError(f"{what} {str(path)!r} is truncated, corrupt or not written by torch.save "
+                                        f"({_describe(err)})") from None
     except Exception as err:  # RuntimeError (zip reader), EOFError, KeyError, ValueError ... of a damaged file
         raise _errors().FileFormatError(f"{what} {str(path)!r} is truncated, corrupt or not written by torch.save "
                                         f"({_describe(err)})") from None

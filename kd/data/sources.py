@@ -283,7 +283,7 @@ def _read_cache(cache: Path) -> dict | None:
         return blob
     except (OSError, ValueError) as err:
         warnings.warn(f"ignoring the decoded-image cache: {err}; decoding the images again", CacheWarning,
-                      stacklevel=3)
+                      stacklevel=2)
         return None
 
 
@@ -294,7 +294,7 @@ def _write_cache(blob: dict, cache: Path) -> None:
     except OSError as err:
         warnings.warn(f"cannot write the decoded-image cache in {str(cache.parent)!r} "
                       f"({err.strerror or type(err).__name__}); continuing with the images in memory (a writable "
-                      f"--cache-dir keeps them for the next run)", CacheWarning, stacklevel=3)
+                      f"--cache-dir keeps them for the next run)", CacheWarning, stacklevel=2)
 
 
 # ------------------------------------------------------------------------------------------------------ synthetic
