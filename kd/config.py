@@ -169,8 +169,9 @@ def check_values(cfg: Any) -> None:
                 raise ValueError(f"{flag} must be {accepted}, got {value}")
 
 
-# Options that may differ when a run is resumed: they do not change what is computed.
-RESUME_IGNORED = frozenset({"resume", "overwrite", "progress", "device", "cache_dir"})
+# Options that may differ when a run is resumed: they do not change what is computed (``out`` is the folder the
+# earlier options are read from, however it is spelt).
+RESUME_IGNORED = frozenset({"resume", "overwrite", "progress", "device", "cache_dir", "out"})
 
 
 def config_differences(earlier: dict[str, Any], cfg: Any) -> list[str]:

@@ -65,7 +65,9 @@ def start_run(cfg: RunConfig) -> tuple[DataSplits, Path]:
 
 def build_model(arch: str, args_text: str, num_classes: int = 10, flag: str = "--model-args") -> nn.Module:
     """``create_model(arch, num_classes, **json(args_text))`` with every way it can fail as one ValueError naming
-    ``flag`` (unknown keys are listed with the accepted ones)."""
+    the option (``flag``, or the architecture's: ``--arch`` / ``--teacher-arch``); unknown keys are listed with the
+    accepted ones."""
+    arch_flag = flag.replace("model-args", "arch")
     args = model_args(args_text, flag)
     accepted = model_arguments(arch)
     unknown = sorted(set(args) - set(accepted)) if accepted is not None else []
@@ -76,6 +78,8 @@ def build_model(arch: str, args_text: str, num_classes: int = 10, flag: str = "-
         return create_model(arch, num_classes, **args)
     except (TypeError, ValueError, RuntimeError, AttributeError) as err:
         text = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        if text.startswith("unknown") and "model" in text.split(" ")[1:3]:
+            raise ValueError(f"{arch_flag}: {text}") from None
         raise ValueError(f"{flag} {args_text}: {arch} cannot be built from these arguments ({text})") from None
 
 
@@ -310,7 +314,7 @@ def _os_message(err: OSError) -> str:
     if err.errno == errno.EROFS:
         return f"cannot write {name}: the file system is read-only ({code}); choose another --out"
     if err.errno in (errno.EACCES, errno.EPERM):
-        return f"permission denied ({code}) for {name}; choose a folder you may write to, or fix its permissions"
+        return f"permission denied ({code}) for {name}; fix its permissions or choose another path"
     return f"{err.strerror or type(err).__name__} ({code}): {name}"
 
 

@@ -503,6 +503,8 @@ def test_build_model_lists_accepted_arguments():
         build_model("wide_cnn", '{"width": [8]}')
     with pytest.raises(ValueError, match="cannot be built"):
         build_model("shufflenet_v2", '{"width_mult": 0.7}')
+    with pytest.raises(ValueError, match="--teacher-arch: unknown model 'wide'; known models: resnet20"):
+        build_model("wide", "{}", flag="--teacher-model-args")
     assert build_model("wide_cnn", TINY).arch_spec["kwargs"]["hidden"] == 16
 
 
@@ -563,7 +565,8 @@ def test_error_messages():
     enospc = OSError(errno.ENOSPC, "No space left on device", "/r/teacher.pt")
     assert error_message(enospc) == ("no space left on device (ENOSPC) writing '/r/teacher.pt': the disk is full; "
                                      "free some space or choose another --out")
-    assert "permission denied (EACCES) for '/r'" in error_message(PermissionError(errno.EACCES, "denied", "/r"))
+    assert error_message(PermissionError(errno.EACCES, "denied", "/r")) == ("permission denied (EACCES) for '/r'; fix "
+                                                                            "its permissions or choose another path")
     mismatch = RuntimeError("Error(s) in loading state_dict for WideCNN:\n\tsize mismatch for fc.weight: copying a "
                             "param with shape torch.Size([4, 8]) from checkpoint, the shape in current model is "
                             "torch.Size([4, 4]).")
