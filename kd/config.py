@@ -7,12 +7,13 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
+import math
 import types
 import typing
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, NoReturn, TypeVar
 
 import torch
 
@@ -20,6 +21,7 @@ from kd.data import DATASETS
 from kd.losses import LOSSES
 from kd.optim import OPTIMIZERS, SCHEDULES
 from kd.precision import PRECISIONS
+from kd.report import json_ready, write_json
 
 C = TypeVar("C")
 
@@ -50,7 +52,12 @@ class RunConfig:
     out: str = arg("runs/run", "output folder: checkpoints, model file, report.json, config.json")
     seed: int = arg(0, "random seed (weights, shuffling, augmentation, subsets)")
     device: str = arg("auto", "cpu, cuda, cuda:N, or auto (cuda when available)")
-    resume: bool = arg(False, "continue an interrupted run from OUT/.../last.pt")
+    resume: bool = arg(False, "continue an interrupted run from OUT/.../last.pt (with the options it was started "
+                       "with)")
+    overwrite: bool = arg(False, "replace the earlier run in a non-empty OUT (without --resume or --overwrite such "
+                          "an OUT is refused)")
+    skip_bad_images: bool = arg(False, "leave out image files that cannot be decoded (counted once) instead of "
+                                "stopping at the first")
     precision: str = arg("auto", "auto: bf16 autocast where the hardware computes bf16 natively (CUDA, CPUs with AMX "
                          "or AVX512-BF16), fp32 elsewhere; the choice and the CPU are printed and kept in report.json",
                          PRECISIONS)
@@ -68,9 +75,16 @@ def _base_type(tp: Any) -> Any:
     return origin or tp
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with its errors in the recipes' form: one line, ``error: ...``, exit status 2."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"error: {message} (--help lists the options)\n")
+
+
 def build_parser(cls: type, description: str | None = None) -> argparse.ArgumentParser:
     """An ``argparse`` parser with one ``--option`` per field of the dataclass ``cls``."""
-    parser = argparse.ArgumentParser(description=description, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser = _Parser(description=description, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     hints = typing.get_type_hints(cls)
     for f in dataclasses.fields(cls):
         flag, help_, choices = "--" + f.name.replace("_", "-"), f.metadata.get("help", ""), f.metadata.get("choices")
@@ -92,19 +106,102 @@ def parse_config(cls: type[C], argv: list[str] | None = None, description: str |
 
 
 def save_config(cfg: Any, path: str | Path) -> None:
-    """Writes the config as JSON next to the results."""
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    Path(path).write_text(json.dumps(dataclasses.asdict(cfg), indent=2) + "\n")
+    """Writes the config as JSON next to the results (atomically)."""
+    write_json(path, dataclasses.asdict(cfg))
 
 
 def resolve_device(name: str) -> torch.device:
     """``auto`` → ``cuda`` when available else ``cpu``; anything else as given (checked)."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
+    try:
+        device = torch.device(name)
+    except (RuntimeError, ValueError, TypeError):
+        raise ValueError(f"--device {name!r} is not a device torch knows; use cpu, cuda, cuda:N or auto") from None
+    if device.type not in ("cpu", "cuda"):
+        raise ValueError(f"--device {name!r} is not supported; use cpu, cuda, cuda:N or auto")
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"--device {name} asked for CUDA, but torch sees no GPU; use --device cpu")
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise ValueError(f"--device {name}: torch sees {torch.cuda.device_count()} GPU(s) (cuda:0 .. "
+                         f"cuda:{torch.cuda.device_count() - 1})")
     return device
+
+
+# --------------------------------------------------------------------------------------------- checking values
+
+def _positive_int(v: Any) -> bool:
+    return v == int(v) and v >= 1
+
+
+# Accepted values of options by field name, wherever a recipe config has them: (test, what is accepted).
+LIMITS: dict[str, tuple[Callable[[Any], bool], str]] = {
+    "alpha": (lambda v: 0.0 <= v <= 1.0, "in [0, 1]"),
+    "temperature": (lambda v: v > 0, "> 0"),
+    "lr": (lambda v: v > 0, "> 0"),
+    "finetune_lr": (lambda v: v > 0, "> 0"),
+    "weight_decay": (lambda v: v >= 0, ">= 0"),
+    "label_smoothing": (lambda v: 0.0 <= v < 1.0, "in [0, 1)"),
+    "hint_weight": (lambda v: v >= 0, ">= 0"),
+    "ratio": (lambda v: 0.0 <= v < 1.0, "in [0, 1) (the fraction of channels removed)"),
+    "budget": (lambda v: 0.0 < v <= 1.0, "in (0, 1] (a fraction of the teacher's FLOPs)"),
+    "step_ratio": (lambda v: 0.0 < v < 1.0, "in (0, 1)"),
+    "val_size": (lambda v: 0.0 < v < 1.0, "in (0, 1) (a fraction of the training images)"),
+    "max_drop": (lambda v: v >= 0, ">= 0"),
+    "image_size": (lambda v: v >= 8, ">= 8 (pixels)"),
+    **{name: (_positive_int, "a whole number >= 1") for name in (
+        "epochs", "teacher_epochs", "batch_size", "limit_train", "limit_test", "calibration_images",
+        "calibration_batches", "seeds", "progressive_steps", "num_steps", "max_steps", "round_to", "target_flops",
+        "target_params")},
+}
+
+
+def check_values(cfg: Any) -> None:
+    """Checks the values of ``cfg`` before any work: every number finite, and each option named in :data:`LIMITS`
+    in its range (None means "not given" and passes).
+
+    Raises:
+        ValueError: naming the first bad option, its value and what is accepted.
+    """
+    for f in dataclasses.fields(cfg):
+        value = getattr(cfg, f.name)
+        if value is None or isinstance(value, (bool, str, tuple, list)):
+            continue
+        flag = "--" + f.name.replace("_", "-")
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ValueError(f"{flag} must be a finite number, got {value}")
+        if f.name in LIMITS:
+            test, accepted = LIMITS[f.name]
+            if not test(value):
+                raise ValueError(f"{flag} must be {accepted}, got {value}")
+
+
+# Options that may differ when a run is resumed: they do not change what is computed (``out`` is the folder the
+# earlier options are read from, however it is spelt).
+RESUME_IGNORED = frozenset({"resume", "overwrite", "progress", "device", "cache_dir", "out"})
+
+
+def config_differences(earlier: dict[str, Any], cfg: Any) -> list[str]:
+    """``--option old → new`` for every option of ``cfg`` that differs from ``earlier`` (the ``config.json`` of the
+    run being resumed), except :data:`RESUME_IGNORED`. An option the earlier run did not record had its default."""
+    now = json_ready(dataclasses.asdict(cfg))
+    defaults = {f.name: f.default for f in dataclasses.fields(cfg)}
+    diffs = []
+    for name, value in now.items():
+        if name in RESUME_IGNORED:
+            continue
+        before = earlier[name] if name in earlier else json_ready(defaults[name])
+        if before != value:
+            diffs.append(f"--{name.replace('_', '-')} {_shown(before)} → {_shown(value)}")
+    return diffs
+
+
+def _shown(value: Any) -> str:
+    if value is None:
+        return "(not set)"
+    if isinstance(value, list):
+        return " ".join(map(str, value))
+    return str(value)
 
 
 @dataclass

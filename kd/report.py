@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -9,6 +10,7 @@ from typing import Any
 
 from torch import nn
 
+from models.checkpoint import atomic_write_text
 from models.profile import Complexity, format_report, profile
 
 
@@ -41,7 +43,7 @@ def print_reports(reports: list[ModelReport]) -> None:
 def write_report(path: str | os.PathLike, reports: list[ModelReport], config: dict[str, Any],
                  extra: dict[str, Any] | None = None) -> None:
     """Writes ``report.json``: ``{"models": {name: {...}}, "config": {...}, **extra}``; the last model's numbers are
-    also at top level (``flops``, ``params``, ``param_size_kb``, ``accuracy``)."""
+    also at top level (``flops``, ``params``, ``param_size_kb``, ``accuracy``). Valid JSON: NaN/inf are null."""
     body: dict[str, Any] = {}
     if reports:
         last = asdict(reports[-1])
@@ -49,8 +51,29 @@ def write_report(path: str | os.PathLike, reports: list[ModelReport], config: di
     body["models"] = {r.name: asdict(r) for r in reports}
     body["config"] = config
     body.update(extra or {})
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(body, indent=2, default=str) + "\n")
-    os.replace(tmp, path)
+    write_json(path, body)
+
+
+def json_ready(value: Any) -> Any:
+    """``value`` with every NaN or ±inf float (at any depth) replaced by None, tuples by lists, and anything else
+    JSON cannot hold by its ``str``: what strict JSON readers accept."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {str(k): json_ready(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_ready(v) for v in value]
+    if value is None or isinstance(value, (bool, int, str)):
+        return value
+    item = getattr(value, "item", None)  # numpy scalars, one-element tensors
+    if callable(item):
+        try:
+            return json_ready(item())
+        except (ValueError, RuntimeError, TypeError):
+            pass
+    return str(value)
+
+
+def write_json(path: str | os.PathLike, body: Any) -> None:
+    """Writes ``body`` as strict JSON (NaN and inf become null) through a temporary file and a rename."""
+    atomic_write_text(json.dumps(json_ready(body), indent=2, allow_nan=False) + "\n", path)

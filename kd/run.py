@@ -1,8 +1,12 @@
-"""What every recipe does: load the data a config names, build a Trainer from it, train, keep the results."""
+"""What every recipe does: check the options, load the data a config names, build a Trainer from it, train, keep
+the results; and the one place where errors become a line on stderr and exit status 2 (:func:`run_main`)."""
 from __future__ import annotations
 
+import errno
 import json
+import pickle
 import sys
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -11,31 +15,219 @@ import torch
 from torch import nn
 
 from kd.callbacks import EpochPrinter
-from kd.config import KDConfig, RunConfig, resolve_device, save_config
-from kd.data import BatchIterator, DataSplits, DataUnavailableError, load_dataset, make_loaders
+from kd.config import KDConfig, RunConfig, check_values, config_differences, resolve_device, save_config
+from kd.data import BatchIterator, DataSplits, DataUnavailableError, default_cache_dir, load_dataset, make_loaders
+from kd.errors import FileFormatError, NonFiniteError
 from kd.losses import CrossEntropy, DistillLoss, create_loss, loss_arguments
 from kd.precision import Hardware
 from kd.report import ModelReport
 from kd.teacher_cache import CachedBatchIterator, load_or_build
 from kd.trainer import FitResult, evaluate, fit_model
 from models import create_model, load_model, save_model
+from models.checkpoint import check_finite, safe_load, stale_temp_files
+from models.registry import model_arguments
 
 
 def load_data(cfg: RunConfig) -> DataSplits:
-    """The data set named by ``cfg`` (``--dataset --data-dir --image-size --limit-train --limit-test --seed``)."""
+    """The data set named by ``cfg`` (``--dataset --data-dir --image-size --limit-train --limit-test --seed
+    --cache-dir --skip-bad-images --progress``)."""
     return load_dataset(cfg.dataset, cfg.data_dir, image_size=cfg.image_size, limit_train=cfg.limit_train,
-                        limit_test=cfg.limit_test, seed=cfg.seed, cache_dir=cfg.cache_dir)
+                        limit_test=cfg.limit_test, seed=cfg.seed, cache_dir=cfg.cache_dir,
+                        skip_bad_images=cfg.skip_bad_images, progress=cfg.progress)
 
 
 def start_run(cfg: RunConfig) -> tuple[DataSplits, Path]:
-    """Seeds, loads the data (first, so a missing data set stops the run before anything is written), then writes
-    ``OUT/config.json``; returns the data and the output folder."""
+    """Checks everything that can be checked before any work or any write — option values, the device, the
+    architectures and their ``--model-args``, the teacher file, hint layers, the ``--out`` folder (refused when it
+    holds an earlier run, unless ``--resume`` with the same options and a checkpoint, or ``--overwrite``) — then
+    seeds, loads the data (checked too), checks the teacher fits it, removes stale temporary files, drops an earlier
+    run's results on ``--overwrite`` and writes ``OUT/config.json``. Returns the data and the output folder.
+
+    Raises:
+        ValueError, FileNotFoundError, FileFormatError, NonFiniteError, DataUnavailableError: one clear sentence
+            each (:func:`run_main` prints it).
+    """
+    check_values(cfg)
+    resolve_device(cfg.device)
+    teacher = check_models(cfg)
+    out = check_out(cfg)
     seed_everything(cfg.seed)
     print(hardware(cfg).describe(), flush=True)
     data = load_data(cfg)
-    out = Path(cfg.out)
+    if data.skipped:
+        print(f"warning: left out {len(data.skipped)} image file(s) that could not be decoded (--skip-bad-images), "
+              f"the first: {data.skipped[0]}", file=sys.stderr, flush=True)
+    if teacher is not None:
+        check_teacher_fits(cfg, teacher, data)
+    prepare_out(cfg, out)
     save_config(cfg, out / "config.json")
     return data, out
+
+
+# ----------------------------------------------------------------------------------------- checks before work
+
+def build_model(arch: str, args_text: str, num_classes: int = 10, flag: str = "--model-args") -> nn.Module:
+    """``create_model(arch, num_classes, **json(args_text))`` with every way it can fail as one ValueError naming
+    the option (``flag``, or the architecture's: ``--arch`` / ``--teacher-arch``); unknown keys are listed with the
+    accepted ones."""
+    arch_flag = flag.replace("model-args", "arch")
+    args = model_args(args_text, flag)
+    accepted = model_arguments(arch)
+    unknown = sorted(set(args) - set(accepted)) if accepted is not None else []
+    if unknown:
+        raise ValueError(f"{flag}: {arch} does not take {', '.join(map(repr, unknown))}; it takes "
+                         f"{', '.join(accepted) if accepted else 'no arguments'}")
+    try:
+        return create_model(arch, num_classes, **args)
+    except (TypeError, ValueError, RuntimeError, AttributeError) as err:
+        text = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        if text.startswith("unknown") and "model" in text.split(" ")[1:3]:
+            raise ValueError(f"{arch_flag}: {text}") from None
+        raise ValueError(f"{flag} {args_text}: {arch} cannot be built from these arguments ({text})") from None
+
+
+def check_models(cfg: RunConfig) -> nn.Module | None:
+    """Builds (or, for ``--teacher``, loads) every model the options name, so that a bad architecture, bad
+    ``--model-args``, an unreadable, foreign or non-finite teacher file or a bad hint layer stops the run before any
+    work. Returns the loaded teacher (None when there is no ``--teacher``)."""
+    student = None
+    if hasattr(cfg, "arch") and hasattr(cfg, "model_args"):
+        student = build_model(cfg.arch, cfg.model_args)
+    teacher, loaded = None, None
+    if isinstance(cfg, KDConfig):
+        if cfg.teacher is not None:
+            teacher = loaded = load_model(cfg.teacher)
+        else:
+            teacher = build_model(cfg.teacher_arch, cfg.teacher_model_args, flag="--teacher-model-args")
+    if teacher is not None and getattr(cfg, "hint_layer", None) is not None:
+        _check_layer(teacher, cfg.hint_layer, "--hint-layer", conv=True)
+    hint_student, hint_teacher = getattr(cfg, "hint_student_layer", None), getattr(cfg, "hint_teacher_layer", None)
+    if (hint_student is None) != (hint_teacher is None):
+        raise ValueError("a FitNet hint needs both --hint-student-layer and --hint-teacher-layer")
+    if student is not None and hint_student is not None:
+        _check_layer(student, hint_student, "--hint-student-layer")
+    if teacher is not None and hint_teacher is not None:
+        _check_layer(teacher, hint_teacher, "--hint-teacher-layer")
+    return loaded
+
+
+def _check_layer(model: nn.Module, name: str, flag: str, conv: bool = False) -> None:
+    """``name`` is a layer of ``model`` (and holds a conv layer when ``conv``); else a ValueError listing some."""
+    layers = dict(model.named_modules())
+    if name not in layers or not name:
+        shown = [n for n, m in layers.items() if n and len(list(m.children())) > 0][:12]
+        raise ValueError(f"{flag} {name!r} is not a layer of the {model.arch_spec['name']} model; its layers "
+                         f"include {', '.join(shown)}")
+    if conv and not any(isinstance(m, nn.Conv2d) for m in layers[name].modules()):
+        raise ValueError(f"{flag} {name!r} has no conv layer whose channels pruning kept; pick a conv block such "
+                         f"as {next((n for n, m in layers.items() if isinstance(m, nn.Conv2d)), '?')}")
+
+
+def check_teacher_fits(cfg: KDConfig, teacher: nn.Module, data: DataSplits) -> None:
+    """The loaded ``--teacher`` was trained on this data: same number of classes, same class names and order (where
+    its file records them) and the same image size.
+
+    Raises:
+        ValueError: naming what differs and what to pass.
+    """
+    classes = teacher.arch_spec["num_classes"]
+    if classes != data.num_classes:
+        raise ValueError(f"teacher {cfg.teacher!r} has {classes} classes but --dataset {cfg.dataset} has "
+                         f"{data.num_classes}; train a teacher on this data set or pick the matching one")
+    meta = getattr(teacher, "meta", {})
+    if meta.get("classes") not in (None, data.classes):
+        raise ValueError(f"teacher {cfg.teacher!r} was trained on classes {meta['classes'][:5]}... but the data has "
+                         f"{data.classes[:5]}...; the class order must match")
+    if meta.get("image_size") not in (None, data.input_size[-1]):
+        raise ValueError(f"teacher {cfg.teacher!r} was trained on {meta['image_size']}-pixel images; pass "
+                         f"--image-size {meta['image_size']}")
+
+
+def _cache_dir(cfg: RunConfig) -> Path:
+    return Path(cfg.cache_dir) if cfg.cache_dir else default_cache_dir()
+
+
+def _earlier_entries(cfg: RunConfig, out: Path) -> list[str]:
+    """What ``out`` holds besides stale temporary files and the decoded-image cache (when it lives inside)."""
+    if not out.is_dir():
+        return []
+    stale, cache = set(stale_temp_files(out)), _cache_dir(cfg).resolve()
+    return sorted(p.name for p in out.iterdir()
+                  if p not in stale and not (p.resolve() == cache or p.resolve() in cache.parents))
+
+
+def check_out(cfg: RunConfig) -> Path:
+    """The output folder, checked: not a file; when it holds an earlier run, ``--resume`` (same options, a readable
+    finite checkpoint) or ``--overwrite`` is required.
+
+    Raises:
+        ValueError: naming what is wrong and what to pass.
+    """
+    out = Path(cfg.out)
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"--out {cfg.out!r} is a file; pass a folder (it is created when missing)")
+    if cfg.resume and cfg.overwrite:
+        raise ValueError("--resume continues the earlier run in --out and --overwrite replaces it; pass only one")
+    if cfg.resume:
+        check_resume(cfg, out)
+        return out
+    earlier = _earlier_entries(cfg, out)
+    if earlier and not cfg.overwrite:
+        shown = ", ".join(earlier[:4]) + (", ..." if len(earlier) > 4 else "")
+        raise ValueError(f"--out {cfg.out!r} already holds an earlier run ({shown}); pass --resume to continue it, "
+                         "--overwrite to replace it, or choose another --out")
+    return out
+
+
+def check_resume(cfg: RunConfig, out: Path) -> None:
+    """``--resume`` needs the earlier run's ``config.json`` with the same options (:func:`config_differences`) and at
+    least one readable, finite ``*/last.pt`` checkpoint."""
+    config = out / "config.json"
+    if not config.is_file():
+        raise ValueError(f"--resume: {cfg.out!r} holds no earlier run to continue (no config.json); run without "
+                         "--resume")
+    try:
+        earlier = json.loads(config.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise ValueError(f"--resume: {str(config)!r} is not valid JSON, so the options of the earlier run are "
+                         "unknown; start afresh with --overwrite") from None
+    if not isinstance(earlier, dict):
+        raise ValueError(f"--resume: {str(config)!r} does not hold the options of a run; start afresh with "
+                         "--overwrite")
+    diffs = config_differences(earlier, cfg)
+    if diffs:
+        raise ValueError(f"--resume: the options differ from the earlier run in {cfg.out!r}: {'; '.join(diffs)}; "
+                         "resume with the earlier options, or start afresh with --overwrite or another --out")
+    checkpoints = sorted(out.glob("*/last.pt"))
+    if not checkpoints:
+        raise ValueError(f"--resume: {cfg.out!r} has no checkpoint (*/last.pt) to continue from; start afresh with "
+                         "--overwrite")
+    for path in checkpoints:
+        state = safe_load(path, "checkpoint")
+        if not isinstance(state, dict) or not isinstance(state.get("student"), dict):
+            raise FileFormatError(f"checkpoint {str(path)!r} is not a kd.Trainer last.pt; start afresh with "
+                                  "--overwrite")
+        check_finite(state["student"], f"checkpoint {str(path)!r}")
+
+
+def prepare_out(cfg: RunConfig, out: Path) -> None:
+    """Removes temporary files a killed write left in ``out`` (and old ones in the cache folder), and on
+    ``--overwrite`` the earlier run's options, report and checkpoints, so nothing of it is mixed into this run or
+    resumed later. A ``--teacher`` file is never removed."""
+    for path in stale_temp_files(out) if out.is_dir() else []:
+        path.unlink(missing_ok=True)
+    cache = _cache_dir(cfg)
+    try:
+        for path in stale_temp_files(cache, older_than_s=3600) if cache.is_dir() else []:
+            path.unlink(missing_ok=True)  # only old ones: another run may be writing the cache right now
+    except OSError:
+        pass  # the cache is an optimisation; a folder we may not clean is not an error
+    if not cfg.overwrite or not out.is_dir():
+        return
+    keep = Path(cfg.teacher).resolve() if getattr(cfg, "teacher", None) else None
+    for path in [out / "config.json", out / "report.json", *out.glob("*/last.pt"), *out.glob("*/best.pt")]:
+        if path.is_file() and path.resolve() != keep:
+            path.unlink()
 
 
 def loaders(cfg: RunConfig, data: DataSplits) -> tuple[BatchIterator, BatchIterator]:
@@ -43,9 +235,9 @@ def loaders(cfg: RunConfig, data: DataSplits) -> tuple[BatchIterator, BatchItera
     return make_loaders(data, cfg.batch_size, resolve_device(cfg.device), seed=cfg.seed)
 
 
-def model_args(text: str) -> dict[str, Any]:
+def model_args(text: str, flag: str = "--model-args") -> dict[str, Any]:
     """Parses ``--model-args`` JSON (e.g. ``'{"widths": [32, 64, 128, 128]}'``) into keyword arguments."""
-    return json_object(text, "--model-args", '{"widths": [32, 64]}')
+    return json_object(text, flag, '{"widths": [32, 64]}')
 
 
 def json_object(text: str, option: str, example: str) -> dict[str, Any]:
@@ -119,12 +311,73 @@ def train(model: nn.Module, cfg: RunConfig, train_batches: BatchIterator, test_b
 
 
 def run_main(main: Callable[[list[str] | None], Any], argv: list[str] | None = None) -> Any:
-    """Runs a recipe's ``main``, turning data and argument errors into one line on stderr and exit status 2."""
-    try:
-        return main(argv)
-    except (DataUnavailableError, ValueError, FileNotFoundError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        raise SystemExit(2) from None
+    """Runs a recipe's ``main``. Every foreseeable error — bad options or inputs, missing, damaged or foreign files,
+    data problems, a diverged run, a full, read-only or forbidden disk, a checkpoint that does not fit — becomes one
+    line ``error: ...`` on stderr and exit status 2, never a traceback; warnings print as one ``warning: ...`` line.
+    An error nobody foresaw (a bug) keeps its traceback."""
+    with warnings.catch_warnings():
+        warnings.showwarning = _show_warning
+        try:
+            return main(argv)
+        except Exception as err:  # noqa: BLE001 (sorted by error_message; the unforeseen are raised again)
+            message = error_message(err)
+            if message is None:
+                raise
+            print(f"error: {message}", file=sys.stderr, flush=True)
+            raise SystemExit(2) from None
+
+
+_PICKLE_REFUSED = ("a file holds pickled objects other than tensors and plain values and is refused: reading it "
+                   "could run code")
+
+
+def error_message(err: BaseException) -> str | None:
+    """The one line a user sees for ``err``, or None for an error nobody foresaw."""
+    if isinstance(err, NonFiniteError):
+        text = _one_line(err)
+        return text if "--lr" in text else f"{text}; nothing non-finite was saved (a lower --lr usually helps)"
+    if isinstance(err, OSError) and err.errno is not None:
+        return _os_message(err)
+    if isinstance(err, (DataUnavailableError, ValueError, OSError)):
+        return _one_line(err)
+    if isinstance(err, pickle.UnpicklingError):
+        return _PICKLE_REFUSED
+    if isinstance(err, EOFError):
+        return "a file ended early: it is truncated; start afresh with --overwrite or pass an intact file"
+    if isinstance(err, RuntimeError):
+        text = str(err)
+        if "size mismatch" in text or "Error(s) in loading state_dict" in text:
+            detail = next((ln.strip() for ln in text.splitlines() if "size mismatch" in ln), _one_line(err))
+            return (f"a saved checkpoint does not fit the model ({detail.rstrip('.')}): the options changed since it "
+                    "was written; resume with the earlier options, or start afresh with --overwrite or another --out")
+        if any(k in text for k in ("PytorchStreamReader", "PytorchStreamWriter", "inline_container")):
+            return (f"a checkpoint file is truncated or corrupt ({_one_line(err).split('. ')[0]}); start afresh "
+                    "with --overwrite")
+    return None
+
+
+def _os_message(err: OSError) -> str:
+    name = repr(err.filename) if err.filename else "a file"
+    code = errno.errorcode.get(err.errno, str(err.errno))
+    if err.errno in (errno.ENOSPC, errno.EDQUOT):
+        what = "no space left on device" if err.errno == errno.ENOSPC else "disk quota exceeded"
+        return f"{what} ({code}) writing {name}: the disk is full; free some space or choose another --out"
+    if err.errno == errno.EROFS:
+        return f"cannot write {name}: the file system is read-only ({code}); choose another --out"
+    if err.errno in (errno.EACCES, errno.EPERM):
+        return f"permission denied ({code}) for {name}; fix its permissions or choose another path"
+    return f"{err.strerror or type(err).__name__} ({code}): {name}"
+
+
+def _one_line(err: BaseException | Warning | str) -> str:
+    lines = str(err).strip().splitlines()
+    text = lines[0] if lines else type(err).__name__
+    return _PICKLE_REFUSED if "weights_only" in text else text
+
+
+def _show_warning(message: Warning | str, category: type, filename: str, lineno: int, file: Any = None,
+                  line: str | None = None) -> None:
+    print(f"warning: {_one_line(message)}", file=sys.stderr, flush=True)
 
 
 def seed_everything(seed: int) -> None:
@@ -156,23 +409,15 @@ def obtain_teacher(cfg: KDConfig, data: DataSplits, out: Path) -> tuple[nn.Modul
 
     Raises:
         ValueError: when the teacher's classes (number, or names and order where its file records them) or image size
-            differ from the data's.
+            differ from the data's (:func:`check_teacher_fits`). FileFormatError, NonFiniteError: an unreadable,
+            foreign or non-finite teacher file.
     """
     if cfg.teacher is None:
-        return fit_teacher(cfg, data, cfg.teacher_arch, model_args(cfg.teacher_model_args), out,
-                           epochs=cfg.teacher_epochs)
+        return fit_teacher(cfg, data, cfg.teacher_arch, model_args(cfg.teacher_model_args, "--teacher-model-args"),
+                           out, epochs=cfg.teacher_epochs)
     teacher = load_model(cfg.teacher)
-    classes = teacher.arch_spec["num_classes"]
-    if classes != data.num_classes:
-        raise ValueError(f"teacher {cfg.teacher!r} has {classes} classes but --dataset {cfg.dataset} has "
-                         f"{data.num_classes}; train a teacher on this data set or pick the matching one")
+    check_teacher_fits(cfg, teacher, data)
     meta = getattr(teacher, "meta", {})
-    if meta.get("classes") not in (None, data.classes):
-        raise ValueError(f"teacher {cfg.teacher!r} was trained on classes {meta['classes'][:5]}... but the data has "
-                         f"{data.classes[:5]}...; the class order must match")
-    if meta.get("image_size") not in (None, data.input_size[-1]):
-        raise ValueError(f"teacher {cfg.teacher!r} was trained on {meta['image_size']}-pixel images; pass "
-                         f"--image-size {meta['image_size']}")
     if "mean" in meta and "std" in meta:
         data.mean, data.std = tuple(meta["mean"]), tuple(meta["std"])
     _, test_batches = loaders(cfg, data)

@@ -215,7 +215,7 @@ class Trainer:
         if not torch.isfinite(loss):
             raise NonFiniteError(
                 f"the training loss became {float(loss)} at epoch {state.epoch}, step {state.step + 1} (lr "
-                f"{self.optimizer.param_groups[0]['lr']:.3g}); the run diverged: lower the learning rate")
+                f"{self.optimizer.param_groups[0]['lr']:.3g}): the run diverged")
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         if self.grad_clip is not None:
@@ -318,7 +318,7 @@ def _check_finite(model: nn.Module) -> None:
     bad = [name for name, p in model.state_dict().items() if p.is_floating_point() and not torch.isfinite(p).all()]
     if bad:
         raise NonFiniteError(f"the student's weights became non-finite ({', '.join(bad[:3])}"
-                             f"{' ...' if len(bad) > 3 else ''}); the run diverged: lower the learning rate")
+                             f"{' ...' if len(bad) > 3 else ''}): the run diverged")
 
 
 def _len(batches: Batches) -> int | None:

@@ -12,10 +12,17 @@ channels than its architecture's defaults), then loads the weights.
 """
 from __future__ import annotations
 
+import errno
+import math
 import os
+import pickle
+import re
 import tempfile
+import time
+import warnings
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import torch
 from torch import nn
@@ -23,6 +30,7 @@ from torch import nn
 from models.registry import create_model
 
 FORMAT = 1
+TEMP_SUFFIX = ".tmp"  # atomic writes go through ".<name>.<random>.tmp" in the target's folder
 # Integer (or shape) attributes that pruning changes; recorded for every module that has one of them.
 _WIDTH_ATTRS = (
     "in_channels", "out_channels", "groups", "in_features", "out_features",
@@ -31,18 +39,115 @@ _WIDTH_ATTRS = (
 
 
 def atomic_save(obj: Any, path: str | os.PathLike) -> None:
-    """``torch.save`` to a temporary file in the same folder, then rename: a crash never leaves half a file."""
+    """``torch.save`` to a temporary file in the same folder, then rename: a crash never leaves half a file.
+
+    Raises:
+        OSError: with ``errno`` (ENOSPC for a full disk, EROFS, EACCES ...) and ``filename`` = ``path``.
+    """
+    _write_atomically(path, "wb", lambda f: torch.save(obj, f))
+
+
+def atomic_write_text(text: str, path: str | os.PathLike) -> None:
+    """Writes ``text`` (UTF-8) to ``path`` through a temporary file and a rename, like :func:`atomic_save`."""
+    _write_atomically(path, "w", lambda f: f.write(text))
+
+
+def _write_atomically(path: str | os.PathLike, mode: str, write: Callable[[IO], Any]) -> None:
+    # torch.save to a Python file object (not a path) lets a failed write surface as OSError with its errno; the
+    # C++ writer behind a path reports a full disk as "unexpected pos".
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
+    tmp = None
     try:
-        torch.save(obj, tmp)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=TEMP_SUFFIX)
+        with os.fdopen(fd, mode, **({"encoding": "utf-8"} if "b" not in mode else {})) as f:
+            write(f)
         os.chmod(tmp, 0o644)  # mkstemp creates 0600; results are meant to be shared like any written file
         os.replace(tmp, path)
+    except OSError as err:
+        raise OSError(err.errno, err.strerror or str(err), str(path)) from None
     finally:
-        if os.path.exists(tmp):
+        if tmp is not None and os.path.exists(tmp):
             os.remove(tmp)
+
+
+def stale_temp_files(folder: str | os.PathLike, older_than_s: float = 0.0) -> list[Path]:
+    """Temporary files a killed :func:`atomic_save` / :func:`atomic_write_text` left under ``folder`` (recursively):
+    ``.<name>.<random>.tmp``, and ``<name>.json.tmp`` of earlier versions; only those at least ``older_than_s``
+    seconds old (another process may be writing a fresh one)."""
+    found, now = [], time.time()
+    for p in Path(folder).rglob(f"*{TEMP_SUFFIX}"):
+        if not (p.name.startswith(".") or p.name.endswith(".json" + TEMP_SUFFIX)):
+            continue
+        try:
+            if p.is_file() and now - p.stat().st_mtime >= older_than_s:
+                found.append(p)
+        except OSError:  # vanished or unreadable: not ours to clean
+            continue
+    return found
+
+
+def check_finite(state_dict: Mapping[str, Any], what: str) -> None:
+    """Raises :class:`kd.errors.NonFiniteError` naming the first floating tensor of ``state_dict`` that holds NaN
+    or ±inf (a diverged run), so that nothing non-finite is saved or used."""
+    for name, value in state_dict.items():
+        if isinstance(value, torch.Tensor) and value.is_floating_point() and not bool(torch.isfinite(value).all()):
+            bad = "NaN" if bool(torch.isnan(value).any()) else "infinite"
+            raise _errors().NonFiniteError(f"{what} has {bad} weights ({name!r}); the run that made them diverged")
+        if isinstance(value, float) and not math.isfinite(value):
+            raise _errors().NonFiniteError(f"{what} has a non-finite value ({name!r} = {value}); the run that made "
+                                           "it diverged")
+
+
+def safe_load(path: str | os.PathLike, what: str = "file") -> Any:
+    """``torch.load(path, weights_only=True)`` on the CPU, with every way a file can be unreadable turned into
+    :class:`kd.errors.FileFormatError` naming the file (never advice to unpickle it).
+
+    Raises:
+        FileNotFoundError: when ``path`` is not a file. FileFormatError: truncated, corrupt, not a torch file, or
+            holding pickled objects other than tensors and plain values.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{what} {str(path)!r} " + ("is a folder, not a file" if path.is_dir() else
+                                                            "does not exist"))
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # "Detected pickle protocol 4": the refusal below says what matters
+            return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:
+        code = re.search(r"GLOBAL ([\w.]+)", str(err))
+        if code:
+            raise _errors().FileFormatError(f"{what} {str(path)!r} holds pickled code ({code.group(1)}), refused: "
+                                            "reading it could run that code; pass a file written by this "
+                                            "project") from None
+        raise _errors().FileFormatError(f"{what} {str(path)!r} is corrupt or holds pickled objects other than "
+                                        "tensors and plain values (refused: reading them could run code)") from None
+    except OSError as err:
+        if err.errno in (errno.EACCES, errno.EPERM, errno.ENOENT, errno.EISDIR, errno.EIO):
+            raise OSError(err.errno, err.strerror, str(path)) from None
+        raise _errors().FileFormatError(f"{what} {str(path)!r} is truncated, corrupt or not written by torch.save "
+                                        f"({_describe(err)})") from None
+    except Exception as err:  # RuntimeError (zip reader), EOFError, KeyError, ValueError ... of a damaged file
+        raise _errors().FileFormatError(f"{what} {str(path)!r} is truncated, corrupt or not written by torch.save "
+                                        f"({_describe(err)})") from None
+
+
+def _first_line(err: BaseException) -> str:
+    """The first sentence of an exception's message (torch's run on for lines)."""
+    text = str(err).strip().splitlines()
+    return text[0].split(". ")[0][:200] if text else ""
+
+
+def _describe(err: BaseException) -> str:
+    line = _first_line(err)
+    return f"{type(err).__name__}: {line}" if line else type(err).__name__
+
+
+def _errors() -> Any:
+    # kd.errors is imported here, not at the top: importing kd runs kd/__init__, whose trainer imports this module
+    from kd import errors
+    return errors
 
 
 def module_widths(model: nn.Module) -> dict[str, dict[str, Any]]:
@@ -93,6 +198,7 @@ def save_model(model: nn.Module, path: str | os.PathLike, meta: dict[str, Any] |
 
     Raises:
         ValueError: when the model has no ``arch_spec`` (it was not built by ``create_model``).
+        NonFiniteError: when a weight is NaN or infinite (nothing is written).
     """
     spec = getattr(model, "arch_spec", None)
     if spec is None:
@@ -106,6 +212,7 @@ def save_model(model: nn.Module, path: str | os.PathLike, meta: dict[str, Any] |
         "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
         "meta": dict(meta or {}),
     }
+    check_finite(payload["state_dict"], f"the model for {str(path)!r}")
     atomic_save(payload, path)
 
 
@@ -114,22 +221,30 @@ def _plain_kwargs(kwargs: dict[str, Any]) -> dict[str, Any]:
 
 
 def read_model_file(path: str | os.PathLike) -> dict[str, Any]:
-    """Reads a model file with ``weights_only=True`` and checks its format."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"model file {str(path)!r} does not exist")
-    payload = torch.load(path, map_location="cpu", weights_only=True)
-    if not isinstance(payload, dict) or payload.get("format") != FORMAT or "arch" not in payload:
-        raise ValueError(f"{str(path)!r} is not a prune-then-distill model file (format {FORMAT}); "
-                         "write one with models.save_model or pruning.save")
+    """Reads a model file with ``weights_only=True`` and checks its format (see :func:`safe_load` for errors)."""
+    payload = safe_load(path, "model file")
+    if not isinstance(payload, dict) or payload.get("format") != FORMAT or "arch" not in payload \
+            or not isinstance(payload.get("state_dict"), dict):
+        raise _errors().FileFormatError(f"{str(path)!r} is not a prune-then-distill model file (format {FORMAT}); "
+                                        "write one with models.save_model or pruning.save")
     return payload
 
 
 def load_model(path: str | os.PathLike) -> nn.Module:
-    """Rebuilds a model written by :func:`save_model`, on the CPU, in eval mode; ``model.meta`` holds its meta."""
+    """Rebuilds a model written by :func:`save_model`, on the CPU, in eval mode; ``model.meta`` holds its meta.
+
+    Raises:
+        FileNotFoundError, FileFormatError: see :func:`read_model_file`; also when the weights do not fit the
+            recorded architecture. NonFiniteError: when a weight is NaN or infinite.
+    """
     payload = read_model_file(path)
-    model = create_model(payload["arch"], payload["num_classes"], **payload["arch_kwargs"])
-    apply_widths(model, payload["widths"], payload["state_dict"])
-    model.load_state_dict(payload["state_dict"])
+    check_finite(payload["state_dict"], f"model file {str(path)!r}")
+    try:
+        model = create_model(payload["arch"], payload["num_classes"], **payload.get("arch_kwargs", {}))
+        apply_widths(model, payload.get("widths", {}), payload["state_dict"])
+        model.load_state_dict(payload["state_dict"])
+    except (TypeError, ValueError, RuntimeError, KeyError, AttributeError) as err:
+        raise _errors().FileFormatError(f"model file {str(path)!r} does not rebuild: its weights or arguments do "
+                                        f"not fit architecture {payload['arch']!r} ({_first_line(err)})") from None
     model.meta = payload.get("meta", {})
     return model.eval()

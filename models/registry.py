@@ -8,6 +8,8 @@ checkpoint can rebuild it without pickling code (see :mod:`models.checkpoint`).
 """
 from __future__ import annotations
 
+import inspect
+import typing
 from typing import Any, Callable
 
 from torch import nn
@@ -29,6 +31,27 @@ def register_model(fn: ModelFactory) -> ModelFactory:
 def list_models() -> list[str]:
     """Names of the registered models, sorted (``timm:<name>`` works too but is not listed)."""
     return sorted(_REGISTRY)
+
+
+def model_arguments(name: str) -> list[str] | None:
+    """The keyword arguments architecture ``name`` accepts (besides ``num_classes``), or None when they cannot be
+    told (``timm:`` models). A factory taking ``**kwargs`` passes them to the class its return annotation names."""
+    if name.startswith(TIMM_PREFIX) or name not in _REGISTRY:
+        return None
+    fn = _REGISTRY[name]
+    names = _keywords(fn)
+    if any(p.kind is p.VAR_KEYWORD for p in inspect.signature(fn).parameters.values()):
+        target = typing.get_type_hints(fn).get("return")
+        if not isinstance(target, type):
+            return None
+        names += [n for n in _keywords(target.__init__) if n not in names]
+    return names
+
+
+def _keywords(fn: Callable) -> list[str]:
+    kinds = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+    return [n for n, p in inspect.signature(fn).parameters.items()
+            if p.kind in kinds and n not in ("self", "num_classes")]
 
 
 def create_model(name: str, num_classes: int = 10, **kwargs: Any) -> nn.Module:

@@ -140,6 +140,10 @@ def prune(model: nn.Module, example_inputs: torch.Tensor, *, target_flops: int |
         _restore(work, was_training, trainable)  # also when pruning fails: an inplace model comes back as it was
     _restore(pruned, was_training, trainable)
     channels = {n: (plan.widths[n], len(k)) for n, k in kept.items()}
+    if all(new == old for old, new in channels.values()):
+        why = (f"ratio={target} removes no channel" if kind == "ratio" else
+               f"the model has {getattr(before, kind):,} {kind}, already within target_{kind}={int(target):,}")
+        warnings.warn(f"nothing was pruned: {why}; the result is an unpruned copy", stacklevel=2)
     return PruneResult(pruned, before, after, kept, channels, r, name, steps)
 
 

@@ -9,7 +9,6 @@ OUT/report.json (every method × seed) and OUT/config.json.
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import sys
 from dataclasses import dataclass
@@ -18,6 +17,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
 from kd.config import KDConfig, arg, parse_config, resolve_device  # noqa: E402
+from kd.report import write_json  # noqa: E402
 from kd.run import make_loss, obtain_teacher, run_main, start_run  # noqa: E402
 from pruning.compare import METHODS, Summary, make_setup, markdown_table, plot, run_method, summarize  # noqa: E402
 
@@ -67,9 +67,8 @@ def main(argv: list[str] | None = None) -> list[Summary]:
     print("\n" + table)
     (out / "compare.md").write_text(table + "\n")
     print(f"\nplot: {plot(rows, target, out / 'compare.png')}")
-    (out / "report.json").write_text(json.dumps({"target_flops": target, "teacher": dataclasses.asdict(teacher_report),
-                                                 "results": [r.to_dict() for r in results],
-                                                 "config": dataclasses.asdict(cfg)}, indent=2) + "\n")
+    write_json(out / "report.json", {"target_flops": target, "teacher": dataclasses.asdict(teacher_report),
+                                     "results": [r.to_dict() for r in results], "config": dataclasses.asdict(cfg)})
     return rows
 
 

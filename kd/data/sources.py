@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import hashlib
 import os
+import warnings
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -17,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from models.checkpoint import atomic_save
+from models.checkpoint import atomic_save, safe_load
 
 DATASETS = ("cifar10", "cifar100", "imagefolder", "synthetic")
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
@@ -27,13 +28,23 @@ class DataUnavailableError(RuntimeError):
     """The data set cannot be read or downloaded; the message says what to pass instead."""
 
 
+class BadImageError(DataUnavailableError):
+    """An image file cannot be decoded (corrupt, truncated, not an image); the message names the file."""
+
+
+class CacheWarning(UserWarning):
+    """The decoded-image cache cannot be read or written; the data is decoded and kept in memory instead."""
+
+
 @dataclass
 class ImageTensors:
-    """images: (N, 3, H, W) uint8; labels: (N,) int64 in [0, len(classes))."""
+    """images: (N, 3, H, W) uint8; labels: (N,) int64 in [0, len(classes)); skipped: ``"path (reason)"`` of the
+    image files left out because they could not be decoded (``skip_bad_images``)."""
 
     images: torch.Tensor
     labels: torch.Tensor
     classes: list[str]
+    skipped: list[str] = field(default_factory=list)
 
     def __len__(self) -> int:
         return int(self.labels.numel())
@@ -112,22 +123,69 @@ def _split_dir(root: Path, train: bool) -> Path:
     raise DataUnavailableError(f"imagefolder data dir {str(root)!r} has no {wanted} folder of class folders")
 
 
+def _class_folders(split_dir: Path) -> list[str]:
+    """Sorted names of the class folders of a split (hidden folders such as ``.ipynb_checkpoints`` are not classes)."""
+    return sorted(p.name for p in split_dir.iterdir() if p.is_dir() and not p.name.startswith("."))
+
+
+def _is_image(path: Path) -> bool:
+    return path.suffix.lower() in IMAGE_EXTENSIONS and not path.name.startswith(".")
+
+
+def _check_not_empty(split_dir: Path, classes: list[str]) -> None:
+    empty = [c for c in classes if not any(_is_image(p) for p in (split_dir / c).rglob("*"))]
+    if empty:
+        raise DataUnavailableError(f"class folder(s) {empty[:5]} of {str(split_dir)!r} hold no images "
+                                   f"({', '.join(IMAGE_EXTENSIONS)}); add images or remove the folder(s)")
+
+
+def imagefolder_classes(data_dir: str | os.PathLike) -> list[str]:
+    """The class names of an imagefolder data set, checked without decoding anything: ``train/`` and ``test/`` (or
+    ``val/``) have the same class folders and every class folder holds at least one image.
+
+    Raises:
+        DataUnavailableError: a missing folder, no class folders, an empty class folder, or class folders that
+            differ between the splits (the message lists them).
+    """
+    root = Path(data_dir)
+    if not root.is_dir():
+        raise DataUnavailableError(f"imagefolder data dir {str(root)!r} does not exist")
+    train_dir = _split_dir(root, True)
+    classes = _class_folders(train_dir)
+    if not classes:
+        raise DataUnavailableError(f"{str(train_dir)!r} has no class folders")
+    _check_not_empty(train_dir, classes)
+    test_dir = _split_dir(root, False)
+    test_classes = _class_folders(test_dir)
+    if test_classes != classes:
+        only_train = [c for c in classes if c not in test_classes]
+        only_test = [c for c in test_classes if c not in classes]
+        raise DataUnavailableError(
+            f"train/ and {test_dir.name}/ of {str(root)!r} have different class folders (only in train/: "
+            f"{only_train[:5]}, only in {test_dir.name}/: {only_test[:5]}); both splits need the same classes")
+    _check_not_empty(test_dir, classes)
+    return classes
+
+
 def list_image_files(split_dir: Path, classes: list[str] | None = None) -> tuple[list[Path], list[int], list[str]]:
-    """Image files of ``split_dir/<class>/`` sorted by class then name; classes default to the sorted subfolders."""
+    """Image files of ``split_dir/<class>/`` sorted by class then name; classes default to the sorted subfolders.
+
+    Raises:
+        DataUnavailableError: no class folders, or a class without images.
+    """
     if classes is None:
-        classes = sorted(p.name for p in split_dir.iterdir() if p.is_dir())
+        classes = _class_folders(split_dir)
     if not classes:
         raise DataUnavailableError(f"{str(split_dir)!r} has no class folders")
     files, labels = [], []
     for label, name in enumerate(classes):
         folder = split_dir / name
-        if not folder.is_dir():
-            continue
-        found = sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS)
+        found = sorted(p for p in folder.rglob("*") if _is_image(p)) if folder.is_dir() else []
+        if not found:
+            raise DataUnavailableError(f"class folder {str(folder)!r} holds no images ({', '.join(IMAGE_EXTENSIONS)}); "
+                                       "add images or remove the folder")
         files += found
         labels += [label] * len(found)
-    if not files:
-        raise DataUnavailableError(f"no images ({', '.join(IMAGE_EXTENSIONS)}) under {str(split_dir)!r}")
     return files, labels, classes
 
 
@@ -141,6 +199,20 @@ def _decode(path: Path, size: int) -> np.ndarray:
         return np.asarray(img, dtype=np.uint8)  # (size, size, 3)
 
 
+def _try_decode(path: Path, size: int) -> np.ndarray | str:
+    """The decoded image, or why it cannot be decoded (PIL fails in many ways: OSError for a truncated or
+    unidentified file, SyntaxError, ValueError, DecompressionBombError ...)."""
+    try:
+        return _decode(path, size)
+    except Exception as err:  # noqa: BLE001 (any failure of one file is reported with its name)
+        return f"{type(err).__name__}: {str(err).strip().splitlines()[0] if str(err).strip() else 'unreadable'}"
+
+
+def _bad_image(entry: str) -> BadImageError:
+    return BadImageError(f"cannot decode image {entry}; fix or remove the file, or pass --skip-bad-images to leave "
+                         "such files out")
+
+
 def load_imagefolder(
     data_dir: str | os.PathLike,
     train: bool,
@@ -149,11 +221,19 @@ def load_imagefolder(
     seed: int = 0,
     cache_dir: str | os.PathLike | None = None,
     classes: list[str] | None = None,
+    *,
+    skip_bad_images: bool = False,
+    progress: bool = True,
 ) -> ImageTensors:
     """``data_dir/train/<class>/*`` (or ``test/`` / ``val/``) resized to ``image_size`` and converted to RGB.
 
     A ``limit`` picks a class-balanced subset of the file list before decoding, so a small run decodes only what it
-    uses. ``classes`` fixes the class order (the test split takes the training split's classes).
+    uses. ``classes`` fixes the class order (the test split takes the training split's classes). The decoded arrays
+    are cached in ``cache_dir``; a cache that cannot be read or written only costs time (a :class:`CacheWarning`).
+
+    Raises:
+        BadImageError: a file that cannot be decoded, unless ``skip_bad_images`` (then it is left out and listed in
+            ``skipped``). DataUnavailableError: missing folders, classes without images.
     """
     root = Path(data_dir)
     if not root.is_dir():
@@ -165,15 +245,56 @@ def load_imagefolder(
         files, label_t = [files[i] for i in keep], label_t[keep]
     key = hashlib.sha1(repr((image_size, classes, [(str(f), f.stat().st_size, f.stat().st_mtime_ns) for f in files])).encode())
     cache = Path(cache_dir or default_cache_dir()) / f"imagefolder-{'train' if train else 'test'}-{key.hexdigest()[:20]}.pt"
-    if cache.is_file():
-        blob = torch.load(cache, weights_only=True)
-        return ImageTensors(blob["images"], blob["labels"], list(blob["classes"]))
+    blob = _read_cache(cache)
+    if blob is not None:
+        skipped = list(blob.get("skipped", []))
+        if skipped and not skip_bad_images:
+            raise _bad_image(skipped[0])
+        return ImageTensors(blob["images"], blob["labels"], list(blob["classes"]), skipped)
+    split = f"{root.name}/{'train' if train else 'test'}"
     with ThreadPoolExecutor(max_workers=max(2, os.cpu_count() or 2)) as pool:  # PIL releases the GIL while decoding
-        arrays = list(tqdm(pool.map(lambda f: _decode(f, image_size), files), total=len(files),
-                           desc=f"decoding {root.name}/{'train' if train else 'test'}", unit="img", leave=False))
+        arrays = list(tqdm(pool.map(lambda f: _try_decode(f, image_size), files), total=len(files),
+                           desc=f"decoding {split}", unit="img", leave=False, disable=not progress))
+    bad = [i for i, a in enumerate(arrays) if isinstance(a, str)]
+    skipped = [f"{str(files[i])!r} ({arrays[i]})" for i in bad]
+    if skipped and not skip_bad_images:
+        raise _bad_image(skipped[0])
+    if bad:
+        good = [i for i, a in enumerate(arrays) if not isinstance(a, str)]
+        arrays, label_t = [arrays[i] for i in good], label_t[good]
+        left = torch.bincount(label_t, minlength=len(classes))
+        if bool((left == 0).any()):
+            empty = [c for c, n in zip(classes, left.tolist()) if n == 0]
+            raise DataUnavailableError(f"after leaving out {len(bad)} unreadable images of {split}, class(es) "
+                                       f"{empty[:5]} have no images left")
     images = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).contiguous()  # (N, 3, S, S)
-    atomic_save({"images": images, "labels": label_t, "classes": classes}, cache)
-    return ImageTensors(images, label_t, classes)
+    _write_cache({"images": images, "labels": label_t, "classes": classes, "skipped": skipped}, cache)
+    return ImageTensors(images, label_t, classes, skipped)
+
+
+def _read_cache(cache: Path) -> dict | None:
+    """The cached arrays, or None when there are none or they cannot be read (then a warning; decoding again)."""
+    try:
+        if not cache.is_file():
+            return None
+        blob = safe_load(cache, "decoded-image cache")
+        if not isinstance(blob, dict) or not {"images", "labels", "classes"} <= set(blob):
+            raise ValueError(f"decoded-image cache {str(cache)!r} is not one this version writes")
+        return blob
+    except (OSError, ValueError) as err:
+        warnings.warn(f"ignoring the decoded-image cache: {err}; decoding the images again", CacheWarning,
+                      stacklevel=2)
+        return None
+
+
+def _write_cache(blob: dict, cache: Path) -> None:
+    """Caches the decoded arrays; a folder that cannot take them (read-only, full, no permission) only warns."""
+    try:
+        atomic_save(blob, cache)
+    except OSError as err:
+        warnings.warn(f"cannot write the decoded-image cache in {str(cache.parent)!r} "
+                      f"({err.strerror or type(err).__name__}); continuing with the images in memory (a writable "
+                      f"--cache-dir keeps them for the next run)", CacheWarning, stacklevel=2)
 
 
 # ------------------------------------------------------------------------------------------------------ synthetic

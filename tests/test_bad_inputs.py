@@ -1,0 +1,593 @@
+"""Nothing lost, nothing poisoned: every foreseeable bad input ends in one ``error: ...`` line on stderr and exit
+status 2 (no traceback, never advice to unpickle), and nothing is written where nothing should be. End to end through
+the recipes' ``main`` under ``run_main`` on tiny synthetic data, then the units behind each case."""
+from __future__ import annotations
+
+import errno
+import json
+import math
+import os
+import pickle
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "recipes"))
+
+import distill_only  # noqa: E402
+import prune_then_distill  # noqa: E402
+import train_teacher  # noqa: E402
+
+import kd.run  # noqa: E402
+import pruning  # noqa: E402
+from kd.config import RunConfig, check_values, config_differences, parse_config, resolve_device  # noqa: E402
+from kd.data import BadImageError, CacheWarning, DataUnavailableError, load_dataset  # noqa: E402
+from kd.data.sources import imagefolder_classes, load_imagefolder  # noqa: E402
+from kd.errors import FileFormatError, NonFiniteError  # noqa: E402
+from kd.losses import CrossEntropy  # noqa: E402
+from kd.report import ModelReport, write_report  # noqa: E402
+from kd.run import build_model, error_message, run_main  # noqa: E402
+from models import create_model, load_model, save_model  # noqa: E402
+from models.checkpoint import atomic_save, check_finite, safe_load, stale_temp_files  # noqa: E402
+
+RECIPES = {"train_teacher": train_teacher, "distill_only": distill_only, "prune_then_distill": prune_then_distill}
+TINY = '{"widths": [8, 8, 8, 8], "hidden": 16}'
+SYNTHETIC = ["--dataset", "synthetic", "--limit-train", "64", "--limit-test", "32", "--image-size", "16",
+             "--epochs", "1", "--batch-size", "32", "--no-progress"]
+STUDENT = ["--model-args", '{"widths": [4, 4, 4, 4], "hidden": 8}']
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+# ------------------------------------------------------------------------------------------------------ helpers
+
+
+def fail(recipe, argv: list[str], capsys) -> str:
+    """Runs ``recipe.main(argv)`` under ``run_main``: exit status 2, one ``error:`` line on stderr, no traceback."""
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as info:
+        run_main(recipe.main, argv)
+    assert info.value.code == 2
+    err = capsys.readouterr().err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), err
+    assert "Traceback" not in err and "weights_only" not in err
+    return lines[0]
+
+
+def files(folder: Path) -> dict[str, bytes]:
+    """Every file under ``folder`` with its bytes (to show that a refused run changed nothing)."""
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def teacher_run(out: Path, *extra: str) -> Path:
+    train_teacher.main([*SYNTHETIC, "--model-args", TINY, "--out", str(out), *extra])
+    return out / "teacher.pt"
+
+
+@pytest.fixture(scope="module")
+def teacher(tmp_path_factory) -> Path:
+    """A tiny teacher trained for one epoch on the synthetic data."""
+    return teacher_run(tmp_path_factory.mktemp("teacher") / "run")
+
+
+@pytest.fixture(scope="module")
+def bad_teachers(tmp_path_factory, teacher) -> dict[str, Path]:
+    """Teacher files that must be refused: text, truncated, empty, malicious pickle, NaN weights, a folder."""
+    root = tmp_path_factory.mktemp("bad_teachers")
+    (root / "text.pt").write_text("not a model\n")
+    good = teacher.read_bytes()
+    (root / "truncated.pt").write_bytes(good[: len(good) // 2])
+    (root / "empty.pt").write_bytes(b"")
+    torch.save({"format": 1, "arch": "wide_cnn", "payload": Exploit()}, root / "malicious.pt")
+    payload = torch.load(teacher, weights_only=True)
+    payload["state_dict"]["classifier.weight"][0, 0] = float("nan")
+    torch.save(payload, root / "nan.pt")
+    (root / "folder.pt").mkdir()
+    return {p.stem: p for p in root.iterdir()}
+
+
+class Exploit:
+    def __reduce__(self):
+        return (os.system, ("echo this must never run",))
+
+
+def image_folder(root: Path, cifar10_dir: Path, train: dict[str, int], test: dict[str, int]) -> Path:
+    """A small imagefolder of real CIFAR-10 JPEGs: ``{class: count}`` per split (count 0: an empty class folder)."""
+    for split, counts in (("train", train), ("test", test)):
+        for cls, n in counts.items():
+            (root / split / cls).mkdir(parents=True, exist_ok=True)
+            for src in sorted((cifar10_dir / "train" / cls).glob("*.jpg"))[:n]:
+                shutil.copy(src, root / split / cls / src.name)
+    return root
+
+
+def imagefolder_args(root: Path, cache: Path) -> list[str]:
+    return ["--dataset", "imagefolder", "--data-dir", str(root), "--cache-dir", str(cache), "--image-size", "16",
+            "--epochs", "1", "--batch-size", "8", "--no-progress", "--model-args", TINY]
+
+
+# ------------------------------------------------------------------------------ bad options: nothing is written
+
+OPTION_CASES = [
+    ("prune_then_distill", ["--teacher", "{teacher}", "--alpha", "2"], "--alpha must be in [0, 1], got 2.0"),
+    ("distill_only", ["--teacher", "{teacher}", "--temperature", "0"], "--temperature must be > 0"),
+    ("prune_then_distill", ["--teacher", "{teacher}", "--ratio", "1.5"], "--ratio must be in [0, 1)"),
+    ("train_teacher", ["--model-args", TINY, "--lr", "nan"], "--lr must be a finite number"),
+    ("train_teacher", ["--model-args", TINY, "--epochs", "0"], "--epochs must be a whole number >= 1"),
+    ("train_teacher", ["--model-args", '{"widths": [8, 8], "colour": 1}'], "wide_cnn does not take 'colour'"),
+    ("train_teacher", ["--model-args", '{"widths": [8, 8'], "--model-args must be a JSON object"),
+    ("train_teacher", ["--model-args", '{"widths": [0]}'], "cannot be built from these arguments"),
+    ("distill_only", ["--teacher", "{teacher}", "--model-args", '{"depth": 3}'], "does not take 'depth'"),
+    ("prune_then_distill", ["--teacher-model-args", '{"width": 8}'], "--teacher-model-args: wide_cnn does not take"),
+    ("prune_then_distill", ["--teacher", "{teacher}", "--hint-layer", "features.conv9"],
+     "--hint-layer 'features.conv9' is not a layer"),
+    ("prune_then_distill", ["--teacher", "{teacher}", "--hint-layer", "classifier"], "has no conv layer"),
+    ("distill_only", ["--teacher", "{teacher}", "--hint-student-layer", "features.conv1"], "needs both"),
+    ("distill_only", ["--teacher", "{teacher}", *STUDENT, "--hint-student-layer", "conv1", "--hint-teacher-layer",
+                      "features.conv1"], "--hint-student-layer 'conv1' is not a layer"),
+    ("train_teacher", ["--model-args", TINY, "--device", "tpu"], "--device 'tpu' is not a device"),
+    ("train_teacher", ["--model-args", TINY, "--epochs", "x"], "argument --epochs: invalid int value"),
+    ("train_teacher", ["--model-args", TINY, "--resume", "--overwrite"], "pass only one"),
+    ("train_teacher", ["--model-args", TINY, "--resume"], "holds no earlier run to continue"),
+    ("distill_only", ["--teacher", "{text}"], "text.pt' is corrupt or holds pickled objects other than tensors"),
+    ("distill_only", ["--teacher", "{truncated}"], "truncated.pt' is truncated, corrupt or not written by torch.save"),
+    ("distill_only", ["--teacher", "{empty}"], "truncated, corrupt or not written by torch.save (EOFError)"),
+    ("prune_then_distill", ["--teacher", "{malicious}"], "holds pickled code (posix.system), refused: reading it "
+                                                         "could run that code"),
+    ("prune_then_distill", ["--teacher", "{nan}"], "has NaN weights ('classifier.weight')"),
+    ("distill_only", ["--teacher", "{folder}"], "is a folder, not a file"),
+    ("distill_only", ["--teacher", "{missing}"], "does not exist"),
+]
+
+
+@pytest.mark.parametrize("recipe, argv, expected", OPTION_CASES, ids=[c[2][:40] for c in OPTION_CASES])
+def test_bad_options_and_inputs_are_one_line_and_write_nothing(recipe, argv, expected, teacher, bad_teachers,
+                                                               tmp_path, capsys):
+    paths = {"teacher": teacher, "missing": tmp_path / "none.pt", **bad_teachers}
+    out = tmp_path / "out"
+    argv = [str(paths[a[1:-1]]) if a[1:-1] in paths else a for a in argv]  # "{teacher}" → its path
+    line = fail(RECIPES[recipe], [*SYNTHETIC, *argv, "--out", str(out)], capsys)
+    assert expected in line
+    assert not out.exists()
+
+
+def test_out_that_is_a_file_is_refused_and_left_alone(tmp_path, capsys):
+    out = tmp_path / "out"
+    out.write_text("keep me\n")
+    assert "is a file" in fail(train_teacher, [*SYNTHETIC, "--model-args", TINY, "--out", str(out)], capsys)
+    assert out.read_text() == "keep me\n"
+
+
+# ----------------------------------------------------------------------------- earlier runs: refuse, resume, replace
+
+
+@pytest.fixture
+def earlier_run(tmp_path) -> tuple[Path, dict[str, bytes]]:
+    out = tmp_path / "run"
+    teacher_run(out)
+    return out, files(out)
+
+
+def test_a_second_run_into_the_same_out_is_refused(earlier_run, capsys):
+    out, before = earlier_run
+    line = fail(train_teacher, [*SYNTHETIC, "--model-args", TINY, "--out", str(out)], capsys)
+    assert "already holds an earlier run" in line and "--resume" in line and "--overwrite" in line
+    assert files(out) == before
+
+
+def test_failed_validation_leaves_an_earlier_run_untouched(earlier_run, capsys):
+    out, before = earlier_run
+    fail(train_teacher, [*SYNTHETIC, "--model-args", TINY, "--out", str(out), "--overwrite", "--lr", "-1"], capsys)
+    fail(train_teacher, [*SYNTHETIC, "--model-args", TINY, "--out", str(out), "--resume", "--epochs", "0"], capsys)
+    assert files(out) == before
+
+
+def test_resume_refuses_changed_options_naming_them(earlier_run, capsys):
+    out, before = earlier_run
+    line = fail(train_teacher, [*SYNTHETIC, "--model-args", TINY, "--out", str(out), "--resume", "--epochs", "3",
+                                "--lr", "0.1", "--no-progress", "--device", "cpu"], capsys)
+    assert "options differ" in line and "--epochs 1 → 3" in line and "--lr 0.05 → 0.1" in line
+    assert "--device" not in line  # device, progress, cache folder: harmless, not compared
+    assert files(out) == before
+
+
+def test_resume_with_another_ratio_is_refused_before_any_size_mismatch(teacher, tmp_path, capsys):
+    out = tmp_path / "student"
+    argv = [*SYNTHETIC, "--teacher", str(teacher), "--out", str(out), "--ratio", "0.5"]
+    prune_then_distill.main(argv)
+    before = files(out)
+    line = fail(prune_then_distill, [*argv[:-1], "0.25", "--resume"], capsys)
+    assert "--ratio 0.5 → 0.25" in line and "size mismatch" not in line
+    assert files(out) == before
+
+
+def test_resume_without_a_checkpoint_is_refused(earlier_run, capsys):
+    out, _ = earlier_run
+    shutil.rmtree(out / "teacher_train")
+    line = fail(train_teacher, [*SYNTHETIC, "--model-args", TINY, "--out", str(out), "--resume"], capsys)
+    assert "no checkpoint (*/last.pt)" in line
+
+
+def test_resume_refuses_a_damaged_checkpoint(earlier_run, capsys):
+    out, _ = earlier_run
+    last = out / "teacher_train" / "last.pt"
+    last.write_bytes(last.read_bytes()[:100])
+    line = fail(train_teacher, [*SYNTHETIC, "--model-args", TINY, "--out", str(out), "--resume"], capsys)
+    assert "checkpoint" in line and "truncated, corrupt" in line and "last.pt" in line
+
+
+def test_resume_cleans_stale_temp_files_and_keeps_the_results(earlier_run, capsys):
+    out, before = earlier_run
+    stale = [out / ".teacher.pt.x1y2.tmp", out / "teacher_train" / ".last.pt.abc.tmp", out / "report.json.tmp",
+             out / ".config.json.q.tmp"]
+    for p in stale:
+        p.write_bytes(b"half a file")
+    (out / "notes.tmp").write_text("not ours")  # not a name our writes use: left alone
+    train_teacher.main([*SYNTHETIC, "--model-args", TINY, "--out", str(out), "--resume"])
+    assert not any(p.exists() for p in stale) and (out / "notes.tmp").exists()
+    assert files(out)["teacher_train/last.pt"] == before["teacher_train/last.pt"]  # nothing was left to train
+
+
+def test_overwrite_replaces_the_earlier_run_and_its_checkpoints(earlier_run, teacher, capsys):
+    out, before = earlier_run
+    (out / "student_train").mkdir()
+    shutil.copy(out / "teacher_train" / "last.pt", out / "student_train" / "last.pt")  # a stage this run lacks
+    prune_then_distill.main([*SYNTHETIC, "--teacher", str(teacher), "--ratio", "0.5", "--out", str(out),
+                             "--overwrite"])
+    config = json.loads((out / "config.json").read_text())
+    assert config["ratio"] == 0.5 and config["overwrite"] is True
+    assert not (out / "teacher_train" / "last.pt").exists()  # the earlier run's checkpoints cannot be resumed
+    assert (out / "student.pt").is_file() and "student_pruned" in json.loads((out / "report.json").read_text())[
+        "models"]
+
+
+def test_overwrite_never_removes_the_teacher_it_reads(earlier_run, capsys):
+    out, _ = earlier_run
+    prune_then_distill.main([*SYNTHETIC, "--teacher", str(out / "teacher.pt"), "--ratio", "0.5", "--out", str(out),
+                             "--overwrite"])
+    assert (out / "teacher.pt").is_file() and (out / "student.pt").is_file()
+
+
+# ------------------------------------------------------------------------------------------ diverged training
+
+
+def test_a_diverged_run_saves_no_model_and_no_report(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(CrossEntropy, "_parts", lambda self, s, t, y, state: {"ce": s.sum() * float("nan")})
+    out = tmp_path / "run"
+    line = fail(train_teacher, [*SYNTHETIC, "--model-args", TINY, "--out", str(out)], capsys)
+    assert "loss became nan at epoch 1, step 1" in line and "nothing non-finite was saved" in line and "--lr" in line
+    assert not (out / "teacher.pt").exists() and not (out / "report.json").exists()
+
+
+def test_the_trainers_non_finite_error_is_one_line(tmp_path, monkeypatch, capsys):
+    def diverge(*args, **kwargs):
+        raise NonFiniteError("the loss is nan at epoch 1, step 2")
+
+    monkeypatch.setattr(kd.run, "fit_model", diverge)
+    line = fail(train_teacher, [*SYNTHETIC, "--model-args", TINY, "--out", str(tmp_path / "run")], capsys)
+    assert line == ("error: the loss is nan at epoch 1, step 2; nothing non-finite was saved (a lower --lr usually "
+                    "helps)")
+
+
+def test_a_diverged_run_leaves_no_non_finite_checkpoint(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(CrossEntropy, "_parts", lambda self, s, t, y, state: {"ce": s.sum() * float("nan")})
+    out = tmp_path / "run"
+    fail(train_teacher, [*SYNTHETIC, "--model-args", TINY, "--out", str(out)], capsys)
+    for name in ("best.pt", "last.pt"):
+        path = out / "teacher_train" / name
+        if path.exists():
+            check_finite(torch.load(path, weights_only=True)["student"], str(path))
+
+
+# -------------------------------------------------------------------------------------- full or read-only disk
+
+
+def test_a_full_disk_is_one_line_that_says_so(tmp_path, monkeypatch, capsys):
+    if not os.path.exists("/dev/full"):
+        pytest.skip("needs /dev/full")
+    import models.checkpoint as checkpoint
+
+    def full(fd, mode, **kwargs):  # every atomic write lands on /dev/full: the kernel answers ENOSPC
+        os.close(fd)
+        return open("/dev/full", mode, **kwargs)
+
+    monkeypatch.setattr(checkpoint.os, "fdopen", full)
+    out = tmp_path / "run"
+    line = fail(train_teacher, [*SYNTHETIC, "--model-args", TINY, "--out", str(out)], capsys)
+    assert "ENOSPC" in line and "the disk is full" in line and "config.json" in line
+    assert not out.exists() or not list(out.rglob("*.*"))  # neither config.json nor a temporary file
+
+
+def test_a_read_only_out_is_one_line(tmp_path, monkeypatch, capsys):
+    def read_only(*args, **kwargs):
+        raise OSError(errno.EROFS, "Read-only file system", kwargs.get("dir"))
+
+    monkeypatch.setattr(tempfile, "mkstemp", read_only)
+    line = fail(train_teacher, [*SYNTHETIC, "--model-args", TINY, "--out", str(tmp_path / "run")], capsys)
+    assert "read-only (EROFS)" in line and "choose another --out" in line
+
+
+# ---------------------------------------------------------------------------------------------- data problems
+
+
+DATA_CASES = [
+    ({"cat": 3, "dog": 3}, {"cat": 2, "bird": 2}, "different class folders (only in train/: ['dog'], only in test/: "
+                                                  "['bird'])"),
+    ({"cat": 3, "dog": 0}, {"cat": 2, "dog": 2}, "class folder(s) ['dog']"),
+    ({"cat": 3, "dog": 3}, {"cat": 2, "dog": 0}, "hold no images"),
+    ({"cat": 3}, {"cat": 2}, "the data has 1 class (cat); classification needs at least 2 classes"),
+]
+
+
+@pytest.mark.parametrize("train, test, expected", DATA_CASES, ids=["classes differ", "empty train class",
+                                                                   "empty test class", "one class"])
+def test_data_problems_are_one_line(train, test, expected, cifar10_dir, tmp_path, capsys):
+    root = image_folder(tmp_path / "data", cifar10_dir, train, test)
+    out = tmp_path / "out"
+    line = fail(train_teacher, [*imagefolder_args(root, tmp_path / "cache"), "--out", str(out)], capsys)
+    assert expected in line and not out.exists()
+
+
+@pytest.mark.parametrize("damage, reason", [("corrupt", "UnidentifiedImageError: cannot identify image file"),
+                                            ("truncated", "OSError: image file is truncated")])
+def test_a_bad_image_names_its_file_and_can_be_skipped(damage, reason, cifar10_dir, tmp_path, capsys):
+    root = image_folder(tmp_path / "data", cifar10_dir, {"cat": 4, "dog": 4}, {"cat": 2, "dog": 2})
+    bad = sorted((root / "train" / "dog").glob("*.jpg"))[1]
+    bad.write_bytes(b"not a jpeg at all" if damage == "corrupt" else bad.read_bytes()[:-300])
+    args = imagefolder_args(root, tmp_path / "cache")
+    line = fail(train_teacher, [*args, "--out", str(tmp_path / "out")], capsys)
+    assert str(bad) in line and reason in line and "--skip-bad-images" in line
+    assert not (tmp_path / "out").exists()
+
+    capsys.readouterr()
+    report = run_main(train_teacher.main, [*args, "--out", str(tmp_path / "skip"), "--skip-bad-images"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("warning: left out 1 image file(s)") and str(bad) in err[0]
+    assert report.accuracy >= 0 and json.loads((tmp_path / "skip" / "config.json").read_text())["skip_bad_images"]
+
+
+def test_no_progress_keeps_stderr_clean_and_the_cache_is_only_an_optimisation(cifar10_dir, tmp_path, monkeypatch,
+                                                                              capsys):
+    root = image_folder(tmp_path / "data", cifar10_dir, {"cat": 3, "dog": 3}, {"cat": 2, "dog": 2})
+    cache = tmp_path / "cache_is_a_file"
+    cache.write_text("")  # the cache folder cannot be made: decoding goes on in memory
+    capsys.readouterr()
+    run_main(train_teacher.main, [*imagefolder_args(root, cache), "--out", str(tmp_path / "a")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("warning: cannot write the decoded-image cache"), err  # once
+
+    import kd.data.sources as sources
+
+    def disk_full(obj, path):
+        raise OSError(errno.ENOSPC, "No space left on device", str(path))
+
+    monkeypatch.setattr(sources, "atomic_save", disk_full)
+    run_main(train_teacher.main, [*imagefolder_args(root, tmp_path / "cache"), "--out", str(tmp_path / "b")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "No space left on device" in err[0] and (tmp_path / "b" / "teacher.pt").is_file()
+
+    monkeypatch.undo()
+    run_main(train_teacher.main, [*imagefolder_args(root, tmp_path / "cache"), "--out", str(tmp_path / "c")])
+    assert capsys.readouterr().err == ""  # --no-progress: no decoding bar, no epoch bar
+
+
+# ------------------------------------------------------------------------------------------ pruning nothing
+
+
+@pytest.mark.parametrize("target", [["--ratio", "0"], ["--target-flops", "10000000000"]])
+def test_pruning_nothing_says_so_in_one_line(target, teacher, tmp_path, capsys):
+    capsys.readouterr()
+    result = run_main(prune_then_distill.main, [*SYNTHETIC, "--teacher", str(teacher), *target, "--out",
+                                                str(tmp_path / "out")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("warning: nothing was pruned: ")
+    assert result.pruning.after.flops == result.pruning.before.flops
+
+
+# ============================================================================================== units
+
+
+def test_check_finite():
+    check_finite({"w": torch.ones(2), "n": torch.tensor([1, 2]), "step": 3}, "m")
+    for bad, word in ((float("nan"), "NaN"), (float("inf"), "infinite")):
+        with pytest.raises(NonFiniteError, match=f"m has {word} weights \\('b'\\)"):
+            check_finite({"a": torch.ones(2), "b": torch.tensor([0.0, bad])}, "m")
+
+
+def test_save_model_refuses_and_load_model_rejects_non_finite_weights(tmp_path):
+    model = create_model("wide_cnn", 10, widths=[4, 4], hidden=0)
+    with torch.no_grad():
+        model.classifier.bias[3] = float("inf")
+    with pytest.raises(NonFiniteError, match="infinite weights"):
+        save_model(model, tmp_path / "m.pt")
+    assert list(tmp_path.iterdir()) == []  # neither the file nor a temporary one
+    with torch.no_grad():
+        model.classifier.bias[3] = 0.0
+    save_model(model, tmp_path / "m.pt")
+    payload = torch.load(tmp_path / "m.pt", weights_only=True)
+    payload["state_dict"]["features.conv1.bn.running_var"][0] = float("nan")
+    torch.save(payload, tmp_path / "m.pt")
+    with pytest.raises(NonFiniteError, match="running_var"):
+        load_model(tmp_path / "m.pt")
+    with pytest.raises(NonFiniteError):
+        pruning.load(tmp_path / "m.pt")
+
+
+def test_safe_load_names_the_file_and_never_suggests_unpickling(bad_teachers, tmp_path):
+    for name in ("text", "truncated", "empty", "malicious"):
+        with pytest.raises(FileFormatError) as info:
+            safe_load(bad_teachers[name], "teacher")
+        assert str(bad_teachers[name]) in str(info.value) and "weights_only" not in str(info.value)
+    (tmp_path / "raw.pkl").write_bytes(pickle.dumps({"x": Exploit()}))
+    with pytest.raises(FileFormatError, match="could run"):
+        load_model(tmp_path / "raw.pkl")
+    torch.save({"format": 1, "arch": "wide_cnn", "num_classes": 10, "arch_kwargs": {"widths": [4]}, "widths": {},
+                "state_dict": {"classifier.weight": torch.ones(3, 3)}}, tmp_path / "misfit.pt")
+    with pytest.raises(FileFormatError, match="does not rebuild"):
+        load_model(tmp_path / "misfit.pt")
+
+
+def test_atomic_save_on_a_full_disk_raises_enospc_naming_the_target(tmp_path, monkeypatch):
+    if not os.path.exists("/dev/full"):
+        pytest.skip("needs /dev/full")
+    import models.checkpoint as checkpoint
+
+    monkeypatch.setattr(checkpoint.os, "fdopen", lambda fd, mode, **kw: (os.close(fd), open("/dev/full", mode))[1])
+    with pytest.raises(OSError) as info:
+        atomic_save({"w": torch.zeros(10_000)}, tmp_path / "x.pt")
+    assert info.value.errno == errno.ENOSPC and info.value.filename == str(tmp_path / "x.pt")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_stale_temp_files(tmp_path):
+    ours = [tmp_path / ".last.pt.k3j.tmp", tmp_path / "a" / ".best.pt.zz.tmp", tmp_path / "report.json.tmp"]
+    for p in [*ours, tmp_path / "mine.tmp", tmp_path / "model.pt"]:
+        p.parent.mkdir(exist_ok=True)
+        p.write_text("")
+    assert sorted(stale_temp_files(tmp_path)) == sorted(ours)
+    assert stale_temp_files(tmp_path, older_than_s=3600) == []
+    old = time.time() - 7200
+    os.utime(ours[0], (old, old))
+    assert stale_temp_files(tmp_path, older_than_s=3600) == [ours[0]]
+
+
+def test_report_json_is_strict_json(tmp_path):
+    report = ModelReport("student", 10, 2, 0.008, float("nan"))
+    write_report(tmp_path / "report.json", [report], {"lr": float("inf")},
+                 {"history": [{"val_loss": float("nan"), "val_accuracy": 50.0}]})
+
+    def no_constants(name):
+        raise AssertionError(f"{name} is not JSON")
+
+    saved = json.loads((tmp_path / "report.json").read_text(), parse_constant=no_constants)
+    assert saved["accuracy"] is None and saved["config"]["lr"] is None
+    assert saved["history"] == [{"val_loss": None, "val_accuracy": 50.0}]
+    assert [p.name for p in tmp_path.iterdir()] == ["report.json"]
+
+
+def test_check_values_and_device():
+    check_values(RunConfig(epochs=1, lr=0.1, limit_train=None))
+    for bad, match in ((dict(epochs=0), "--epochs must be a whole number >= 1"), (dict(lr=math.nan), "finite"),
+                       (dict(batch_size=-3), "--batch-size"), (dict(image_size=2), "--image-size must be >= 8"),
+                       (dict(limit_test=0), "--limit-test")):
+        with pytest.raises(ValueError, match=match):
+            check_values(RunConfig(**bad))
+    for name in ("tpu", "cuda:x", "meta"):
+        with pytest.raises(ValueError, match="--device"):
+            resolve_device(name)
+    assert resolve_device("cpu").type == "cpu"
+
+
+def test_config_differences_name_options_and_skip_harmless_ones():
+    earlier = json.loads(json.dumps(RunConfig().__dict__))
+    now = RunConfig(epochs=5, resume=True, progress=False, overwrite=True, device="cpu", cache_dir="/x",
+                    optimizer="adamw")
+    assert config_differences(earlier, now) == ["--epochs 30 → 5", "--optimizer sgd → adamw"]
+    del earlier["precision"]  # an option the earlier run did not know had its default
+    assert config_differences(earlier, RunConfig()) == []
+    assert config_differences(earlier, RunConfig(limit_train=10)) == ["--limit-train (not set) → 10"]
+
+
+def test_build_model_lists_accepted_arguments():
+    with pytest.raises(ValueError, match="resnet20 does not take 'widths'; it takes no arguments"):
+        build_model("resnet20", '{"widths": [8]}')
+    with pytest.raises(ValueError, match="it takes widths, kernel_sizes"):
+        build_model("wide_cnn", '{"width": [8]}')
+    with pytest.raises(ValueError, match="cannot be built"):
+        build_model("shufflenet_v2", '{"width_mult": 0.7}')
+    with pytest.raises(ValueError, match="--teacher-arch: unknown model 'wide'; known models: resnet20"):
+        build_model("wide", "{}", flag="--teacher-model-args")
+    assert build_model("wide_cnn", TINY).arch_spec["kwargs"]["hidden"] == 16
+
+
+def test_imagefolder_class_checks_happen_before_decoding(cifar10_dir, tmp_path, monkeypatch):
+    import kd.data.sources as sources
+
+    monkeypatch.setattr(sources, "_decode", lambda *a: pytest.fail("nothing may be decoded"))
+    root = image_folder(tmp_path / "d", cifar10_dir, {"cat": 1, "dog": 1}, {"cat": 1})
+    with pytest.raises(DataUnavailableError, match=r"only in train/: \['dog'\], only in test/: \[\]"):
+        load_dataset("imagefolder", root, cache_dir=tmp_path / "c")
+    (root / "test" / "dog").mkdir()
+    (root / "test" / "dog" / "readme.txt").write_text("no image here")
+    with pytest.raises(DataUnavailableError, match="hold no images"):
+        imagefolder_classes(root)
+    (root / "train" / ".ipynb_checkpoints").mkdir()  # a hidden folder is not a class
+    shutil.copy(next((root / "test" / "cat").glob("*.jpg")), root / "test" / "dog" / "x.jpg")
+    assert imagefolder_classes(root) == ["cat", "dog"]
+    with pytest.raises(DataUnavailableError, match="at least 2 classes"):
+        load_dataset("synthetic", synthetic_classes=1, limit_train=8, limit_test=4)
+
+
+def test_skipped_images_are_cached_and_still_refused_without_skipping(cifar10_dir, tmp_path):
+    root = image_folder(tmp_path / "d", cifar10_dir, {"cat": 3, "dog": 3}, {"cat": 1, "dog": 1})
+    bad = root / "train" / "cat" / "bad.jpg"
+    bad.write_bytes(b"\xff\xd8 broken")
+    with pytest.raises(BadImageError, match="bad.jpg"):
+        load_imagefolder(root, True, 16, cache_dir=tmp_path / "c", progress=False)
+    data = load_imagefolder(root, True, 16, cache_dir=tmp_path / "c", skip_bad_images=True, progress=False)
+    assert len(data) == 6 and len(data.skipped) == 1 and "bad.jpg" in data.skipped[0]
+    again = load_imagefolder(root, True, 16, cache_dir=tmp_path / "c", skip_bad_images=True, progress=False)
+    assert torch.equal(again.images, data.images) and again.skipped == data.skipped  # from the cache
+    with pytest.raises(BadImageError, match="bad.jpg"):  # the cache does not hide the bad file
+        load_imagefolder(root, True, 16, cache_dir=tmp_path / "c", progress=False)
+
+
+def test_a_damaged_cache_is_decoded_again_with_a_warning(cifar10_dir, tmp_path):
+    root = image_folder(tmp_path / "d", cifar10_dir, {"cat": 2, "dog": 2}, {"cat": 1, "dog": 1})
+    first = load_imagefolder(root, True, 16, cache_dir=tmp_path / "c", progress=False)
+    (cached,) = (tmp_path / "c").glob("*.pt")
+    cached.write_bytes(cached.read_bytes()[:50])
+    with pytest.warns(CacheWarning, match="ignoring the decoded-image cache"):
+        again = load_imagefolder(root, True, 16, cache_dir=tmp_path / "c", progress=False)
+    assert torch.equal(again.images, first.images)
+
+
+def test_prune_warns_only_when_nothing_is_pruned(recwarn):
+    model = create_model("wide_cnn", 10, widths=[8, 8], hidden=0)
+    x = torch.zeros(1, 3, 16, 16)
+    pruning.prune(model, x, ratio=0.5)
+    assert not [w for w in recwarn if "nothing was pruned" in str(w.message)]
+    with pytest.warns(UserWarning, match="nothing was pruned: ratio=0.0 removes no channel"):
+        pruning.prune(model, x, ratio=0.0)
+    with pytest.warns(UserWarning, match="already within target_params"):
+        pruning.prune(model, x, target_params=10**9)
+
+
+def test_error_messages():
+    enospc = OSError(errno.ENOSPC, "No space left on device", "/r/teacher.pt")
+    assert error_message(enospc) == ("no space left on device (ENOSPC) writing '/r/teacher.pt': the disk is full; "
+                                     "free some space or choose another --out")
+    assert error_message(PermissionError(errno.EACCES, "denied", "/r")) == ("permission denied (EACCES) for '/r'; fix "
+                                                                            "its permissions or choose another path")
+    mismatch = RuntimeError("Error(s) in loading state_dict for WideCNN:\n\tsize mismatch for fc.weight: copying a "
+                            "param with shape torch.Size([4, 8]) from checkpoint, the shape in current model is "
+                            "torch.Size([4, 4]).")
+    assert "does not fit the model (size mismatch for fc.weight" in error_message(mismatch)
+    assert "\n" not in error_message(mismatch)
+    refused = error_message(pickle.UnpicklingError("Weights only load failed. Re-running `torch.load` with "
+                                                   "`weights_only` set to `False` will likely succeed"))
+    assert "weights_only" not in refused and "could run code" in refused
+    assert error_message(RuntimeError("CUDA kernel failed")) is None  # unforeseen: keeps its traceback
+    assert error_message(ZeroDivisionError()) is None
+
+
+def test_run_main_keeps_the_traceback_of_a_bug():
+    def buggy(argv):
+        return 1 / 0
+
+    with pytest.raises(ZeroDivisionError):
+        run_main(buggy, [])
+
+
+def test_parse_errors_are_one_line(capsys):
+    with pytest.raises(SystemExit) as info:
+        parse_config(RunConfig, ["--optimizer", "adam"])
+    assert info.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: argument --optimizer: invalid choice: 'adam'")
