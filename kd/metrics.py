@@ -11,6 +11,7 @@ import csv
 import dataclasses
 import math
 import os
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -39,8 +40,9 @@ class MetricsLogger(Callback):
     The CSV has one header line and one row per epoch, flushed as the epoch ends; numbers are written exactly
     (``repr``), NaN as ``nan``. Resume-safe: when an epoch arrives and the file already holds rows for that epoch or
     later ones (an interrupted run resumed, or a run started again in the same folder), those rows are dropped and
-    the file is rewritten atomically before the new row goes in, so each epoch appears once. A loss part that appears
-    later adds a column (the file is rewritten with the earlier rows' cells empty).
+    the file is rewritten atomically before the new row goes in, so each epoch appears once; earlier epochs missing
+    from the file but in the resumed trainer's history are filled in from it. A loss part that appears later adds a
+    column (the file is rewritten with the earlier rows' cells empty).
 
     ``curves.png`` (matplotlib, Agg) has three panels against epoch: losses (train, validation and each part),
     train/validation accuracy, learning rate.
@@ -55,13 +57,18 @@ class MetricsLogger(Callback):
         self._columns: list[str] = []
 
     def on_epoch_end(self, trainer: "Trainer", record: "EpochRecord") -> None:
-        self.log(record)
+        self.log(record, history=getattr(getattr(trainer, "result", None), "history", ()))
 
-    def log(self, record: "EpochRecord") -> None:
-        """Writes one epoch (what :meth:`on_epoch_end` does, callable without a trainer)."""
+    def log(self, record: "EpochRecord", history: Sequence["EpochRecord"] = ()) -> None:
+        """Writes one epoch (what :meth:`on_epoch_end` does, callable without a trainer).
+
+        ``history``: the trainer's records so far (restored with a resumed checkpoint); on the first call, earlier
+        epochs it has and the CSV lacks (a run stopped between its checkpoint and this row) are filled in from it.
+        """
         first = self._rows is None
         if first:  # whatever an earlier run left is parsed once and written back clean (a crash may cut a line)
             self._rows, self._columns = _read_csv(self.csv_path)
+            self._fill_in(history, before=record.epoch)
         row = epoch_scalars(record)
         kept = [r for r in self._rows if r["epoch"] < row["epoch"]]
         new_columns = [c for c in row if c not in self._columns]
@@ -73,6 +80,13 @@ class MetricsLogger(Callback):
             self._write(self.csv_path, [row], "a")
         if self.plot:
             self.plot_curves()
+
+    def _fill_in(self, history: Sequence["EpochRecord"], before: int) -> None:
+        have = {r["epoch"] for r in self._rows}
+        missing = [epoch_scalars(h) for h in history if h.epoch < before and h.epoch not in have]
+        for row in missing:
+            self._columns += [c for c in row if c not in self._columns]
+        self._rows = sorted([*self._rows, *missing], key=lambda r: r["epoch"])
 
     def _write(self, path: str | Path, rows: list[Row], mode: str) -> None:
         with open(path, mode, newline="") as f:
