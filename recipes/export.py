@@ -84,7 +84,8 @@ def print_latency(report: ExportReport) -> None:
     """Median latency (10th–90th percentile) and images/s per batch size, PyTorch beside ONNX Runtime."""
     threads = report.torch_latency[0].threads if report.torch_latency else "?"
     print(f"\nCPU latency, {threads} threads (median ms [p10–p90], images/s at the median):")
-    print(f"  {'batch':>5}  {'PyTorch ms':>22} {'img/s':>9}  {'ONNX Runtime ms':>22} {'img/s':>9}  {'ORT speed-up':>12}")
+    print(f"  {'batch':>5}  {'PyTorch ms':>22} {'img/s':>9}  {'ONNX Runtime ms':>22} {'img/s':>9}  "
+          f"{'ORT speed-up':>12}")
     for t, o in zip(report.torch_latency, report.onnx_latency):
         print(f"  {t.batch_size:>5}  {_ms(t):>22} {t.images_per_s:>9.1f}  {_ms(o):>22} {o.images_per_s:>9.1f}  "
               f"{t.median_ms / o.median_ms:>11.2f}×")
