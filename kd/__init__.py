@@ -1,14 +1,17 @@
-"""Knowledge distillation: losses, the Trainer, callbacks and the in-memory data pipeline."""
+"""Knowledge distillation: losses, the Trainer, callbacks, metrics logs and the in-memory data pipeline."""
 from kd.callbacks import Callback, EarlyStopping, EpochPrinter
 from kd.features import HintLoss
 from kd.hooks import FeatureHook
-from kd.losses import (LOSSES, DistillationLoss, DistillLoss, TrainState, create_loss, register_loss, soft_target_kl,
-                       total_loss)
+from kd.losses import (
+    LOSSES, DistillationLoss, DistillLoss, TrainState, create_loss, register_loss, soft_target_kl, total_loss,
+)
+from kd.metrics import MetricsLogger, TensorBoardLogger, epoch_scalars
 from kd.optim import make_optimizer, make_scheduler
 from kd.trainer import EpochRecord, EvalResult, FitResult, Trainer, evaluate, fit_model
 
 __all__ = [
     "LOSSES", "Callback", "DistillLoss", "DistillationLoss", "EarlyStopping", "EpochPrinter", "EpochRecord",
-    "EvalResult", "FeatureHook", "FitResult", "HintLoss", "TrainState", "Trainer", "create_loss", "evaluate",
-    "fit_model", "make_optimizer", "make_scheduler", "register_loss", "soft_target_kl", "total_loss",
+    "EvalResult", "FeatureHook", "FitResult", "HintLoss", "MetricsLogger", "TensorBoardLogger", "TrainState",
+    "Trainer", "create_loss", "epoch_scalars", "evaluate", "fit_model", "make_optimizer", "make_scheduler",
+    "register_loss", "soft_target_kl", "total_loss",
 ]

@@ -1,10 +1,13 @@
-"""Teacher and student architectures, the model registry, complexity profile and pickle-free model files."""
+"""Teacher and student architectures, the model registry, complexity profile, latency and pickle-free model files.
+
+ONNX export is :mod:`models.export` (its functions need the optional ``deploy`` packages)."""
 from models import resnet, shufflenet, wide_cnn  # noqa: F401  (registers the architectures)
 from models.checkpoint import load_model, save_model
+from models.latency import LatencyResult, measure_latency, time_callable
 from models.profile import Complexity, format_report, profile
 from models.registry import create_model, list_models, register_model
 
 __all__ = [
-    "Complexity", "create_model", "format_report", "list_models", "load_model", "profile", "register_model",
-    "save_model",
+    "Complexity", "LatencyResult", "create_model", "format_report", "list_models", "load_model", "measure_latency",
+    "profile", "register_model", "save_model", "time_callable",
 ]

@@ -52,6 +52,20 @@ def atomic_write_text(text: str, path: str | os.PathLike) -> None:
     _write_atomically(path, "w", lambda f: f.write(text))
 
 
+def atomic_write(path: str | os.PathLike, write: Callable[[str], Any]) -> Path:
+    """Calls ``write(tmp)`` with the name of a temporary file in ``path``'s folder (for writers that take a file
+    name: ONNX export, matplotlib), then renames it to ``path``: a crash never leaves half a file. Returns ``path``.
+
+    Raises:
+        OSError: with ``errno`` and ``filename`` = ``path``.
+    """
+    def by_name(f: IO) -> None:
+        f.close()
+        write(f.name)
+    _write_atomically(path, "wb", by_name)
+    return Path(path)
+
+
 def _write_atomically(path: str | os.PathLike, mode: str, write: Callable[[IO], Any]) -> None:
     # torch.save to a Python file object (not a path) lets a failed write surface as OSError with its errno; the
     # C++ writer behind a path reports a full disk as "unexpected pos".
