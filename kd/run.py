@@ -264,6 +264,7 @@ def make_loss(cfg: KDConfig) -> DistillLoss:
     Raises:
         ValueError: unknown loss, malformed ``--loss-args``, an argument the loss does not take, a bad value.
     """
+    check_values(cfg)  # option ranges first, so their message names the option
     if cfg.alpha == 0:
         return CrossEntropy()
     kwargs = json_object(cfg.loss_args, "--loss-args", '{"beta": 6}')

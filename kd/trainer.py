@@ -214,7 +214,7 @@ class Trainer:
         loss = total_loss(parts)
         if not torch.isfinite(loss):
             raise NonFiniteError(
-                f"the training loss became {float(loss)} at epoch {state.epoch}, step {state.step + 1} (lr "
+                f"the training loss became {float(loss.detach())} at epoch {state.epoch}, step {state.step + 1} (lr "
                 f"{self.optimizer.param_groups[0]['lr']:.3g}): the run diverged")
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()

@@ -44,38 +44,28 @@ def atomic_save(obj: Any, path: str | os.PathLike) -> None:
     Raises:
         OSError: with ``errno`` (ENOSPC for a full disk, EROFS, EACCES ...) and ``filename`` = ``path``.
     """
-    _write_atomically(path, "wb", lambda f: torch.save(obj, f))
+    atomic_write(path, lambda tmp: _through_file(tmp, "wb", lambda f: torch.save(obj, f)))
 
 
 def atomic_write_text(text: str, path: str | os.PathLike) -> None:
     """Writes ``text`` (UTF-8) to ``path`` through a temporary file and a rename, like :func:`atomic_save`."""
-    _write_atomically(path, "w", lambda f: f.write(text))
+    atomic_write(path, lambda tmp: _through_file(tmp, "w", lambda f: f.write(text)))
 
 
 def atomic_write(path: str | os.PathLike, write: Callable[[str], Any]) -> Path:
-    """Calls ``write(tmp)`` with the name of a temporary file in ``path``'s folder (for writers that take a file
-    name: ONNX export, matplotlib), then renames it to ``path``: a crash never leaves half a file. Returns ``path``.
+    """Calls ``write(tmp)`` with the name of a temporary file in ``path``'s folder, then renames it to ``path``: a
+    crash never leaves half a file. Returns ``path``.
 
     Raises:
-        OSError: with ``errno`` and ``filename`` = ``path``.
+        OSError: with ``errno`` (ENOSPC for a full disk, EROFS, EACCES ...) and ``filename`` = ``path``.
     """
-    def by_name(f: IO) -> None:
-        f.close()
-        write(f.name)
-    _write_atomically(path, "wb", by_name)
-    return Path(path)
-
-
-def _write_atomically(path: str | os.PathLike, mode: str, write: Callable[[IO], Any]) -> None:
-    # torch.save to a Python file object (not a path) lets a failed write surface as OSError with its errno; the
-    # C++ writer behind a path reports a full disk as "unexpected pos".
     path = Path(path)
     tmp = None
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=TEMP_SUFFIX)
-        with os.fdopen(fd, mode, **({"encoding": "utf-8"} if "b" not in mode else {})) as f:
-            write(f)
+        os.close(fd)
+        write(tmp)
         os.chmod(tmp, 0o644)  # mkstemp creates 0600; results are meant to be shared like any written file
         os.replace(tmp, path)
     except OSError as err:
@@ -83,6 +73,14 @@ def _write_atomically(path: str | os.PathLike, mode: str, write: Callable[[IO], 
     finally:
         if tmp is not None and os.path.exists(tmp):
             os.remove(tmp)
+    return path
+
+
+def _through_file(name: str, mode: str, write: Callable[[IO], Any]) -> None:
+    # torch.save to a Python file object (not a path) lets a failed write surface as OSError with its errno; the
+    # C++ writer behind a path reports a full disk as "unexpected pos".
+    with open(name, mode, **({"encoding": "utf-8"} if "b" not in mode else {})) as f:
+        write(f)
 
 
 def stale_temp_files(folder: str | os.PathLike, older_than_s: float = 0.0) -> list[Path]:

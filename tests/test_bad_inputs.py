@@ -293,11 +293,10 @@ def test_a_full_disk_is_one_line_that_says_so(tmp_path, monkeypatch, capsys):
         pytest.skip("needs /dev/full")
     import models.checkpoint as checkpoint
 
-    def full(fd, mode, **kwargs):  # every atomic write lands on /dev/full: the kernel answers ENOSPC
-        os.close(fd)
+    def full(name, mode, **kwargs):  # every atomic write lands on /dev/full: the kernel answers ENOSPC
         return open("/dev/full", mode, **kwargs)
 
-    monkeypatch.setattr(checkpoint.os, "fdopen", full)
+    monkeypatch.setattr(checkpoint, "open", full, raising=False)
     out = tmp_path / "run"
     line = fail(train_teacher, [*SYNTHETIC, "--model-args", TINY, "--out", str(out)], capsys)
     assert "ENOSPC" in line and "the disk is full" in line and "config.json" in line
@@ -438,7 +437,7 @@ def test_atomic_save_on_a_full_disk_raises_enospc_naming_the_target(tmp_path, mo
         pytest.skip("needs /dev/full")
     import models.checkpoint as checkpoint
 
-    monkeypatch.setattr(checkpoint.os, "fdopen", lambda fd, mode, **kw: (os.close(fd), open("/dev/full", mode))[1])
+    monkeypatch.setattr(checkpoint, "open", lambda name, mode, **kw: open("/dev/full", mode), raising=False)
     with pytest.raises(OSError) as info:
         atomic_save({"w": torch.zeros(10_000)}, tmp_path / "x.pt")
     assert info.value.errno == errno.ENOSPC and info.value.filename == str(tmp_path / "x.pt")
