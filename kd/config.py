@@ -64,6 +64,8 @@ class RunConfig:
     channels_last: bool | None = arg(None, "channels-last memory format for models and batches (default: on CUDA and "
                                      "with bf16, where it is faster)")
     compile: bool = arg(False, "train through torch.compile (pays a compile time up front; see BENCHMARKS.md)")
+    tensorboard: bool = arg(False, "also write TensorBoard logs (OUT/<stage>/tb; needs the tensorboard package); "
+                            "metrics.csv and curves.png are always written")
     progress: bool = arg(True, "show progress bars")
 
 
@@ -219,5 +221,9 @@ class KDConfig(RunConfig):
     temperature: float | None = arg(None, "softening temperature T of kd / dkd / kd-ls (default: the loss's own)")
     alpha: float | None = arg(None, "kd's soft-target weight in [0, 1] (default: the loss's own); 0 = plain "
                               "cross-entropy, whatever --kd-loss says")
+    latency: bool = arg(True, "measure teacher and student forward latency after training (report.json)")
+    latency_batch_sizes: tuple[int, ...] = arg((1, 64), "batch sizes of the latency measurement")
+    export: str | None = arg(None, "onnx: also write OUT/student.onnx (dynamic batch), checked against PyTorch with "
+                             "onnxruntime and timed beside it", ("onnx",))
     teacher_cache: int = arg(0, "K > 0: run the teacher once over K augmented views of every training image, keep "
                              "the logits on disk (--cache-dir) and train from them, never running the teacher again")

@@ -103,6 +103,15 @@ class Hardware:
         return cls(cpu_model(), cpu_capability(), cpu_has_native_bf16(), name, torch.get_num_threads(), resolved,
                    bool(channels_last))
 
+    @classmethod
+    def from_config(cls, config: dict[str, Any]) -> "Hardware":
+        """From a recipe's config dict (``precision``, ``device``, ``channels_last``); ``device="auto"`` is CUDA when
+        available, as :func:`kd.config.resolve_device` has it."""
+        device = config.get("device") or "auto"
+        if device == "auto":
+            device = "cuda" if torch.cuda.is_available() else "cpu"
+        return cls.detect(config.get("precision") or "auto", device, config.get("channels_last"))
+
     def describe(self) -> str:
         """One line: ``CPU AMD EPYC (AVX2, no native bf16), device cpu, 2 threads: fp32, NCHW``."""
         bf16 = "native bf16" if self.native_bf16 else "no native bf16"

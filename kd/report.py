@@ -11,6 +11,7 @@ from typing import Any
 from torch import nn
 
 from models.checkpoint import atomic_write_text
+from kd.precision import Hardware
 from models.profile import Complexity, format_report, profile
 
 
@@ -50,6 +51,8 @@ def write_report(path: str | os.PathLike, reports: list[ModelReport], config: di
         body.update({k: last[k] for k in ("flops", "params", "param_size_kb", "accuracy")})
     body["models"] = {r.name: asdict(r) for r in reports}
     body["config"] = config
+    if "precision" in config:  # what the run trained on: CPU model, instruction set, precision, memory format
+        body["hardware"] = Hardware.from_config(config).to_dict()
     body.update(extra or {})
     write_json(path, body)
 

@@ -2,6 +2,7 @@
 the results; and the one place where errors become a line on stderr and exit status 2 (:func:`run_main`)."""
 from __future__ import annotations
 
+import dataclasses
 import errno
 import json
 import pickle
@@ -14,17 +15,19 @@ from typing import Any
 import torch
 from torch import nn
 
-from kd.callbacks import EpochPrinter
+from kd.callbacks import Callback, EpochPrinter
 from kd.config import KDConfig, RunConfig, check_values, config_differences, resolve_device, save_config
 from kd.data import BatchIterator, DataSplits, DataUnavailableError, default_cache_dir, load_dataset, make_loaders
 from kd.errors import FileFormatError, NonFiniteError
 from kd.losses import CrossEntropy, DistillLoss, create_loss, loss_arguments
+from kd.metrics import MetricsLogger, TensorBoardLogger
 from kd.precision import Hardware
 from kd.report import ModelReport
 from kd.teacher_cache import CachedBatchIterator, load_or_build
 from kd.trainer import FitResult, evaluate, fit_model
-from models import create_model, load_model, save_model
+from models import create_model, load_model, measure_latency, save_model
 from models.checkpoint import check_finite, safe_load, stale_temp_files
+from models.export import export_and_check
 from models.registry import model_arguments
 
 
@@ -308,7 +311,50 @@ def train(model: nn.Module, cfg: RunConfig, train_batches: BatchIterator, test_b
                      schedule=cfg.schedule, weight_decay=cfg.weight_decay, feature_loss=feature_loss, resume=resume,
                      device=resolve_device(cfg.device), out_dir=out_dir, precision=cfg.precision,
                      channels_last=cfg.channels_last, compile=cfg.compile, progress=cfg.progress,
-                     callbacks=[EpochPrinter()])
+                     callbacks=stage_callbacks(cfg, Path(out_dir)))
+
+
+def stage_callbacks(cfg: RunConfig, out_dir: Path) -> list[Callback]:
+    """What every training stage reports: a line per epoch, ``metrics.csv`` + ``curves.png`` in ``out_dir``, and
+    TensorBoard logs with ``--tensorboard``."""
+    callbacks: list[Callback] = [EpochPrinter(), MetricsLogger(out_dir)]
+    if cfg.tensorboard:
+        callbacks.append(TensorBoardLogger(out_dir / "tb"))
+    return callbacks
+
+
+def deployment(cfg: KDConfig, teacher: nn.Module, student: nn.Module, input_size: tuple[int, ...],
+               out: Path) -> dict[str, Any]:
+    """Measured forward latency of teacher and student (``--latency-batch-sizes``, this run's precision and threads)
+    and, with ``--export onnx``, ``OUT/student.onnx`` checked against PyTorch with onnxruntime; prints both after the
+    report blocks and returns them for report.json. FLOPs are not speed: this is what users prune for.
+
+    Raises:
+        ValueError: when the ONNX model's outputs differ from PyTorch's by more than the tolerance.
+    """
+    found: dict[str, Any] = {}
+    shape = tuple(input_size[1:])
+    if cfg.latency:
+        precision = hardware(cfg).precision
+        timing = {"batch_sizes": cfg.latency_batch_sizes, "precision": precision, "repeats": 10, "min_seconds": 0.2}
+        rows = {name: measure_latency(m, shape, **timing) for name, m in (("teacher", teacher), ("student", student))}
+        print(f"\nlatency ({precision}, {rows['student'][0].threads} threads, median of >= 10 forward passes):")
+        for t, s in zip(rows["teacher"], rows["student"]):
+            print(f"  batch {t.batch_size:3d}: teacher {t.median_ms:9.2f} ms  student {s.median_ms:9.2f} ms  "
+                  f"{t.median_ms / s.median_ms:5.2f}x faster  ({s.images_per_s:,.0f} images/s)")
+        found["latency"] = {name: [dataclasses.asdict(r) for r in res] for name, res in rows.items()}
+        found["latency"]["speedup"] = {t.batch_size: t.median_ms / s.median_ms for t, s in zip(*rows.values())}
+    if cfg.export == "onnx":
+        rep = export_and_check(student, out / "student.onnx", shape, cfg.latency_batch_sizes, repeats=10,
+                               min_seconds=0.5)
+        if not rep.passed:
+            raise ValueError(f"{rep.path} differs from the PyTorch student by {rep.max_abs_diff:.3g} (tolerance "
+                             f"{rep.tolerance:g}); the ONNX file is not trustworthy")
+        print(f"\nONNX: {rep.path} (max abs difference to PyTorch {rep.max_abs_diff:.2e})")
+        for t, o in zip(rep.torch_latency, rep.onnx_latency):
+            print(f"  batch {t.batch_size:3d}: PyTorch {t.median_ms:9.2f} ms  onnxruntime {o.median_ms:9.2f} ms")
+        found["onnx"] = rep.to_dict()
+    return found
 
 
 def run_main(main: Callable[[list[str] | None], Any], argv: list[str] | None = None) -> Any:

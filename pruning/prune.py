@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import itertools
 import math
 import warnings
 from collections.abc import Iterable, Iterator, Sequence
@@ -28,6 +29,7 @@ from pruning.importance import (
     NEEDS_CALIBRATION, ActivationImportance, accumulate_gradients, clear_calibration, make_importance, needs_calibration,
     record_activations,
 )
+from pruning.fitting import recalibrate_bn as recalibrate
 from pruning.units import Unit, find_units
 
 Batches = Iterable[tuple[torch.Tensor, torch.Tensor]]
@@ -75,7 +77,8 @@ def prune(model: nn.Module, example_inputs: torch.Tensor, *, target_flops: int |
           target_params: int | None = None, ratio: float | None = None, importance: str | Any = "l1",
           global_pruning: bool = False, ignored_layers: Sequence[nn.Module | str] | None = None,
           round_to: int | None = None, inplace: bool = False, calibration: Batches | None = None,
-          calibration_batches: int = 16, tolerance: float = 0.02, seed: int = 0) -> PruneResult:
+          calibration_batches: int = 16, recalibrate_bn: bool = True, tolerance: float = 0.02,
+          seed: int = 0) -> PruneResult:
     """Prunes output channels of the conv and linear layers of ``model`` with Torch-Pruning.
 
     Args:
@@ -96,6 +99,10 @@ def prune(model: nn.Module, example_inputs: torch.Tensor, *, target_flops: int |
             ``.grad`` are cleared.
         calibration: ``(x, y)`` batches for ``taylor`` (cross-entropy gradients) and ``activation`` (mean |a|).
         calibration_batches: how many calibration batches are read at most.
+        recalibrate_bn: with ``calibration``, re-estimate every BatchNorm's running statistics of the pruned model on
+            those batches (forward passes, no gradients; :func:`pruning.fitting.recalibrate_bn`): the statistics
+            the teacher collected describe channels that pruning removed or rescaled, and evaluating with them
+            measures a stale-statistics artefact rather than the pruned network.
         tolerance: a FLOPs/params target counts as reached within ``[target · (1 − tolerance), target]``.
         seed: seeds the ``random`` criterion.
 
@@ -144,6 +151,8 @@ def prune(model: nn.Module, example_inputs: torch.Tensor, *, target_flops: int |
         why = (f"ratio={target} removes no channel" if kind == "ratio" else
                f"the model has {getattr(before, kind):,} {kind}, already within target_{kind}={int(target):,}")
         warnings.warn(f"nothing was pruned: {why}; the result is an unpruned copy", stacklevel=2)
+    elif recalibrate_bn and calibration is not None:
+        recalibrate(pruned, itertools.islice(calibration, calibration_batches), example_inputs.device)
     return PruneResult(pruned, before, after, kept, channels, r, name, steps)
 
 

@@ -20,7 +20,7 @@ from kd import HintLoss  # noqa: E402
 from kd.config import KDConfig, arg, parse_config  # noqa: E402
 from kd.report import ModelReport, print_reports, write_report  # noqa: E402
 from kd.run import (  # noqa: E402
-    loaders, make_loss, model_args, obtain_teacher, run_main, seed_everything, start_run, train,
+    deployment, loaders, make_loss, model_args, obtain_teacher, run_main, seed_everything, start_run, train,
 )
 from models import create_model, list_models, save_model  # noqa: E402
 
@@ -59,7 +59,9 @@ def main(argv: list[str] | None = None) -> list[ModelReport]:
     save_model(student, out / "student.pt", meta={"accuracy": student_report.accuracy, **data.meta()})
     reports = [teacher_report, student_report]
     print_reports(reports)
-    write_report(out / "report.json", reports, dataclasses.asdict(cfg), {"history": result.to_dict()["history"]})
+    deployed = deployment(cfg, teacher, student, data.input_size, out)
+    write_report(out / "report.json", reports, dataclasses.asdict(cfg),
+                 {"history": result.to_dict()["history"], **deployed})
     print(f"\nstudent saved to {out / 'student.pt'}")
     return reports
 

@@ -21,7 +21,7 @@ import torch  # noqa: E402
 from kd.config import KDConfig, arg, parse_config, resolve_device  # noqa: E402
 from kd.data import BatchIterator  # noqa: E402
 from kd.report import ModelReport, print_reports, write_report  # noqa: E402
-from kd.run import make_loss, obtain_teacher, run_main, start_run  # noqa: E402
+from kd.run import deployment, make_loss, obtain_teacher, run_main, start_run  # noqa: E402
 from kd.sweep import validation_split  # noqa: E402
 from kd.trainer import evaluate  # noqa: E402
 from models import save_model  # noqa: E402
@@ -80,8 +80,9 @@ def main(argv: list[str] | None = None) -> ProgressiveResult:
                                                        "met_target": result.met_target})
     (out / "steps.md").write_text(STEP_HEADER + "\n" + "\n".join(r.row() for r in result.steps) + "\n")
     print_reports([teacher_report, report])
+    deployed = deployment(cfg, teacher, result.model, data.input_size, out)
     write_report(out / "report.json", [teacher_report, report], dataclasses.asdict(cfg),
-                 {"steps": [dataclasses.asdict(s) for s in result.steps], "chosen_step": result.chosen,
+                 {**deployed, "steps": [dataclasses.asdict(s) for s in result.steps], "chosen_step": result.chosen,
                   "met_target": result.met_target, "stopped_early": result.stopped_early})
     return result
 

@@ -27,7 +27,9 @@ from kd import HintLoss, evaluate  # noqa: E402
 from kd.config import KDConfig, arg, parse_config, resolve_device  # noqa: E402
 from kd.data import BatchIterator, DataSplits, subset  # noqa: E402
 from kd.report import ModelReport, print_reports, write_report  # noqa: E402
-from kd.run import loaders, make_loss, obtain_teacher, run_main, seed_everything, start_run, train  # noqa: E402
+from kd.run import (  # noqa: E402
+    deployment, loaders, make_loss, obtain_teacher, run_main, seed_everything, start_run, train,
+)
 from pruning.importance import NEEDS_CALIBRATION  # noqa: E402
 
 LAB_TARGET_FLOPS = 31_269_888  # the lab's student budget (thop MACs of one 32×32 image)
@@ -43,7 +45,10 @@ class PruneThenDistillConfig(KDConfig):
                           "activation (the last two read --calibration-images training images)", pruning.IMPORTANCES)
     global_pruning: bool = arg(False, "rank channels across layers instead of within each layer")
     round_to: int | None = arg(None, "keep channel counts multiples of this")
-    calibration_images: int = arg(1024, "training images the taylor and activation criteria read")
+    calibration_images: int = arg(1024, "training images (unaugmented) that re-estimate the pruned student's "
+                                  "BatchNorm statistics and that the taylor and activation criteria read")
+    recalibrate_bn: bool = arg(True, "re-estimate BatchNorm statistics right after pruning (--no-recalibrate-bn: "
+                               "keep the teacher's)")
     hint_layer: str | None = arg(None, "FitNet hint on this layer of student and teacher (e.g. features.conv3), its "
                                  "regressor started from the channels pruning kept; off by default")
     hint_weight: float = arg(1.0, "weight of the FitNet hint loss")
@@ -73,7 +78,9 @@ def main(argv: list[str] | None = None) -> PruneThenDistillResult:
     pruned = pruning.prune(teacher, torch.zeros(data.input_size, device=device), target_flops=cfg.target_flops,
                            target_params=cfg.target_params, ratio=cfg.ratio, importance=cfg.importance,
                            global_pruning=cfg.global_pruning, round_to=cfg.round_to,
-                           calibration=_calibration(cfg, data), seed=cfg.seed)
+                           calibration=_calibration(cfg, data), calibration_batches=_batches(cfg.calibration_images,
+                                                                                             cfg.batch_size),
+                           recalibrate_bn=cfg.recalibrate_bn, seed=cfg.seed)
     print_pruning(pruned)
     student = pruned.model
     pruned_report = ModelReport("student_pruned", pruned.after.flops, pruned.after.params, pruned.after.param_size_kb,
@@ -96,19 +103,25 @@ def main(argv: list[str] | None = None) -> PruneThenDistillResult:
 
     reports = [teacher_report, pruned_report, student_report]
     print_reports(reports)
+    deployed = deployment(cfg, teacher, student, data.input_size, out)
     write_report(out / "report.json", reports, dataclasses.asdict(cfg),
-                 {"pruning": _pruning_summary(pruned), "history": result.to_dict()["history"]})
+                 {"pruning": _pruning_summary(pruned), "history": result.to_dict()["history"], **deployed})
     print(f"\nstudent saved to {out / 'student.pt'} (load it with pruning.load)")
     return PruneThenDistillResult(reports, student, pruned)
 
 
 def _calibration(cfg: PruneThenDistillConfig, data: DataSplits) -> BatchIterator | None:
-    """Unaugmented batches of a class-balanced subset of the training images, for taylor and activation."""
-    if cfg.importance not in NEEDS_CALIBRATION:
+    """Unaugmented batches of a class-balanced subset of the training images: for BatchNorm re-estimation and the
+    taylor and activation criteria."""
+    if cfg.importance not in NEEDS_CALIBRATION and not cfg.recalibrate_bn:
         return None
     images = subset(data.train, cfg.calibration_images, seed=cfg.seed)
     return BatchIterator(images, cfg.batch_size, train=False, mean=data.mean, std=data.std,
                          device=resolve_device(cfg.device))
+
+
+def _batches(images: int, batch_size: int) -> int:
+    return max(1, -(-images // batch_size))
 
 
 def _hint(cfg: PruneThenDistillConfig, student: nn.Module, teacher: nn.Module,

@@ -309,7 +309,8 @@ def test_metrics_logger_with_a_resumed_trainer(tiny, tmp_path):
     logger = MetricsLogger(tmp_path, plot=False)
     Trainer(tiny_cnn(), epochs=2, out_dir=ckpt, progress=False, callbacks=[logger]).fit(train, test)
     header, rows = read_csv(tmp_path / "metrics.csv")
-    assert header == ["epoch", *SCALARS] and [row["epoch"] for row in rows] == ["1", "2"]
+    assert header == ["epoch", *SCALARS, "loss_ce"] and [row["epoch"] for row in rows] == ["1", "2"]
+    assert all(float(row["loss_ce"]) == float(row["train_loss"]) for row in rows)  # cross-entropy is the only part
     # the previous process also left a row for epoch 3 (stopped before its checkpoint) and lost the one for epoch 2
     with open(tmp_path / "metrics.csv", "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=header)
