@@ -29,7 +29,9 @@ import torch
 from torch import nn
 
 from kd.data import BatchIterator, DataSplits
+from kd.losses import create_loss
 from kd.sweep import validation_split
+from kd.teacher_cache import CachedBatchIterator, TeacherCache
 from kd.trainer import evaluate, fit_model
 from models import create_model, profile
 from models.shufflenet import STAGE_CHANNELS
@@ -54,6 +56,7 @@ class CompareSetup:
     lr: float = 0.05
     finetune_lr: float = 0.01
     loss: nn.Module | None = None  # the distillation loss of the "+kd" methods (None: the Trainer's default)
+    cache: TeacherCache | None = None  # teacher logits on augmented views of ``train``: KD then never runs the teacher
     progressive_steps: int = 2
     seed: int = 0
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
@@ -110,8 +113,11 @@ class MethodResult:
 
 def recover(student: nn.Module, setup: CompareSetup, *, distill: bool, lr: float, epochs: int | None = None) -> None:
     """Trains ``student`` for ``epochs`` (default: the budget) with SGD + cosine, distilling when ``distill``."""
-    fit_model(student, setup.train, epochs=epochs or setup.epochs, lr=lr, teacher=setup.teacher if distill else None,
-              loss=setup.loss if distill else None, device=setup.device, progress=False)
+    cached = distill and setup.cache is not None
+    batches = CachedBatchIterator(setup.cache, setup.train) if cached else setup.train
+    fit_model(student, batches, epochs=epochs or setup.epochs, lr=lr,
+              teacher=setup.teacher if distill and not cached else None,
+              loss=(setup.loss or create_loss("kd")) if distill else None, device=setup.device, progress=False)
 
 
 def _one_shot(importance: str, distill: bool) -> Callable[[CompareSetup], tuple[nn.Module, str]]:
