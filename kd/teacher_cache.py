@@ -188,6 +188,9 @@ def load_or_build(teacher: nn.Module, train: BatchIterator, views: int, *, cache
     kept in memory for this run.
     """
     mean, std = train.mean.flatten().tolist(), train.std.flatten().tolist()
+    if not isinstance(train.images, torch.Tensor):
+        raise ValueError("--teacher-cache replays views of images held in memory; pass --data-mode memory (or drop "
+                         "--teacher-cache to run the teacher on streamed batches)")
     hw = Hardware.detect(precision, train.device)
     key = cache_key(teacher, train.images, train.labels, mean=mean, std=std, pad=train.pad, views=views, seed=seed,
                     topk=topk, precision=hw.precision)

@@ -5,6 +5,9 @@ unless --sync-bn (CUDA only), so two ranks and one process would differ by desig
 """
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -18,6 +21,7 @@ from kd import distributed
 from kd.data import BatchIterator, load_dataset, make_loaders
 from kd.teacher_cache import CachedBatchIterator, build_teacher_cache
 
+REPO = Path(__file__).resolve().parents[1]
 WORLD = 2
 BATCH = 32  # global batch: 16 per rank
 
@@ -114,3 +118,22 @@ def test_batch_size_must_divide_among_ranks(tiny):
         BatchIterator(tiny.train, 32, train=True, mean=tiny.mean, std=tiny.std, rank=0, world_size=3)
     assert distributed.shard(torch.arange(8), 1, 2).tolist() == [4, 5, 6, 7]
     assert not distributed.initialized() and distributed.is_main() and distributed.all_reduce_sum([1.0, 2.0]) == [1, 2]
+
+
+def test_torchrun_recipe_prints_and_writes_once(tmp_path):
+    """Every recipe goes through kd.run: under torchrun rank 0 alone prints and writes, the others stay silent."""
+    out = tmp_path / "run"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={WORLD}",
+           str(REPO / "recipes" / "train_teacher.py"), "--dataset", "synthetic", "--limit-train", "64",
+           "--limit-test", "32", "--image-size", "16", "--epochs", "2", "--batch-size", "16", "--model-args",
+           '{"widths": [8, 16], "hidden": 16}', "--device", "cpu", "--no-progress", "--precision", "fp32",
+           "--out", str(out)]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
+    run = subprocess.run(cmd, capture_output=True, text=True, timeout=240, env=env)
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert run.stdout.count("Accuracy =") == 1 and run.stdout.count("epoch   2:") == 1
+    assert "torchrun: 2 processes, 8 images each" in run.stdout
+    written = sorted(str(p.relative_to(out)) for p in out.rglob("*"))
+    assert written == ["config.json", "report.json", "teacher.pt", "teacher_train", "teacher_train/best.pt",
+                       "teacher_train/curves.png", "teacher_train/last.pt", "teacher_train/metrics.csv"]
+    assert len((out / "teacher_train" / "metrics.csv").read_text().splitlines()) == 3  # header + one row per epoch
