@@ -137,7 +137,7 @@ class _Files(Dataset):
         except Exception as err:  # noqa: BLE001 (PIL fails in many ways; the file is named)
             raise BadImageError(f"cannot decode image {str(self.files[i])!r} ({type(err).__name__}); fix or remove "
                                 "the file") from None
-        return torch.from_numpy(image).permute(2, 0, 1).contiguous()  # (3, S, S)
+        return torch.from_numpy(np.array(image)).permute(2, 0, 1).contiguous()  # (3, S, S); PIL's array is read-only
 
 
 class _Batches:
