@@ -163,32 +163,41 @@ class Trainer:
             steps = self.epochs * (_len(train) or 1)
             self.scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(self.optimizer, T_max=steps)
         world = distributed.world_size()
-        if world > 1:
-            train, val = _shard(train, world), _shard(val, world) if val is not None else None
-            # dropout and other random draws in the forward pass differ between ranks (their slices are different
-            # images); deterministic from the seed, and each rank's state is kept in the checkpoint
+        if world == 1:
+            if resume:
+                self._load_checkpoint(resume, train)
+            return self._epochs(train, val)
+        train, val = _shard(train, world), _shard(val, world) if val is not None else None
+        cuda = [torch.cuda.current_device()] if self.device.type == "cuda" else []
+        # Random draws during training (dropout) differ between ranks, whose slices are different images: each rank
+        # seeds its own stream (deterministic from the common state; kept per rank in last.pt). Afterwards every
+        # rank is back on the common stream, so what follows (pruning, new models) draws alike on all of them.
+        with torch.random.fork_rng(devices=cuda):
             torch.manual_seed(int(torch.randint(2**62, (1,))) + distributed.rank())
-        if resume:
-            self._load_checkpoint(resume, train)
-        plain_forward = self._forward
-        self._forward = self._data_parallel() if world > 1 else plain_forward
-        try:
-            with _frozen(self.teacher):
-                while self.epoch < self.epochs and not self.should_stop:
-                    self.epoch += 1
-                    record = self._train_epoch(train)
-                    if val is not None:
-                        ev = self.evaluate(val)
-                        record.val_loss, record.val_accuracy = ev.loss, ev.accuracy
-                    self._record(record, train)
-                    for cb in self.callbacks:
-                        cb.on_epoch_end(self, record)
-        finally:
-            self._forward = plain_forward
-            if world > 1 and self.sync_bn:
-                distributed.from_sync_batchnorm(self.student)
-        if world > 1:
-            distributed.broadcast_module(self.student)  # BatchNorm running statistics: each rank updated its own
+            if resume:
+                self._load_checkpoint(resume, train)
+            plain_forward = self._forward
+            self._forward = self._data_parallel()
+            try:
+                self._epochs(train, val)
+            finally:
+                self._forward = plain_forward
+                if self.sync_bn:
+                    distributed.from_sync_batchnorm(self.student)
+        distributed.broadcast_module(self.student)  # BatchNorm running statistics: each rank updated its own
+        return self.result
+
+    def _epochs(self, train: Batches, val: Batches | None) -> FitResult:
+        with _frozen(self.teacher):
+            while self.epoch < self.epochs and not self.should_stop:
+                self.epoch += 1
+                record = self._train_epoch(train)
+                if val is not None:
+                    ev = self.evaluate(val)
+                    record.val_loss, record.val_accuracy = ev.loss, ev.accuracy
+                self._record(record, train)
+                for cb in self.callbacks:
+                    cb.on_epoch_end(self, record)
         return self.result
 
     def _data_parallel(self) -> nn.Module:

@@ -20,6 +20,7 @@ from kd import Callback, DistillationLoss, Trainer
 from kd import distributed
 from kd.data import BatchIterator, load_dataset, make_loaders
 from kd.teacher_cache import CachedBatchIterator, build_teacher_cache
+from models import create_model
 
 REPO = Path(__file__).resolve().parents[1]
 WORLD = 2
@@ -62,8 +63,15 @@ def _worker(rank: int, tmp: str) -> None:
         student, history = _fit(Path(tmp) / "ddp", sizes=sizes)
         _fit(Path(tmp) / "cut", stop_after=1)  # "crashes" after epoch 1 ...
         resumed, _ = _fit(Path(tmp) / "cut", resume=True)  # ... and is resumed by both ranks
+        # BatchNorm and dropout: each rank's own statistics and masks during training, rank 0's state after fit,
+        # and the common random stream again afterwards
+        data = load_dataset("synthetic", image_size=16, limit_train=64, limit_test=32, seed=0, progress=False)
+        train, _ = make_loaders(data, BATCH, seed=7)
+        torch.manual_seed(5)
+        bn_model = create_model("wide_cnn", 10, widths=(8, 16), hidden=16, dropout=0.3)
+        Trainer(bn_model, epochs=1, progress=False, precision="fp32", channels_last=False).fit(train)
         torch.save({"full": student.state_dict(), "resumed": resumed.state_dict(), "history": history,
-                    "sizes": sizes},
+                    "sizes": sizes, "bn": bn_model.state_dict(), "after": torch.rand(3)},
                    f"{tmp}/rank{rank}.pt")
     finally:
         dist.destroy_process_group()
@@ -77,6 +85,9 @@ def test_two_gloo_ranks_equal_one_process_on_the_same_global_batches(tmp_path, o
         for r in ranks:
             torch.testing.assert_close(r["full"][name], expected, rtol=1e-5, atol=1e-5, msg=name)
             torch.testing.assert_close(r["resumed"][name], expected, rtol=1e-5, atol=1e-5, msg=name)
+    for name, value in ranks[0]["bn"].items():
+        assert torch.equal(value, ranks[1]["bn"][name]), name
+    assert torch.equal(ranks[0]["after"], ranks[1]["after"])
     assert all(r["sizes"] == [BATCH // WORLD] * 12 for r in ranks)  # 3 epochs × 4 steps, each rank half a batch
     for got, want in zip(ranks[0]["history"], single_history):  # summed over ranks: the numbers of the whole data
         assert got.train_loss == pytest.approx(want.train_loss, rel=1e-5)
