@@ -61,6 +61,8 @@ def start_run(cfg: RunConfig) -> tuple[DataSplits, Path]:
             each (:func:`run_main` prints it).
     """
     check_values(cfg)
+    if cfg.sync_bn and resolve_device(cfg.device).type != "cuda":
+        raise ValueError("--sync-bn needs CUDA (SyncBatchNorm trains on GPUs only); drop it on the CPU")
     info = distributed.init_distributed(resolve_device(cfg.device))
     if info.distributed:
         distributed.per_rank_batch(cfg.batch_size, info.world_size)

@@ -130,6 +130,8 @@ class Trainer:
         self.feature_loss = feature_loss.to(self.device) if feature_loss is not None else None
         if self.feature_loss is not None and self.teacher is None:
             raise ValueError("a feature loss needs a teacher")
+        if sync_bn and self.device.type != "cuda":
+            raise ValueError("sync_bn needs CUDA (SyncBatchNorm trains on GPUs only)")
         self.epochs, self.out_dir = epochs, Path(out_dir) if out_dir else None
         self.progress = progress and distributed.is_main()
         self.grad_clip, self.sync_bn = grad_clip, sync_bn

@@ -148,3 +148,8 @@ def test_torchrun_recipe_prints_and_writes_once(tmp_path):
     assert written == ["config.json", "report.json", "teacher.pt", "teacher_train", "teacher_train/best.pt",
                        "teacher_train/curves.png", "teacher_train/last.pt", "teacher_train/metrics.csv"]
     assert len((out / "teacher_train" / "metrics.csv").read_text().splitlines()) == 3  # header + one row per epoch
+
+
+def test_sync_bn_is_refused_on_the_cpu():
+    with pytest.raises(ValueError, match="CUDA"):
+        Trainer(_net(1), sync_bn=True, progress=False)

@@ -47,6 +47,10 @@ class LazyImages:
         picked = [self.files[i] for i in torch.arange(len(self.files))[index].reshape(-1).tolist()]
         return decode_files(picked, self.size)
 
+    def to(self, device: str | torch.device) -> torch.Tensor:
+        """All images decoded, on ``device`` (what an in-memory iterator over a small streamed split asks for)."""
+        return self[:].to(device)
+
 
 @dataclass
 class FileSplit:
