@@ -23,9 +23,11 @@ def test_stream_batches_equal_memory_batches(both, workers):
     mem_train, mem_test = make_loaders(memory, 8, seed=3)
     str_train, str_test = make_loaders(stream, 8, seed=3, workers=workers)
     assert isinstance(str_train, StreamBatchIterator) and len(str_train) == len(mem_train) == 5
+    global_rng = torch.get_rng_state()
     for epoch in range(2):
         for (xm, ym), (xs, ys) in zip(mem_train, str_train, strict=True):
             assert torch.equal(xm, xs) and torch.equal(ym, ys)
+    assert torch.equal(torch.get_rng_state(), global_rng)  # dropout masks of training stay those of memory mode
     assert torch.equal(mem_train.generator.get_state(), str_train.generator.get_state())
     for (xm, ym), (xs, ys) in zip(mem_test, str_test, strict=True):
         assert torch.equal(xm, xs) and torch.equal(ym, ys)

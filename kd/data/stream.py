@@ -225,7 +225,10 @@ class StreamBatchIterator:
             self._loader = DataLoader(_Files(self.split.files, self.split.image_size), batch_sampler=self._sampler,
                                       num_workers=self.workers, persistent_workers=self.workers > 0,
                                       pin_memory=self.device.type == "cuda",
-                                      prefetch_factor=4 if self.workers > 0 else None)
+                                      prefetch_factor=4 if self.workers > 0 else None,
+                                      # its workers' seeds from a generator of its own: the global random stream
+                                      # (dropout) stays as in memory mode
+                                      generator=torch.Generator().manual_seed(0))
         return self._loader
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
