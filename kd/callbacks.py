@@ -8,7 +8,14 @@ if TYPE_CHECKING:
 
 
 class Callback:
-    """No-op hooks called by :class:`kd.Trainer`."""
+    """No-op hooks called by :class:`kd.Trainer`.
+
+    ``main_only``: under torchrun the Trainer calls this callback on rank 0 only (set it on callbacks that print or
+    write files); callbacks that steer training (early stopping) run on every rank, where they see the same
+    all-reduced numbers and so decide alike.
+    """
+
+    main_only = False
 
     def on_step_end(self, trainer: "Trainer", step: int, loss: float) -> None:
         """After each optimizer step; ``loss`` is the batch loss."""
@@ -34,6 +41,8 @@ class EarlyStopping(Callback):
 
 class EpochPrinter(Callback):
     """Prints one line per epoch as it ends (train loss and accuracy, test accuracy, images/s, seconds)."""
+
+    main_only = True
 
     def on_epoch_end(self, trainer: Any, record: Any) -> None:
         print(f"  epoch {record.epoch:3d}: train loss {record.train_loss:.4f}  train acc {record.train_accuracy:6.2f} %  "

@@ -17,7 +17,7 @@ from typing import Any, NoReturn, TypeVar
 
 import torch
 
-from kd.data import DATASETS
+from kd.data import DATA_MODES, DATASETS
 from kd.losses import LOSSES
 from kd.optim import OPTIMIZERS, SCHEDULES
 from kd.precision import PRECISIONS
@@ -67,6 +67,15 @@ class RunConfig:
     tensorboard: bool = arg(False, "also write TensorBoard logs (OUT/<stage>/tb; needs the tensorboard package); "
                             "metrics.csv and curves.png are always written")
     progress: bool = arg(True, "show progress bars")
+    data_mode: str = arg("auto", "memory: decode the images once into uint8 tensors in RAM (fastest); stream: read "
+                         "and decode them in DataLoader workers each epoch (data sets larger than RAM); auto: memory "
+                         "when the decoded images (N·3·H·W bytes) fit in --memory-budget, else stream (imagefolder "
+                         "only; the choice is printed)", DATA_MODES)
+    memory_budget: float | None = arg(None, "GiB the decoded images may take in memory mode (default: half the "
+                                      "available memory)")
+    workers: int = arg(4, "DataLoader worker processes per training process in stream mode")
+    sync_bn: bool = arg(False, "under torchrun: BatchNorm statistics over the global batch (SyncBatchNorm, CUDA "
+                        "only) instead of each process's slice")
 
 
 def _base_type(tp: Any) -> Any:
@@ -150,6 +159,8 @@ LIMITS: dict[str, tuple[Callable[[Any], bool], str]] = {
     "step_ratio": (lambda v: 0.0 < v < 1.0, "in (0, 1)"),
     "val_size": (lambda v: 0.0 < v < 1.0, "in (0, 1) (a fraction of the training images)"),
     "max_drop": (lambda v: v >= 0, ">= 0"),
+    "memory_budget": (lambda v: v > 0, "> 0 (GiB)"),
+    "workers": (lambda v: v == int(v) and v >= 0, "a whole number >= 0"),
     "image_size": (lambda v: v >= 8, ">= 8 (pixels)"),
     **{name: (_positive_int, "a whole number >= 1") for name in (
         "epochs", "teacher_epochs", "batch_size", "limit_train", "limit_test", "calibration_images",
@@ -180,7 +191,7 @@ def check_values(cfg: Any) -> None:
 
 # Options that may differ when a run is resumed: they do not change what is computed (``out`` is the folder the
 # earlier options are read from, however it is spelt).
-RESUME_IGNORED = frozenset({"resume", "overwrite", "progress", "device", "cache_dir", "out"})
+RESUME_IGNORED = frozenset({"resume", "overwrite", "progress", "device", "cache_dir", "out", "workers"})
 
 
 def config_differences(earlier: dict[str, Any], cfg: Any) -> list[str]:

@@ -48,6 +48,8 @@ class MetricsLogger(Callback):
     train/validation accuracy, learning rate.
     """
 
+    main_only = True  # under torchrun only rank 0 writes
+
     def __init__(self, out_dir: str | os.PathLike, *, plot: bool = True) -> None:
         self.dir = Path(out_dir)
         self.csv_path = self.dir / "metrics.csv"
@@ -128,6 +130,8 @@ class TensorBoardLogger(Callback):
 
     Raises ImportError when the ``tensorboard`` package is not installed.
     """
+
+    main_only = True
 
     def __init__(self, log_dir: str | os.PathLike) -> None:
         try:

@@ -2,9 +2,11 @@
 the results; and the one place where errors become a line on stderr and exit status 2 (:func:`run_main`)."""
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import errno
 import json
+import os
 import pickle
 import sys
 import warnings
@@ -15,6 +17,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from kd import distributed
 from kd.callbacks import Callback, EpochPrinter
 from kd.config import KDConfig, RunConfig, check_values, config_differences, resolve_device, save_config
 from kd.data import BatchIterator, DataSplits, DataUnavailableError, default_cache_dir, load_dataset, make_loaders
@@ -33,10 +36,12 @@ from models.registry import model_arguments
 
 def load_data(cfg: RunConfig) -> DataSplits:
     """The data set named by ``cfg`` (``--dataset --data-dir --image-size --limit-train --limit-test --seed
-    --cache-dir --skip-bad-images --progress``)."""
+    --cache-dir --skip-bad-images --progress --data-mode --memory-budget``)."""
+    budget = cfg.memory_budget * 2**30 if cfg.memory_budget is not None else None
     return load_dataset(cfg.dataset, cfg.data_dir, image_size=cfg.image_size, limit_train=cfg.limit_train,
                         limit_test=cfg.limit_test, seed=cfg.seed, cache_dir=cfg.cache_dir,
-                        skip_bad_images=cfg.skip_bad_images, progress=cfg.progress)
+                        skip_bad_images=cfg.skip_bad_images, progress=cfg.progress, data_mode=cfg.data_mode,
+                        memory_budget=budget)
 
 
 def start_run(cfg: RunConfig) -> tuple[DataSplits, Path]:
@@ -46,24 +51,43 @@ def start_run(cfg: RunConfig) -> tuple[DataSplits, Path]:
     seeds, loads the data (checked too), checks the teacher fits it, removes stale temporary files, drops an earlier
     run's results on ``--overwrite`` and writes ``OUT/config.json``. Returns the data and the output folder.
 
+    Under torchrun (``WORLD_SIZE`` > 1) it first joins the process group (gloo on the CPU, nccl on CUDA, each rank
+    on GPU ``LOCAL_RANK``); every rank then runs the whole recipe — teacher training, pruning (deterministic: same
+    weights, seed and calibration batches on every rank; DDP checks the shapes agree when it wraps the student) —
+    and rank 0 alone prints and writes files. Rank 0 decodes the data first, the others then read its cache.
+
     Raises:
         ValueError, FileNotFoundError, FileFormatError, NonFiniteError, DataUnavailableError: one clear sentence
             each (:func:`run_main` prints it).
     """
     check_values(cfg)
-    resolve_device(cfg.device)
+    if cfg.sync_bn and resolve_device(cfg.device).type != "cuda":
+        raise ValueError("--sync-bn needs CUDA (SyncBatchNorm trains on GPUs only); drop it on the CPU")
+    info = distributed.init_distributed(resolve_device(cfg.device))
+    if info.distributed:
+        distributed.per_rank_batch(cfg.batch_size, info.world_size)
+        cfg.device = str(distributed.local_device(resolve_device(cfg.device)))  # this rank's GPU
+        cfg.progress = cfg.progress and info.is_main
     teacher = check_models(cfg)
     out = check_out(cfg)
     seed_everything(cfg.seed)
     print(hardware(cfg).describe(), flush=True)
-    data = load_data(cfg)
+    if info.distributed:
+        print(f"torchrun: {info.world_size} processes, {cfg.batch_size // info.world_size} images each per global "
+              f"batch of {cfg.batch_size}", flush=True)
+    with distributed.main_first():
+        data = load_data(cfg)
+    if data.mode_reason or data.mode == "stream":
+        print(f"data mode: {data.mode}" + (f" ({data.mode_reason})" if data.mode_reason else ""), flush=True)
     if data.skipped:
         print(f"warning: left out {len(data.skipped)} image file(s) that could not be decoded (--skip-bad-images), "
               f"the first: {data.skipped[0]}", file=sys.stderr, flush=True)
     if teacher is not None:
         check_teacher_fits(cfg, teacher, data)
-    prepare_out(cfg, out)
-    save_config(cfg, out / "config.json")
+    if distributed.is_main():
+        prepare_out(cfg, out)
+        save_config(cfg, out / "config.json")
+    distributed.barrier()
     return data, out
 
 
@@ -235,7 +259,7 @@ def prepare_out(cfg: RunConfig, out: Path) -> None:
 
 def loaders(cfg: RunConfig, data: DataSplits) -> tuple[BatchIterator, BatchIterator]:
     """Training and test iterators on ``cfg.device``."""
-    return make_loaders(data, cfg.batch_size, resolve_device(cfg.device), seed=cfg.seed)
+    return make_loaders(data, cfg.batch_size, resolve_device(cfg.device), seed=cfg.seed, workers=cfg.workers)
 
 
 def model_args(text: str, flag: str = "--model-args") -> dict[str, Any]:
@@ -300,8 +324,9 @@ def train(model: nn.Module, cfg: RunConfig, train_batches: BatchIterator, test_b
         if feature_loss is not None:
             raise ValueError("--teacher-cache keeps only the teacher's logits; a FitNet hint needs its features "
                              "(drop --teacher-cache or the hint)")
-        cache, reused = load_or_build(teacher, train_batches, views, cache_dir=cfg.cache_dir, seed=cfg.seed,
-                                      precision=cfg.precision, progress=cfg.progress)
+        with distributed.main_first():  # rank 0 builds and writes it, the others read it
+            cache, reused = load_or_build(teacher, train_batches, views, cache_dir=cfg.cache_dir, seed=cfg.seed,
+                                          precision=cfg.precision, progress=cfg.progress)
         how = "reused" if reused else f"built in {cache.seconds:.0f} s"
         print(f"  teacher cache: {views} views × {train_batches.num_samples} images, {cache.nbytes / 2**20:.1f} MiB, "
               f"{how}", flush=True)
@@ -311,12 +336,14 @@ def train(model: nn.Module, cfg: RunConfig, train_batches: BatchIterator, test_b
                      schedule=cfg.schedule, weight_decay=cfg.weight_decay, feature_loss=feature_loss, resume=resume,
                      device=resolve_device(cfg.device), out_dir=out_dir, precision=cfg.precision,
                      channels_last=cfg.channels_last, compile=cfg.compile, progress=cfg.progress,
-                     callbacks=stage_callbacks(cfg, Path(out_dir)))
+                     callbacks=stage_callbacks(cfg, Path(out_dir)), sync_bn=cfg.sync_bn)
 
 
 def stage_callbacks(cfg: RunConfig, out_dir: Path) -> list[Callback]:
     """What every training stage reports: a line per epoch, ``metrics.csv`` + ``curves.png`` in ``out_dir``, and
-    TensorBoard logs with ``--tensorboard``."""
+    TensorBoard logs with ``--tensorboard``. None on the ranks other than 0 under torchrun."""
+    if not distributed.is_main():
+        return []
     callbacks: list[Callback] = [EpochPrinter(), MetricsLogger(out_dir)]
     if cfg.tensorboard:
         callbacks.append(TensorBoardLogger(out_dir / "tb"))
@@ -333,6 +360,8 @@ def deployment(cfg: KDConfig, teacher: nn.Module, student: nn.Module, input_size
         ValueError: when the ONNX model's outputs differ from PyTorch's by more than the tolerance.
     """
     found: dict[str, Any] = {}
+    if not distributed.is_main():
+        return found  # rank 0 measures and writes; the others would only compete for the cores
     shape = tuple(input_size[1:])
     if cfg.latency:
         precision = hardware(cfg).precision
@@ -361,8 +390,12 @@ def run_main(main: Callable[[list[str] | None], Any], argv: list[str] | None = N
     """Runs a recipe's ``main``. Every foreseeable error — bad options or inputs, missing, damaged or foreign files,
     data problems, a diverged run, a full, read-only or forbidden disk, a checkpoint that does not fit — becomes one
     line ``error: ...`` on stderr and exit status 2, never a traceback; warnings print as one ``warning: ...`` line.
-    An error nobody foresaw (a bug) keeps its traceback."""
-    with warnings.catch_warnings():
+    An error nobody foresaw (a bug) keeps its traceback.
+
+    Under torchrun the ranks other than 0 print nothing on stdout (errors and warnings still reach stderr), and the
+    process group :func:`start_run` joined is left at the end."""
+    quiet = distributed.DistEnv.from_env().rank != 0
+    with warnings.catch_warnings(), _devnull_stdout(quiet):
         warnings.showwarning = _show_warning
         try:
             return main(argv)
@@ -372,6 +405,18 @@ def run_main(main: Callable[[list[str] | None], Any], argv: list[str] | None = N
                 raise
             print(f"error: {message}", file=sys.stderr, flush=True)
             raise SystemExit(2) from None
+        finally:
+            if distributed.DistEnv.from_env().distributed:
+                distributed.cleanup()
+
+
+@contextlib.contextmanager
+def _devnull_stdout(on: bool):
+    if not on:
+        yield
+        return
+    with open(os.devnull, "w") as sink, contextlib.redirect_stdout(sink):
+        yield
 
 
 _PICKLE_REFUSED = ("a file holds pickled objects other than tensors and plain values and is refused: reading it "

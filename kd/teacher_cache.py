@@ -29,6 +29,7 @@ from tqdm import tqdm
 
 from kd.data.batches import BatchIterator, apply_crop_flip, draw_crop_flip
 from kd.data.sources import default_cache_dir
+from kd.distributed import shard
 from kd.precision import Hardware, autocast
 from models.checkpoint import atomic_save
 
@@ -187,6 +188,9 @@ def load_or_build(teacher: nn.Module, train: BatchIterator, views: int, *, cache
     kept in memory for this run.
     """
     mean, std = train.mean.flatten().tolist(), train.std.flatten().tolist()
+    if not isinstance(train.images, torch.Tensor):
+        raise ValueError("--teacher-cache replays views of images held in memory; pass --data-mode memory (or drop "
+                         "--teacher-cache to run the teacher on streamed batches)")
     hw = Hardware.detect(precision, train.device)
     key = cache_key(teacher, train.images, train.labels, mean=mean, std=std, pad=train.pad, views=views, seed=seed,
                     topk=topk, precision=hw.precision)
@@ -231,12 +235,24 @@ class CachedBatchIterator:
     def __len__(self) -> int:
         return len(self.base)
 
+    @property
+    def world_size(self) -> int:
+        return self.base.world_size
+
+    def shard(self, rank: int, world_size: int) -> "CachedBatchIterator":
+        """This iterator for ``rank`` of ``world_size`` processes: the same global shuffle and view picks on every
+        rank, each keeping its slice of each global batch (see :meth:`kd.data.BatchIterator.shard`)."""
+        return CachedBatchIterator(self.cache, self.base.shard(rank, world_size))
+
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
         base, n = self.base, self.base.num_samples
         order = torch.randperm(n, generator=base.generator)
         view = torch.randint(0, self.cache.views, (n,), generator=base.generator)
         for i in range(len(self)):
-            idx = order[i * base.batch_size:(i + 1) * base.batch_size].to(base.device)
+            idx = order[i * base.batch_size:(i + 1) * base.batch_size]
+            if base.world_size > 1:
+                idx = shard(idx, base.rank, base.world_size)
+            idx = idx.to(base.device)
             v = view[idx.cpu()].to(base.device)
             x = apply_crop_flip(base.images[idx], self.cache.pad, self.cache.augment[v, idx].long())
             yield base.normalize(x), base.labels[idx], self.cache.logits_for(v, idx)

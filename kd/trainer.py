@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
+from kd import distributed
 from kd.callbacks import Callback
 from kd.errors import NonFiniteError
 from kd.losses import CrossEntropy, DistillLoss, TrainState, create_loss, total_loss
@@ -94,8 +95,18 @@ class Trainer:
             or ``bf16``. Losses and metrics stay fp32.
         channels_last: run student, teacher and batches channels-last; None picks by hardware and precision.
         compile: train through ``torch.compile(student)`` (checkpoints still hold the plain module's weights).
-        progress: show tqdm bars.
+        progress: show tqdm bars (on rank 0 only under torchrun).
         grad_clip: clip the gradient norm to this value when given.
+        sync_bn: under torchrun, BatchNorm statistics over the global batch (SyncBatchNorm, CUDA only) instead of
+            each rank's slice; the student gets its BatchNorm layers back after ``fit``.
+
+    Under ``torchrun`` (a process group with more than one rank, see :mod:`kd.distributed`), ``fit`` trains the
+    student through DistributedDataParallel, with every rank on its slice of each global batch
+    (``train.shard(rank, world)``: ``batch_size`` stays the global batch); ``self.student`` stays the plain module.
+    Epoch loss, accuracy and loss parts are summed over the ranks, validation runs on each rank's share of ``val``
+    and is summed too, so every rank sees the numbers of the whole data. Only rank 0 writes checkpoints and runs
+    callbacks whose ``main_only`` is true (printing, metrics files); after ``fit`` every rank holds rank 0's weights
+    and buffers.
 
     Raises:
         kd.errors.NonFiniteError: from ``fit`` when the loss becomes NaN or infinite; no checkpoint of that epoch is
@@ -107,7 +118,7 @@ class Trainer:
                  device: str | torch.device = "cpu", out_dir: str | Path | None = None,
                  feature_loss: nn.Module | None = None, callbacks: Sequence[Callback] = (), precision: str = "auto",
                  channels_last: bool | None = None, compile: bool = False, progress: bool = True,
-                 grad_clip: float | None = None) -> None:
+                 grad_clip: float | None = None, sync_bn: bool = False) -> None:
         if epochs < 1:
             raise ValueError(f"epochs must be >= 1, got {epochs}")
         self.device = torch.device(device)
@@ -119,9 +130,12 @@ class Trainer:
         self.feature_loss = feature_loss.to(self.device) if feature_loss is not None else None
         if self.feature_loss is not None and self.teacher is None:
             raise ValueError("a feature loss needs a teacher")
-        self.epochs, self.out_dir, self.progress = epochs, Path(out_dir) if out_dir else None, progress
-        self.grad_clip = grad_clip
-        self.callbacks = list(callbacks)
+        if sync_bn and self.device.type != "cuda":
+            raise ValueError("sync_bn needs CUDA (SyncBatchNorm trains on GPUs only)")
+        self.epochs, self.out_dir = epochs, Path(out_dir) if out_dir else None
+        self.progress = progress and distributed.is_main()
+        self.grad_clip, self.sync_bn = grad_clip, sync_bn
+        self.callbacks = [cb for cb in callbacks if distributed.is_main() or not getattr(cb, "main_only", False)]
         self.optimizer = optimizer or torch.optim.SGD(self._trainable(), lr=0.05, momentum=0.9, nesterov=True,
                                                       weight_decay=5e-4)
         self.scheduler = scheduler
@@ -150,8 +164,32 @@ class Trainer:
         if self.scheduler is None:
             steps = self.epochs * (_len(train) or 1)
             self.scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(self.optimizer, T_max=steps)
-        if resume:
-            self._load_checkpoint(resume, train)
+        world = distributed.world_size()
+        if world == 1:
+            if resume:
+                self._load_checkpoint(resume, train)
+            return self._epochs(train, val)
+        train, val = _shard(train, world), _shard(val, world) if val is not None else None
+        cuda = [torch.cuda.current_device()] if self.device.type == "cuda" else []
+        # Random draws during training (dropout) differ between ranks, whose slices are different images: each rank
+        # seeds its own stream (deterministic from the common state; kept per rank in last.pt). Afterwards every
+        # rank is back on the common stream, so what follows (pruning, new models) draws alike on all of them.
+        with torch.random.fork_rng(devices=cuda):
+            torch.manual_seed(int(torch.randint(2**62, (1,))) + distributed.rank())
+            if resume:
+                self._load_checkpoint(resume, train)
+            plain_forward = self._forward
+            self._forward = self._data_parallel()
+            try:
+                self._epochs(train, val)
+            finally:
+                self._forward = plain_forward
+                if self.sync_bn:
+                    distributed.from_sync_batchnorm(self.student)
+        distributed.broadcast_module(self.student)  # BatchNorm running statistics: each rank updated its own
+        return self.result
+
+    def _epochs(self, train: Batches, val: Batches | None) -> FitResult:
         with _frozen(self.teacher):
             while self.epoch < self.epochs and not self.should_stop:
                 self.epoch += 1
@@ -163,6 +201,17 @@ class Trainer:
                 for cb in self.callbacks:
                     cb.on_epoch_end(self, record)
         return self.result
+
+    def _data_parallel(self) -> nn.Module:
+        """The student (and the feature loss, whose regressor trains too) in DistributedDataParallel, so backward
+        averages their gradients over the ranks; the wrapper's forward is the student's."""
+        if self.sync_bn:
+            distributed.to_sync_batchnorm(self.student)
+        model = _Trained(self.student, self.feature_loss)
+        ids = [self.device.index if self.device.index is not None else torch.cuda.current_device()] \
+            if self.device.type == "cuda" else None
+        ddp = nn.parallel.DistributedDataParallel(model, device_ids=ids)
+        return torch.compile(ddp) if self._forward is not self.student else ddp
 
     def _train_epoch(self, train: Batches) -> EpochRecord:
         self.student.train()
@@ -192,6 +241,11 @@ class Trainer:
             for cb in self.callbacks:
                 cb.on_step_end(self, step, loss)
         seconds = time.perf_counter() - start
+        if getattr(train, "world_size", 1) > 1:  # each rank saw its slice: the epoch's numbers are the sums
+            names = sorted(parts_sum)
+            total = distributed.all_reduce_sum([loss_sum, correct, seen, *(parts_sum[k] for k in names)], self.device)
+            loss_sum, correct, seen = total[0], int(total[1]), int(total[2])
+            parts_sum = dict(zip(names, total[3:]))
         n = max(seen, 1)
         return EpochRecord(self.epoch, loss_sum / n, 100 * correct / n, float("nan"), float("nan"),
                            seen / max(seconds, 1e-9), seconds, self.optimizer.param_groups[0]["lr"],
@@ -250,7 +304,9 @@ class Trainer:
         if self.out_dir is None:
             return
         _check_finite(self.student)
-        state = self._checkpoint_state(train)
+        state = self._checkpoint_state(train)  # on every rank: it gathers each rank's random state
+        if not distributed.is_main():
+            return
         atomic_save(state, self.out_dir / "last.pt")
         if improved:
             atomic_save({"format": CHECKPOINT_FORMAT, "epoch": self.epoch, "student": state["student"],
@@ -260,6 +316,8 @@ class Trainer:
         rng = {"torch": torch.get_rng_state()}
         if torch.cuda.is_available():
             rng["cuda"] = torch.cuda.get_rng_state_all()
+        if distributed.world_size() > 1:
+            rng["torch_per_rank"] = distributed.gather_objects(torch.get_rng_state())
         if hasattr(train, "state_dict"):
             rng["train_iterator"] = train.state_dict()
         return {
@@ -290,7 +348,11 @@ class Trainer:
         self.result = FitResult(history=[EpochRecord(**r) for r in saved["history"]],
                                 best_accuracy=saved["best_accuracy"], best_epoch=saved["best_epoch"],
                                 last_accuracy=saved["last_accuracy"], checkpoint_dir=saved["checkpoint_dir"])
-        torch.set_rng_state(state["rng"]["torch"])
+        per_rank = state["rng"].get("torch_per_rank")
+        if per_rank is not None and len(per_rank) == distributed.world_size():
+            torch.set_rng_state(per_rank[distributed.rank()])
+        else:
+            torch.set_rng_state(state["rng"]["torch"])
         if "cuda" in state["rng"] and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(state["rng"]["cuda"])
         if "train_iterator" in state["rng"] and hasattr(train, "load_state_dict"):
@@ -298,10 +360,31 @@ class Trainer:
 
     def load_best(self) -> None:
         """Loads the student weights of the best epoch from ``out_dir/best.pt``."""
+        distributed.barrier()  # rank 0 may still be writing it
         if self.out_dir is None or not (self.out_dir / "best.pt").is_file():
             raise FileNotFoundError("no best.pt: give the Trainer an out_dir and run fit first")
         self.student.load_state_dict(torch.load(self.out_dir / "best.pt", map_location="cpu",
                                                 weights_only=True)["student"])
+
+
+class _Trained(nn.Module):
+    """The student and the feature loss as one module for DistributedDataParallel; its forward is the student's."""
+
+    def __init__(self, student: nn.Module, feature_loss: nn.Module | None) -> None:
+        super().__init__()
+        self.student, self.feature_loss = student, feature_loss
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.student(x)
+
+
+def _shard(batches: Batches, world: int) -> Batches:
+    """This rank's view of ``batches`` (one that has ``shard``, e.g. :class:`kd.data.BatchIterator`), unless it is
+    sharded already; other iterables are used as they are (every rank then trains on whole batches: correct, as
+    DDP averages equal gradients, but without a speed-up)."""
+    if getattr(batches, "world_size", 1) > 1 or not hasattr(batches, "shard"):
+        return batches
+    return batches.shard(distributed.rank(), world)
 
 
 def _to(model: nn.Module, device: torch.device, channels_last: bool) -> nn.Module:
@@ -346,7 +429,8 @@ def evaluate(model: nn.Module, data: Batches, device: str | torch.device = "cpu"
     """Mean cross-entropy and top-1 accuracy (percent) of ``model`` in eval mode on ``data``.
 
     ``precision`` (``fp32``, ``bf16`` or ``auto``) and ``channels_last`` apply to the forward pass only; the loss is
-    computed in fp32. The model's train/eval mode is restored afterwards.
+    computed in fp32. The model's train/eval mode is restored afterwards. When ``data`` is one rank's shard
+    (``data.world_size > 1``) the sums are taken over all ranks, so every rank must call it.
     """
     device = torch.device(device)
     was_training = model.training
@@ -363,6 +447,9 @@ def evaluate(model: nn.Module, data: Batches, device: str | torch.device = "cpu"
         correct += int((logits.argmax(1) == y).sum())
         seen += y.numel()
     model.train(was_training)
+    if getattr(data, "world_size", 1) > 1:  # this rank scored its share: sum over the ranks
+        loss_sum, correct, seen = distributed.all_reduce_sum([loss_sum, correct, seen], device)
+        seen = int(seen)
     return EvalResult(loss_sum / max(seen, 1), 100.0 * correct / max(seen, 1), seen)
 
 

@@ -56,10 +56,16 @@ def atomic_write(path: str | os.PathLike, write: Callable[[str], Any]) -> Path:
     """Calls ``write(tmp)`` with the name of a temporary file in ``path``'s folder, then renames it to ``path``: a
     crash never leaves half a file. Returns ``path``.
 
+    Under ``torch.distributed`` (torchrun) only rank 0 writes: every rank computes the same results, so on the
+    others this returns ``path`` without writing (one set of output files, and no two processes racing to write
+    one file). Every file this project writes goes through here.
+
     Raises:
         OSError: with ``errno`` (ENOSPC for a full disk, EROFS, EACCES ...) and ``filename`` = ``path``.
     """
     path = Path(path)
+    if not _writes_here():
+        return path
     tmp = None
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -74,6 +80,12 @@ def atomic_write(path: str | os.PathLike, write: Callable[[str], Any]) -> Path:
         if tmp is not None and os.path.exists(tmp):
             os.remove(tmp)
     return path
+
+
+def _writes_here() -> bool:
+    """False on the ranks other than 0 of a torch.distributed process group."""
+    return not (torch.distributed.is_available() and torch.distributed.is_initialized()
+                and torch.distributed.get_rank() != 0)
 
 
 def _through_file(name: str, mode: str, write: Callable[[IO], Any]) -> None:

@@ -34,6 +34,7 @@ from kd.sweep import validation_split
 from kd.teacher_cache import CachedBatchIterator, TeacherCache
 from kd.trainer import evaluate, fit_model
 from models import create_model, profile
+from models.checkpoint import atomic_write
 from models.shufflenet import STAGE_CHANNELS
 from pruning.kernels import compress_kernels
 from pruning.layer_removal import remove_layers
@@ -280,8 +281,6 @@ def plot(rows: Sequence[Summary], target_flops: int, path: str | Path) -> Path:
     ax.grid(True, alpha=0.3)
     ax.legend(loc="center left", bbox_to_anchor=(1.01, 0.5), fontsize=8)
     fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
+    path = atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=120))
     plt.close(fig)
     return path

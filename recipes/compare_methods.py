@@ -19,6 +19,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 from kd.config import KDConfig, arg, parse_config, resolve_device  # noqa: E402
 from kd.report import write_json  # noqa: E402
 from kd.run import make_loss, obtain_teacher, run_main, start_run  # noqa: E402
+from models.checkpoint import atomic_write_text  # noqa: E402
 from pruning.compare import METHODS, Summary, make_setup, markdown_table, plot, run_method, summarize  # noqa: E402
 
 
@@ -65,7 +66,7 @@ def main(argv: list[str] | None = None) -> list[Summary]:
                     math.nan, 1, "")] + summarize(results)
     table = markdown_table(rows, target)
     print("\n" + table)
-    (out / "compare.md").write_text(table + "\n")
+    atomic_write_text(table + "\n", out / "compare.md")
     print(f"\nplot: {plot(rows, target, out / 'compare.png')}")
     write_json(out / "report.json", {"target_flops": target, "teacher": dataclasses.asdict(teacher_report),
                                      "results": [r.to_dict() for r in results], "config": dataclasses.asdict(cfg)})

@@ -25,6 +25,7 @@ from kd.run import deployment, make_loss, obtain_teacher, run_main, start_run  #
 from kd.sweep import validation_split  # noqa: E402
 from kd.trainer import evaluate  # noqa: E402
 from models import save_model  # noqa: E402
+from models.checkpoint import atomic_write_text  # noqa: E402
 from pruning.progressive import STEP_HEADER, ProgressiveResult, progressive_prune  # noqa: E402
 
 IMPORTANCES = ("l1", "l2", "random", "taylor", "activation")
@@ -78,7 +79,7 @@ def main(argv: list[str] | None = None) -> ProgressiveResult:
                                  data.input_size)
     save_model(result.model, out / "student.pt", meta={"accuracy": report.accuracy, **data.meta(),
                                                        "met_target": result.met_target})
-    (out / "steps.md").write_text(STEP_HEADER + "\n" + "\n".join(r.row() for r in result.steps) + "\n")
+    atomic_write_text(STEP_HEADER + "\n" + "\n".join(r.row() for r in result.steps) + "\n", out / "steps.md")
     print_reports([teacher_report, report])
     deployed = deployment(cfg, teacher, result.model, data.input_size, out)
     write_report(out / "report.json", [teacher_report, report], dataclasses.asdict(cfg),

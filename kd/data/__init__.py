@@ -12,23 +12,30 @@ from kd.data.sources import (
     DATASETS, BadImageError, CacheWarning, DataUnavailableError, ImageTensors, balanced_indices, default_cache_dir,
     imagefolder_classes, load_cifar, load_imagefolder, make_synthetic, subset,
 )
+from kd.data.stream import DATA_MODES, FileSplit, StreamBatchIterator, choose_data_mode, list_split, stream_stats
 
 __all__ = [
-    "DATASETS", "BadImageError", "BatchIterator", "CacheWarning", "DataSplits", "DataUnavailableError",
-    "ImageTensors", "apply_crop_flip", "balanced_indices", "channel_stats", "default_cache_dir", "draw_crop_flip",
-    "imagefolder_classes", "load_dataset", "make_loaders", "random_crop_flip", "subset",
+    "DATASETS", "DATA_MODES", "BadImageError", "BatchIterator", "CacheWarning", "DataSplits", "DataUnavailableError",
+    "FileSplit", "ImageTensors", "StreamBatchIterator", "apply_crop_flip", "balanced_indices", "channel_stats",
+    "choose_data_mode", "default_cache_dir", "draw_crop_flip", "imagefolder_classes", "load_dataset", "make_loaders",
+    "random_crop_flip", "subset",
 ]
 
 
 @dataclass
 class DataSplits:
-    """Training and test splits, the class names and the training split's per-channel mean and std."""
+    """Training and test splits, the class names and the training split's per-channel mean and std.
 
-    train: ImageTensors
-    test: ImageTensors
+    ``mode``: ``memory`` (the splits are :class:`ImageTensors`) or ``stream`` (:class:`FileSplit`, read by
+    :class:`StreamBatchIterator`); ``mode_reason`` says why ``auto`` chose it (empty otherwise)."""
+
+    train: ImageTensors | FileSplit
+    test: ImageTensors | FileSplit
     classes: list[str]
     mean: tuple[float, ...]
     std: tuple[float, ...]
+    mode: str = "memory"
+    mode_reason: str = ""
 
     @property
     def num_classes(self) -> int:
@@ -53,7 +60,8 @@ class DataSplits:
 def load_dataset(name: str, data_dir: str | os.PathLike | None = None, *, image_size: int = 32,
                  limit_train: int | None = None, limit_test: int | None = None, seed: int = 0,
                  cache_dir: str | os.PathLike | None = None, synthetic_classes: int = 10,
-                 skip_bad_images: bool = False, progress: bool = True) -> DataSplits:
+                 skip_bad_images: bool = False, progress: bool = True, data_mode: str = "memory",
+                 memory_budget: float | None = None) -> DataSplits:
     """Loads both splits of a data set as uint8 tensors.
 
     Args:
@@ -68,12 +76,28 @@ def load_dataset(name: str, data_dir: str | os.PathLike | None = None, *, image_
         skip_bad_images: leave out image files that cannot be decoded (listed in ``DataSplits.skipped``) instead of
             raising :class:`BadImageError`.
         progress: show the decoding progress bar.
+        data_mode: ``memory`` (decode once into uint8 tensors, cached), ``stream`` (imagefolder only: keep the file
+            list, decode per sample in DataLoader workers; mean and std from up to ``STATS_SAMPLE`` images) or
+            ``auto`` (stream for an imagefolder whose decoded images, N·3·S·S bytes, exceed the memory budget).
+        memory_budget: bytes for ``auto`` (default: half the available memory, shared by the training processes of
+            this node, ``LOCAL_WORLD_SIZE`` under torchrun).
 
     Raises:
         ValueError: for an unknown name. DataUnavailableError: when the data cannot be read or downloaded, the
             splits' classes differ, a class has no images or there are fewer than 2 classes. BadImageError: an image
             that cannot be decoded (it is named).
     """
+    if data_mode not in DATA_MODES:
+        raise ValueError(f"unknown data mode {data_mode!r}; choose one of {', '.join(DATA_MODES)}")
+    reason = ""
+    if data_mode != "memory" and name == "imagefolder" and data_dir is not None:
+        streamed, reason = _stream_splits(data_dir, data_mode, image_size, limit_train, limit_test, seed,
+                                          skip_bad_images, memory_budget)
+        if streamed is not None:
+            return streamed
+    elif data_mode == "stream":
+        raise ValueError(f"--data-mode stream reads image folders (--dataset imagefolder); --dataset {name} is held "
+                         "in memory (--data-mode memory or auto)")
     if name in ("cifar10", "cifar100"):
         train = subset(load_cifar(name, data_dir, True, image_size), limit_train, seed)
         test = subset(load_cifar(name, data_dir, False, image_size), limit_test, seed)
@@ -93,12 +117,38 @@ def load_dataset(name: str, data_dir: str | os.PathLike | None = None, *, image_
         raise DataUnavailableError(f"the data has {len(train.classes)} class ({', '.join(train.classes)}); "
                                    "classification needs at least 2 classes")
     mean, std = channel_stats(train.images)
-    return DataSplits(train, test, train.classes, mean, std)
+    return DataSplits(train, test, train.classes, mean, std, "memory", reason)
+
+
+def _stream_splits(data_dir: str | os.PathLike, data_mode: str, image_size: int, limit_train: int | None,
+                   limit_test: int | None, seed: int, skip_bad_images: bool,
+                   memory_budget: float | None) -> tuple[DataSplits | None, str]:
+    """Both splits as file lists (stream mode), or None when ``auto`` finds that they fit in memory; and why."""
+    classes = imagefolder_classes(data_dir)
+    train = list_split(data_dir, True, image_size, limit_train, seed, classes)
+    test = list_split(data_dir, False, image_size, limit_test, seed, classes)
+    reason = ""
+    if data_mode == "auto":
+        mode, reason = choose_data_mode(train.decoded_bytes + test.decoded_bytes, memory_budget,
+                                        int(os.environ.get("LOCAL_WORLD_SIZE", 1)))
+        if mode == "memory":
+            return None, reason
+    if skip_bad_images:
+        raise ValueError("--skip-bad-images needs the images decoded up front (--data-mode memory); in stream mode "
+                         "an undecodable file stops the run with its name")
+    mean, std = channel_stats(stream_stats(train, seed).images)
+    return DataSplits(train, test, classes, mean, std, "stream", reason), reason
 
 
 def make_loaders(data: DataSplits, batch_size: int, device: str | torch.device = "cpu", seed: int = 0,
-                 eval_batch_size: int | None = None) -> tuple[BatchIterator, BatchIterator]:
-    """(training iterator: shuffled and augmented; test iterator: in order, unaugmented)."""
+                 eval_batch_size: int | None = None,
+                 workers: int = 4) -> tuple[BatchIterator | StreamBatchIterator, BatchIterator | StreamBatchIterator]:
+    """(training iterator: shuffled and augmented; test iterator: in order, unaugmented). Stream-mode splits
+    (:class:`FileSplit`) get :class:`StreamBatchIterator` with ``workers`` DataLoader workers."""
+    if isinstance(data.train, FileSplit):
+        options = {"mean": data.mean, "std": data.std, "device": device, "workers": workers}
+        return (StreamBatchIterator(data.train, batch_size, train=True, seed=seed, **options),
+                StreamBatchIterator(data.test, eval_batch_size or 2 * batch_size, train=False, **options))
     train = BatchIterator(data.train, batch_size, train=True, mean=data.mean, std=data.std, device=device, seed=seed)
     test = BatchIterator(data.test, eval_batch_size or 2 * batch_size, train=False, mean=data.mean, std=data.std,
                          device=device)

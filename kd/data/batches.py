@@ -5,6 +5,7 @@ then normalise. No PIL, no DataLoader workers: on 2 CPU cores the model is the c
 """
 from __future__ import annotations
 
+import copy
 from collections.abc import Iterator, Sequence
 from typing import Any
 
@@ -12,6 +13,7 @@ import torch
 import torch.nn.functional as F
 
 from kd.data.sources import ImageTensors
+from kd.distributed import per_rank_batch, shard
 
 
 def channel_stats(images: torch.Tensor) -> tuple[tuple[float, ...], tuple[float, ...]]:
@@ -72,10 +74,12 @@ class BatchIterator:
         device: where batches live and augmentation runs.
         pad: crop padding (0 disables the crop); flip comes with it.
         seed: seeds the iterator's own generator (shuffle order and augmentation), saved by ``state_dict``.
+        rank, world_size: data-parallel sharding (see :meth:`shard`); the default 0 of 1 serves whole batches.
     """
 
     def __init__(self, data: ImageTensors, batch_size: int, *, train: bool, mean: Sequence[float],
-                 std: Sequence[float], device: str | torch.device = "cpu", pad: int = 4, seed: int = 0) -> None:
+                 std: Sequence[float], device: str | torch.device = "cpu", pad: int = 4, seed: int = 0,
+                 rank: int = 0, world_size: int = 1) -> None:
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         if len(data) == 0:
@@ -88,6 +92,30 @@ class BatchIterator:
         self.mean = torch.tensor(mean, device=self.device).view(1, -1, 1, 1)
         self.std = torch.tensor(std, device=self.device).view(1, -1, 1, 1)
         self.generator = torch.Generator().manual_seed(seed)
+        self.rank, self.world_size = 0, 1
+        if world_size > 1:
+            self._set_shard(rank, world_size)
+
+    def _set_shard(self, rank: int, world_size: int) -> None:
+        if not 0 <= rank < world_size:
+            raise ValueError(f"rank {rank} is not in [0, {world_size})")
+        if self.train:
+            per_rank_batch(self.batch_size, world_size)  # raises when the global batch does not divide
+        self.rank, self.world_size = rank, world_size
+
+    def shard(self, rank: int, world_size: int) -> "BatchIterator":
+        """This iterator as seen by ``rank`` of ``world_size`` data-parallel processes, sharing its images and its
+        generator (so ``state_dict`` of either is the other's).
+
+        Training: ``batch_size`` is the global batch. Every rank draws the same global shuffle and the same
+        augmentation of each global batch from the same generator (which therefore stays identical on every rank
+        and equal to a single process's), then keeps its contiguous ``batch_size / world_size`` slice: the ranks'
+        slices together are exactly the single-process batch. Evaluation: rank ``r`` serves images ``r, r + world,
+        ...`` in order (every image once over all ranks; sum the counts across ranks).
+        """
+        view = copy.copy(self)
+        view._set_shard(rank, world_size)
+        return view
 
     @property
     def num_samples(self) -> int:
@@ -95,17 +123,30 @@ class BatchIterator:
 
     def __len__(self) -> int:
         n, b = self.num_samples, self.batch_size
-        return max(1, n // b) if self.train else -(-n // b)
+        if self.train:
+            return max(1, n // b)
+        return -(-len(range(self.rank, n, self.world_size)) // b)
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        n = self.num_samples
-        order = torch.randperm(n, generator=self.generator) if self.train else torch.arange(n)
+        if not self.train:
+            order = torch.arange(self.rank, self.num_samples, self.world_size)  # this rank's share, in order
+            for i in range(len(self)):
+                idx = order[i * self.batch_size:(i + 1) * self.batch_size].to(self.device)
+                yield self.normalize(self.images[idx]), self.labels[idx]
+            return
+        order = torch.randperm(self.num_samples, generator=self.generator)
         for i in range(len(self)):
-            idx = order[i * self.batch_size:(i + 1) * self.batch_size].to(self.device)
-            x, y = self.images[idx], self.labels[idx]
-            if self.train and self.pad > 0:
-                x = random_crop_flip(x, self.pad, self.generator)
-            yield self.normalize(x), y
+            idx = order[i * self.batch_size:(i + 1) * self.batch_size]  # (B,) the global batch
+            # drawn for the whole global batch on every rank: the generator advances as in one process
+            params = draw_crop_flip(idx.shape[0], self.pad, self.generator) if self.pad > 0 else None
+            if self.world_size > 1:
+                idx = shard(idx, self.rank, self.world_size)  # (B / world,)
+                params = shard(params, self.rank, self.world_size) if params is not None else None
+            idx = idx.to(self.device)
+            x = self.images[idx]
+            if params is not None:
+                x = apply_crop_flip(x, self.pad, params)
+            yield self.normalize(x), self.labels[idx]
 
     def normalize(self, x: torch.Tensor) -> torch.Tensor:
         """uint8 (B, C, H, W) → float32 ``(x / 255 − mean) / std``."""
