@@ -10,16 +10,12 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import sys
 from dataclasses import dataclass
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
-
-from kd.config import KDConfig, arg, parse_config, resolve_device  # noqa: E402
-from kd.report import write_json  # noqa: E402
-from kd.run import make_loss, obtain_teacher, run_main, start_run  # noqa: E402
-from pruning.compare import METHODS, Summary, make_setup, markdown_table, plot, run_method, summarize  # noqa: E402
+from pruning.compare import METHODS, Summary, make_setup, markdown_table, plot, run_method, summarize
+from recipes.plumbing.config import KDConfig, arg, parse_config, resolve_device
+from recipes.plumbing.report import write_json
+from recipes.plumbing.run import make_loss, obtain_teacher, run_main, start_run
 
 
 @dataclass

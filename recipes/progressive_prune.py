@@ -10,22 +10,18 @@ scored once on the test split. Writes OUT/student.pt (pickle-free), OUT/steps.md
 from __future__ import annotations
 
 import dataclasses
-import sys
 from dataclasses import dataclass
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
+import torch
 
-import torch  # noqa: E402
-
-from kd.config import KDConfig, arg, parse_config, resolve_device  # noqa: E402
-from kd.data import BatchIterator  # noqa: E402
-from kd.report import ModelReport, print_reports, write_report  # noqa: E402
-from kd.run import deployment, make_loss, obtain_teacher, run_main, start_run  # noqa: E402
-from kd.sweep import validation_split  # noqa: E402
-from kd.trainer import evaluate  # noqa: E402
-from models import save_model  # noqa: E402
-from pruning.progressive import STEP_HEADER, ProgressiveResult, progressive_prune  # noqa: E402
+from kd.data import BatchIterator
+from kd.sweep import validation_split
+from kd.trainer import evaluate
+from models import save_model
+from pruning.progressive import STEP_HEADER, ProgressiveResult, progressive_prune
+from recipes.plumbing.config import KDConfig, arg, parse_config, resolve_device
+from recipes.plumbing.report import ModelReport, print_reports, write_report
+from recipes.plumbing.run import deployment, make_loss, obtain_teacher, run_main, start_run
 
 IMPORTANCES = ("l1", "l2", "random", "taylor", "activation")
 

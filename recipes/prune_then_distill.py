@@ -13,24 +13,20 @@ final student; writes OUT/report.json, OUT/config.json and OUT/student.pt (pickl
 from __future__ import annotations
 
 import dataclasses
-import sys
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 from torch import nn
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
-
-import pruning  # noqa: E402
-from kd import HintLoss, evaluate  # noqa: E402
-from kd.config import KDConfig, arg, parse_config, resolve_device  # noqa: E402
-from kd.data import BatchIterator, DataSplits, subset  # noqa: E402
-from kd.report import ModelReport, print_reports, write_report  # noqa: E402
-from kd.run import (  # noqa: E402
+import pruning
+from kd import HintLoss, evaluate
+from kd.data import BatchIterator, DataSplits, subset
+from pruning.importance import NEEDS_CALIBRATION
+from recipes.plumbing.config import KDConfig, arg, parse_config, resolve_device
+from recipes.plumbing.report import ModelReport, print_reports, write_report
+from recipes.plumbing.run import (
     deployment, loaders, make_loss, obtain_teacher, run_main, seed_everything, start_run, train,
 )
-from pruning.importance import NEEDS_CALIBRATION  # noqa: E402
 
 LAB_TARGET_FLOPS = 31_269_888  # the lab's student budget (thop MACs of one 32×32 image)
 

@@ -21,7 +21,7 @@ from kd.data import DATASETS
 from kd.losses import LOSSES
 from kd.optim import OPTIMIZERS, SCHEDULES
 from kd.precision import PRECISIONS
-from kd.report import json_ready, write_json
+from recipes.plumbing.report import json_ready, write_json
 
 C = TypeVar("C")
 
