@@ -7,8 +7,9 @@ import pytest
 import torch
 
 from models import create_model, profile, save_model
-from pruning.compare import MethodResult, markdown_table, scaled_wide_cnn, summarize
+from pruning.wide_config import scaled_wide_cnn
 from recipes import compare_methods
+from recipes.plumbing.compare import MethodResult, markdown_table, summarize
 
 TINY = {"widths": [4, 8, 8, 12], "hidden": 8}
 SIZE = (1, 3, 16, 16)
@@ -75,7 +76,7 @@ def test_scaled_scratch_student_fits_budget():
 
 def test_methods_do_not_depend_on_what_ran_before():
     from kd.data import load_dataset
-    from pruning.compare import make_setup, run_method
+    from recipes.plumbing.compare import make_setup, run_method
 
     torch.manual_seed(0)
     data = load_dataset("synthetic", limit_train=64, limit_test=32, image_size=16)

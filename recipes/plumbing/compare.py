@@ -1,4 +1,5 @@
-"""Line the compression methods up at one FLOPs budget and one epoch budget on one data set.
+"""Line the compression methods up at one FLOPs budget and one epoch budget on one data set (the harness behind
+``recipes/compare_methods.py`` and ``benchmarks/cifar10_budget.py``; the methods themselves are in ``pruning``).
 
 Every method starts from the same teacher and data, trains for the same number of epochs on the same training
 batches (the training split minus a held-out validation split), and is scored on the test split. Decisions a method
@@ -39,7 +40,7 @@ from pruning.kernels import compress_kernels
 from pruning.layer_removal import remove_layers
 from pruning.progressive import progressive_prune
 from pruning.prune import prune
-from pruning.wide_config import build_wide, wide_config
+from pruning.wide_config import scaled_wide_cnn, wide_config
 
 
 @dataclass
@@ -153,24 +154,6 @@ def _kernels(setup: CompareSetup) -> tuple[nn.Module, str]:
                            device=setup.device)
     recover(res.model, setup, distill=True, lr=setup.finetune_lr)
     return res.model, f"1×1: {', '.join(res.converted)}"
-
-
-def scaled_wide_cnn(teacher: nn.Module, target_flops: int, input_size: tuple[int, ...]) -> nn.Module:
-    """A fresh ``wide_cnn`` shaped like ``teacher`` with every width and the hidden layer scaled by one factor, the
-    largest (to 1/64) whose FLOPs are ≤ ``target_flops``."""
-    cfg = wide_config(teacher)
-
-    def build(s: float) -> nn.Module:
-        c = copy.deepcopy(cfg)
-        c["widths"] = [max(1, round(w * s)) for w in cfg["widths"]]
-        c["hidden"] = max(1, round(cfg["hidden"] * s)) if cfg["hidden"] else 0
-        return build_wide(c)
-
-    lo, hi = 0.0, 1.0
-    for _ in range(12):
-        mid = (lo + hi) / 2
-        lo, hi = (mid, hi) if profile(build(mid), input_size).flops <= target_flops else (lo, mid)
-    return build(max(lo, 1 / 64))
 
 
 def _scratch(distill: bool) -> Callable[[CompareSetup], tuple[nn.Module, str]]:
