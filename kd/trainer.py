@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -383,3 +383,20 @@ def fit_model(student: nn.Module, train: Batches, val: Batches | None = None, *,
     trainer = Trainer(student, teacher, loss, optimizer=opt, scheduler=sched, epochs=epochs,
                       feature_loss=feature_loss, **trainer_options)
     return trainer.fit(train, val, resume=resume)
+
+
+def fine_tuner(train: Batches, *, epochs: int, lr: float, teacher: nn.Module | None = None,
+               loss: nn.Module | None = None, optimizer: str = "sgd", weight_decay: float = 5e-4,
+               **trainer_options: Any) -> Callable[[nn.Module], None]:
+    """The usual ``fine_tune`` of the prune → fine-tune loops (:func:`pruning.progressive.progressive_prune`, the
+    method comparison): a callable that fits the model it is given in place with :func:`fit_model` on ``train`` for
+    ``epochs`` (``optimizer`` + cosine schedule at ``lr``), with ``loss`` and ``teacher`` as :func:`fit_model` takes
+    them (both None: cross-entropy; batches from a teacher cache: a loss and no teacher). ``trainer_options`` go to
+    :class:`Trainer` (``device`` ...); there is no progress bar unless they ask for one."""
+    trainer_options.setdefault("progress", False)
+
+    def fine_tune(model: nn.Module) -> None:
+        fit_model(model, train, epochs=epochs, lr=lr, teacher=teacher, loss=loss, optimizer=optimizer,
+                  weight_decay=weight_decay, **trainer_options)
+
+    return fine_tune

@@ -16,7 +16,7 @@ import torch
 
 from kd.data import BatchIterator
 from kd.sweep import validation_split
-from kd.trainer import evaluate
+from kd.trainer import evaluate, fine_tuner
 from models import save_model
 from pruning.progressive import STEP_HEADER, ProgressiveResult, progressive_prune
 from recipes.plumbing.config import KDConfig, arg, parse_config, resolve_device
@@ -60,12 +60,13 @@ def main(argv: list[str] | None = None) -> ProgressiveResult:
         {"target_flops": cfg.target_flops or int(cfg.budget * teacher_report.flops)}
     print(f"{len(fit)} training / {len(val)} validation / {len(data.test)} test images; target {target}")
     print(STEP_HEADER)
+    fine_tune = fine_tuner(train_batches, epochs=cfg.epochs, lr=cfg.lr, optimizer=cfg.optimizer,
+                           weight_decay=cfg.weight_decay, teacher=teacher if cfg.distill else None,
+                           loss=loss if cfg.distill else None, device=device)
     result = progressive_prune(
-        teacher, torch.zeros(data.input_size), train_batches,
-        BatchIterator(val, 2 * cfg.batch_size, train=False, **norm), step_ratio=cfg.step_ratio, num_steps=cfg.num_steps,
-        importance=cfg.importance, calibration=calibration, epochs_per_step=cfg.epochs, lr=cfg.lr,
-        optimizer=cfg.optimizer, weight_decay=cfg.weight_decay, teacher=teacher if cfg.distill else None,
-        loss=loss, max_drop=cfg.max_drop, max_steps=cfg.max_steps, device=device,
+        teacher, torch.zeros(data.input_size), fine_tune, BatchIterator(val, 2 * cfg.batch_size, train=False, **norm),
+        step_ratio=cfg.step_ratio, num_steps=cfg.num_steps, importance=cfg.importance, calibration=calibration,
+        max_drop=cfg.max_drop, max_steps=cfg.max_steps, device=device,
         on_step=lambda rec: print(rec.row(), flush=True), **target)
     status = "meets the target" if result.met_target else "does NOT meet the target"
     print(f"\nkept step {result.chosen} ({status}{', stopped early by --max-drop' if result.stopped_early else ''})")

@@ -33,7 +33,7 @@ from kd.data import BatchIterator, DataSplits
 from kd.losses import create_loss
 from kd.sweep import validation_split
 from kd.teacher_cache import CachedBatchIterator, TeacherCache
-from kd.trainer import evaluate, fit_model
+from kd.trainer import evaluate, fine_tuner
 from models import create_model, profile
 from models.shufflenet import STAGE_CHANNELS
 from pruning.kernels import compress_kernels
@@ -112,13 +112,20 @@ class MethodResult:
         return {k: v for k, v in self.__dict__.items() if k != "model"}
 
 
-def recover(student: nn.Module, setup: CompareSetup, *, distill: bool, lr: float, epochs: int | None = None) -> None:
-    """Trains ``student`` for ``epochs`` (default: the budget) with SGD + cosine, distilling when ``distill``."""
+def fine_tune(setup: CompareSetup, *, distill: bool, lr: float, epochs: int | None = None
+              ) -> Callable[[nn.Module], None]:
+    """The methods' ``fine_tune``: ``epochs`` (default: the budget) of SGD + cosine at ``lr`` on the training batches,
+    distilling with ``setup.loss`` (default ``kd``) when ``distill`` (from the teacher cache when there is one)."""
     cached = distill and setup.cache is not None
     batches = CachedBatchIterator(setup.cache, setup.train) if cached else setup.train
-    fit_model(student, batches, epochs=epochs or setup.epochs, lr=lr,
-              teacher=setup.teacher if distill and not cached else None,
-              loss=(setup.loss or create_loss("kd")) if distill else None, device=setup.device, progress=False)
+    return fine_tuner(batches, epochs=epochs or setup.epochs, lr=lr,
+                      teacher=setup.teacher if distill and not cached else None,
+                      loss=(setup.loss or create_loss("kd")) if distill else None, device=setup.device)
+
+
+def recover(student: nn.Module, setup: CompareSetup, *, distill: bool, lr: float, epochs: int | None = None) -> None:
+    """Trains ``student`` for ``epochs`` (default: the budget) with :func:`fine_tune`."""
+    fine_tune(setup, distill=distill, lr=lr, epochs=epochs)(student)
 
 
 def _one_shot(importance: str, distill: bool) -> Callable[[CompareSetup], tuple[nn.Module, str]]:
@@ -133,11 +140,11 @@ def _one_shot(importance: str, distill: bool) -> Callable[[CompareSetup], tuple[
 
 def _progressive(setup: CompareSetup) -> tuple[nn.Module, str]:
     steps = max(1, min(setup.progressive_steps, setup.epochs))
-    res = progressive_prune(setup.teacher_copy(), torch.zeros(setup.input_size), setup.train, setup.val,
+    each = fine_tuner(setup.train, epochs=max(1, setup.epochs // steps), lr=setup.finetune_lr, teacher=setup.teacher,
+                      loss=setup.loss, device=setup.device)
+    res = progressive_prune(setup.teacher_copy(), torch.zeros(setup.input_size), each, setup.val,
                             target_flops=setup.target_flops, num_steps=steps, importance="activation",
-                            calibration=setup.calibration, epochs_per_step=max(1, setup.epochs // steps),
-                            lr=setup.finetune_lr, teacher=setup.teacher, loss=setup.loss, max_steps=steps,
-                            device=setup.device)
+                            calibration=setup.calibration, max_steps=steps, device=setup.device)
     used = (len(res.steps) - 1) * max(1, setup.epochs // steps)
     return res.model, f"{len(res.steps) - 1} steps, {used} epochs in all"
 
