@@ -18,12 +18,11 @@ from kd.data import BatchIterator
 from kd.sweep import validation_split
 from kd.trainer import evaluate, fine_tuner
 from models import save_model
+from pruning.importance import IMPORTANCES
 from pruning.progressive import STEP_HEADER, ProgressiveResult, progressive_prune
 from recipes.plumbing.config import KDConfig, arg, parse_config, resolve_device
 from recipes.plumbing.report import ModelReport, print_reports, write_report
 from recipes.plumbing.run import deployment, make_loss, obtain_teacher, run_main, start_run
-
-IMPORTANCES = ("l1", "l2", "random", "taylor", "activation")
 
 
 @dataclass
@@ -33,8 +32,9 @@ class ProgressiveConfig(KDConfig):
     target_params: int | None = arg(None, "parameter-count target instead of a FLOPs target")
     step_ratio: float = arg(0.2, "fraction of each layer's channels removed per step")
     num_steps: int | None = arg(None, "instead of --step-ratio: reach the target in this many even FLOPs steps")
-    importance: str = arg("l1", "channel importance: l1 (filter L1 norm), activation (mean |activation| over "
-                          "calibration batches), l2, taylor, random", IMPORTANCES)
+    importance: str = arg("l1", f"channel importance (pruning.importance): {', '.join(IMPORTANCES)}; l1 is the "
+                          "filter L1 norm, activation the mean |activation| over calibration batches",
+                          tuple(IMPORTANCES))
     epochs: int = arg(2, "fine-tuning epochs after each pruning step")
     lr: float = arg(0.01, "fine-tuning learning rate (smaller than training from scratch)")
     distill: bool = arg(True, "distil from the teacher while fine-tuning (--no-distill: cross-entropy)")
