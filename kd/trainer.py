@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,11 +25,11 @@ from kd.losses import CrossEntropy, DistillLoss, TrainState, create_loss, total_
 from kd.optim import make_optimizer, make_scheduler
 from kd.precision import Hardware, autocast, resolve_precision
 from models.checkpoint import atomic_save
+from models.common import Batches, eval_mode
 
 CHECKPOINT_FORMAT = 1
 DEFAULT_LOSS = "kd"  # the loss a Trainer with a teacher uses when none is given
 # (x (B, C, H, W), y (B,)) or, from a teacher cache, (x, y, teacher_logits (B, K))
-Batches = Iterable[tuple[torch.Tensor, ...]]
 
 
 @dataclass
@@ -349,20 +349,18 @@ def evaluate(model: nn.Module, data: Batches, device: str | torch.device = "cpu"
     computed in fp32. The model's train/eval mode is restored afterwards.
     """
     device = torch.device(device)
-    was_training = model.training
-    model.eval()
     loss_sum, correct, seen = 0.0, 0, 0
     precision = resolve_precision(precision, device)
-    for batch in tqdm(data, total=_len(data), desc="eval", disable=not progress, leave=False, unit="batch"):
-        x, y = batch[0].to(device), batch[1].to(device)
-        if channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
-        with autocast(precision, device):
-            logits = model(x).float()  # (B, K)
-        loss_sum += float(F.cross_entropy(logits, y, reduction="sum"))
-        correct += int((logits.argmax(1) == y).sum())
-        seen += y.numel()
-    model.train(was_training)
+    with eval_mode(model):
+        for batch in tqdm(data, total=_len(data), desc="eval", disable=not progress, leave=False, unit="batch"):
+            x, y = batch[0].to(device), batch[1].to(device)
+            if channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
+            with autocast(precision, device):
+                logits = model(x).float()  # (B, K)
+            loss_sum += float(F.cross_entropy(logits, y, reduction="sum"))
+            correct += int((logits.argmax(1) == y).sum())
+            seen += y.numel()
     return EvalResult(loss_sum / max(seen, 1), 100.0 * correct / max(seen, 1), seen)
 
 

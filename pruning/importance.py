@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import inspect
 import zlib
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from typing import Any, TypeVar
 
 import torch
@@ -27,7 +27,8 @@ import torch_pruning as tp
 from torch import nn
 from torch_pruning.pruner import function
 
-Batches = Iterable[tuple[torch.Tensor, torch.Tensor]]
+from models.common import Batches, eval_mode
+
 T = TypeVar("T", bound=type)
 
 IMPORTANCES: dict[str, type] = {}
@@ -198,17 +199,15 @@ def record_activations(model: nn.Module, calibration: Batches, max_batches: int 
 
     kinds = (nn.modules.conv._ConvNd, nn.Linear, nn.modules.batchnorm._BatchNorm)
     handles = [m.register_forward_hook(hook) for m in model.modules() if isinstance(m, kinds)]
-    was_training, n = model.training, 0
-    model.eval()
+    n = 0
     try:
-        with torch.no_grad():
+        with eval_mode(model), torch.no_grad():
             for x, _ in _batches(calibration, max_batches, _device(model)):
                 model(x)
                 n += 1
     finally:
         for h in handles:
             h.remove()
-        model.train(was_training)
     if n == 0:
         raise ValueError("importance='activation' needs calibration batches, but the calibration iterable was empty")
     for module, total in sums.items():
@@ -226,15 +225,15 @@ def accumulate_gradients(model: nn.Module, calibration: Batches, max_batches: in
     """
     params = list(model.parameters())
     flags = [p.requires_grad for p in params]
-    was_training, n = model.training, 0
-    model.eval()
+    n = 0
     for p in params:
         p.grad = None
         p.requires_grad_(True)
     try:
-        for x, y in _batches(calibration, max_batches, _device(model)):
-            nn.functional.cross_entropy(model(x), y).backward()  # gradients add up over the batches
-            n += 1
+        with eval_mode(model):
+            for x, y in _batches(calibration, max_batches, _device(model)):
+                nn.functional.cross_entropy(model(x), y).backward()  # gradients add up over the batches
+                n += 1
         if n == 0:
             raise ValueError("importance='taylor' needs calibration batches, but the calibration iterable was empty")
         for p in params:
@@ -243,7 +242,6 @@ def accumulate_gradients(model: nn.Module, calibration: Batches, max_batches: in
     finally:
         for p, flag in zip(params, flags):
             p.requires_grad_(flag)
-        model.train(was_training)
     return n
 
 

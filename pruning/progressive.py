@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import copy
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
@@ -19,9 +19,9 @@ from torch import nn
 
 from kd.trainer import evaluate
 from models import Complexity, profile
+from models.common import Batches
 from pruning.prune import prune
 
-Batches = Iterable[tuple[torch.Tensor, torch.Tensor]]
 
 
 @dataclass

@@ -16,7 +16,7 @@ import copy
 import itertools
 import math
 import warnings
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -24,12 +24,12 @@ import torch
 import torch_pruning as tp
 from torch import nn
 
+from models.common import Batches
 from models.profile import Complexity, profile
 from pruning.importance import calibrate, calibrated_names, clear_calibration, make_importance, needs_calibration
 from pruning.fitting import recalibrate_bn as recalibrate
 from pruning.units import Unit, find_units
 
-Batches = Iterable[tuple[torch.Tensor, torch.Tensor]]
 _PRUNABLE = (nn.modules.conv._ConvNd, nn.Linear)
 
 
