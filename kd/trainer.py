@@ -20,12 +20,12 @@ from torch import nn
 from tqdm import tqdm
 
 from kd.callbacks import Callback
-from kd.errors import NonFiniteError
 from kd.losses import CrossEntropy, DistillLoss, TrainState, create_loss, total_loss
 from kd.optim import make_optimizer, make_scheduler
 from kd.precision import Hardware, autocast, resolve_precision
 from models.checkpoint import atomic_save
 from models.common import Batches, eval_mode
+from models.errors import NonFiniteError
 
 CHECKPOINT_FORMAT = 1
 DEFAULT_LOSS = "kd"  # the loss a Trainer with a teacher uses when none is given
@@ -98,7 +98,7 @@ class Trainer:
         grad_clip: clip the gradient norm to this value when given.
 
     Raises:
-        kd.errors.NonFiniteError: from ``fit`` when the loss becomes NaN or infinite; no checkpoint of that epoch is
+        models.errors.NonFiniteError: from ``fit`` when the loss becomes NaN or infinite; no checkpoint of that epoch is
             written, so ``best.pt`` and ``last.pt`` only ever hold finite weights.
     """
 

@@ -20,10 +20,10 @@ import pruning
 import recipes.plumbing.run
 from kd.data import BadImageError, CacheWarning, DataUnavailableError, load_dataset
 from kd.data.sources import imagefolder_classes, load_imagefolder
-from kd.errors import FileFormatError, NonFiniteError
 from kd.losses import CrossEntropy
 from models import create_model, load_model, save_model
 from models.checkpoint import atomic_save, check_finite, safe_load, stale_temp_files
+from models.errors import FileFormatError, NonFiniteError
 from recipes import distill_only, prune_then_distill, train_teacher
 from recipes.plumbing.config import RunConfig, check_values, config_differences, parse_config, resolve_device
 from recipes.plumbing.report import ModelReport, write_report
