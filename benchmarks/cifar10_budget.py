@@ -29,7 +29,7 @@ from kd.losses import LOSSES, create_loss
 from kd.precision import Hardware
 from kd.teacher_cache import load_or_build
 from models import load_model, profile
-from pruning.compare import Summary, make_setup, markdown_table, plot, run_method, summarize
+from recipes.plumbing.compare import Summary, make_setup, markdown_table, plot, run_method, summarize
 
 
 def main() -> None:

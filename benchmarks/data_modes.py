@@ -22,13 +22,11 @@ import threading
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import torch
 
-import torch  # noqa: E402
-
-from kd import Trainer  # noqa: E402
-from kd.data import load_dataset, make_loaders  # noqa: E402
-from models import create_model  # noqa: E402
+from kd import Trainer
+from kd.data import load_dataset, make_loaders
+from models import create_model
 
 
 def _status_kib(pid: int | str, field: str) -> int:

@@ -10,19 +10,16 @@ The first kd.data run decodes the images once into the cache (not timed); DataLo
 from __future__ import annotations
 
 import argparse
-import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import torch
+import torch.nn.functional as F
+from torch.utils.data import DataLoader, Subset
+from torchvision import datasets, transforms
 
-import torch  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
-from torch.utils.data import DataLoader, Subset  # noqa: E402
-from torchvision import datasets, transforms  # noqa: E402
-
-from kd.data import balanced_indices, load_dataset, make_loaders  # noqa: E402
-from models import create_model  # noqa: E402
+from kd.data import balanced_indices, load_dataset, make_loaders
+from models import create_model
 
 
 def images_per_s(batches, steps: int, step=None, warmup: int = 2) -> float:

@@ -7,11 +7,11 @@ from kd.losses import (
 )
 from kd.metrics import MetricsLogger, TensorBoardLogger, epoch_scalars
 from kd.optim import make_optimizer, make_scheduler
-from kd.trainer import EpochRecord, EvalResult, FitResult, Trainer, evaluate, fit_model
+from kd.trainer import EpochRecord, EvalResult, FitResult, Trainer, evaluate, fine_tuner, fit_model
 
 __all__ = [
     "LOSSES", "Callback", "DistillLoss", "DistillationLoss", "EarlyStopping", "EpochPrinter", "EpochRecord",
     "EvalResult", "FeatureHook", "FitResult", "HintLoss", "MetricsLogger", "TensorBoardLogger", "TrainState",
-    "Trainer", "create_loss", "epoch_scalars", "evaluate", "fit_model", "make_optimizer", "make_scheduler",
-    "register_loss", "soft_target_kl", "total_loss",
+    "Trainer", "create_loss", "epoch_scalars", "evaluate", "fine_tuner", "fit_model", "make_optimizer",
+    "make_scheduler", "register_loss", "soft_target_kl", "total_loss",
 ]

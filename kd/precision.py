@@ -106,7 +106,7 @@ class Hardware:
     @classmethod
     def from_config(cls, config: dict[str, Any]) -> "Hardware":
         """From a recipe's config dict (``precision``, ``device``, ``channels_last``); ``device="auto"`` is CUDA when
-        available, as :func:`kd.config.resolve_device` has it."""
+        available, as `recipes.plumbing.config.resolve_device` has it."""
         device = config.get("device") or "auto"
         if device == "auto":
             device = "cuda" if torch.cuda.is_available() else "cpu"

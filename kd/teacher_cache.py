@@ -32,6 +32,7 @@ from kd.data.sources import default_cache_dir
 from kd.distributed import shard
 from kd.precision import Hardware, autocast
 from models.checkpoint import atomic_save
+from models.common import eval_mode
 
 CACHE_FORMAT = 1
 FULL_LOGITS_MAX_CLASSES = 100  # above this many classes only the top-k logits are kept by default
@@ -144,8 +145,6 @@ def build_teacher_cache(teacher: nn.Module, images: torch.Tensor, *, views: int,
         raise ValueError(f"a teacher cache needs at least 1 view per image, got {views}")
     device = torch.device(device)
     hw = Hardware.detect(precision, device)
-    was_training = teacher.training
-    teacher.eval()
     n = images.shape[0]
     gen = torch.Generator().manual_seed(seed)
     augment = torch.stack([draw_crop_flip(n, pad, gen) for _ in range(views)]).to(torch.uint8)  # (K, N, 3)
@@ -154,14 +153,14 @@ def build_teacher_cache(teacher: nn.Module, images: torch.Tensor, *, views: int,
     chunks: list[list[torch.Tensor]] = [[] for _ in range(views)]
     start = time.perf_counter()
     steps = [(k, i) for k in range(views) for i in range(0, n, batch_size)]
-    for k, i in tqdm(steps, desc="teacher cache", disable=not progress, leave=False, unit="batch"):
-        x = apply_crop_flip(images[i:i + batch_size].to(device), pad, augment[k, i:i + batch_size].long())
-        x = (x.float().div_(255) - mean_t) / std_t
-        if hw.channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
-        with autocast(hw.precision, device):
-            chunks[k].append(teacher(x).float().cpu())  # (B, C)
-    teacher.train(was_training)
+    with eval_mode(teacher):
+        for k, i in tqdm(steps, desc="teacher cache", disable=not progress, leave=False, unit="batch"):
+            x = apply_crop_flip(images[i:i + batch_size].to(device), pad, augment[k, i:i + batch_size].long())
+            x = (x.float().div_(255) - mean_t) / std_t
+            if hw.channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
+            with autocast(hw.precision, device):
+                chunks[k].append(teacher(x).float().cpu())  # (B, C)
     logits = torch.stack([torch.cat(c) for c in chunks])  # (K, N, C) fp32
     cache = _pack(logits, augment, pad, topk)
     cache.seconds = time.perf_counter() - start

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -21,16 +21,16 @@ from tqdm import tqdm
 
 from kd import distributed
 from kd.callbacks import Callback
-from kd.errors import NonFiniteError
 from kd.losses import CrossEntropy, DistillLoss, TrainState, create_loss, total_loss
 from kd.optim import make_optimizer, make_scheduler
 from kd.precision import Hardware, autocast, resolve_precision
 from models.checkpoint import atomic_save
+from models.common import Batches, eval_mode
+from models.errors import NonFiniteError
 
 CHECKPOINT_FORMAT = 1
 DEFAULT_LOSS = "kd"  # the loss a Trainer with a teacher uses when none is given
 # (x (B, C, H, W), y (B,)) or, from a teacher cache, (x, y, teacher_logits (B, K))
-Batches = Iterable[tuple[torch.Tensor, ...]]
 
 
 @dataclass
@@ -109,7 +109,7 @@ class Trainer:
     and buffers.
 
     Raises:
-        kd.errors.NonFiniteError: from ``fit`` when the loss becomes NaN or infinite; no checkpoint of that epoch is
+        models.errors.NonFiniteError: from ``fit`` when the loss becomes NaN or infinite; no checkpoint of that epoch is
             written, so ``best.pt`` and ``last.pt`` only ever hold finite weights.
     """
 
@@ -433,20 +433,18 @@ def evaluate(model: nn.Module, data: Batches, device: str | torch.device = "cpu"
     (``data.world_size > 1``) the sums are taken over all ranks, so every rank must call it.
     """
     device = torch.device(device)
-    was_training = model.training
-    model.eval()
     loss_sum, correct, seen = 0.0, 0, 0
     precision = resolve_precision(precision, device)
-    for batch in tqdm(data, total=_len(data), desc="eval", disable=not progress, leave=False, unit="batch"):
-        x, y = batch[0].to(device), batch[1].to(device)
-        if channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
-        with autocast(precision, device):
-            logits = model(x).float()  # (B, K)
-        loss_sum += float(F.cross_entropy(logits, y, reduction="sum"))
-        correct += int((logits.argmax(1) == y).sum())
-        seen += y.numel()
-    model.train(was_training)
+    with eval_mode(model):
+        for batch in tqdm(data, total=_len(data), desc="eval", disable=not progress, leave=False, unit="batch"):
+            x, y = batch[0].to(device), batch[1].to(device)
+            if channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
+            with autocast(precision, device):
+                logits = model(x).float()  # (B, K)
+            loss_sum += float(F.cross_entropy(logits, y, reduction="sum"))
+            correct += int((logits.argmax(1) == y).sum())
+            seen += y.numel()
     if getattr(data, "world_size", 1) > 1:  # this rank scored its share: sum over the ranks
         loss_sum, correct, seen = distributed.all_reduce_sum([loss_sum, correct, seen], device)
         seen = int(seen)
@@ -470,3 +468,20 @@ def fit_model(student: nn.Module, train: Batches, val: Batches | None = None, *,
     trainer = Trainer(student, teacher, loss, optimizer=opt, scheduler=sched, epochs=epochs,
                       feature_loss=feature_loss, **trainer_options)
     return trainer.fit(train, val, resume=resume)
+
+
+def fine_tuner(train: Batches, *, epochs: int, lr: float, teacher: nn.Module | None = None,
+               loss: nn.Module | None = None, optimizer: str = "sgd", weight_decay: float = 5e-4,
+               **trainer_options: Any) -> Callable[[nn.Module], None]:
+    """The usual ``fine_tune`` of the prune → fine-tune loops (:func:`pruning.progressive.progressive_prune`, the
+    method comparison): a callable that fits the model it is given in place with :func:`fit_model` on ``train`` for
+    ``epochs`` (``optimizer`` + cosine schedule at ``lr``), with ``loss`` and ``teacher`` as :func:`fit_model` takes
+    them (both None: cross-entropy; batches from a teacher cache: a loss and no teacher). ``trainer_options`` go to
+    :class:`Trainer` (``device`` ...); there is no progress bar unless they ask for one."""
+    trainer_options.setdefault("progress", False)
+
+    def fine_tune(model: nn.Module) -> None:
+        fit_model(model, train, epochs=epochs, lr=lr, teacher=teacher, loss=loss, optimizer=optimizer,
+                  weight_decay=weight_decay, **trainer_options)
+
+    return fine_tune

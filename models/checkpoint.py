@@ -27,6 +27,7 @@ from typing import IO, Any
 import torch
 from torch import nn
 
+from models.errors import FileFormatError, NonFiniteError
 from models.registry import create_model
 
 FORMAT = 1
@@ -112,20 +113,20 @@ def stale_temp_files(folder: str | os.PathLike, older_than_s: float = 0.0) -> li
 
 
 def check_finite(state_dict: Mapping[str, Any], what: str) -> None:
-    """Raises :class:`kd.errors.NonFiniteError` naming the first floating tensor of ``state_dict`` that holds NaN
+    """Raises :class:`models.errors.NonFiniteError` naming the first floating tensor of ``state_dict`` that holds NaN
     or ±inf (a diverged run), so that nothing non-finite is saved or used."""
     for name, value in state_dict.items():
         if isinstance(value, torch.Tensor) and value.is_floating_point() and not bool(torch.isfinite(value).all()):
             bad = "NaN" if bool(torch.isnan(value).any()) else "infinite"
-            raise _errors().NonFiniteError(f"{what} has {bad} weights ({name!r}); the run that made them diverged")
+            raise NonFiniteError(f"{what} has {bad} weights ({name!r}); the run that made them diverged")
         if isinstance(value, float) and not math.isfinite(value):
-            raise _errors().NonFiniteError(f"{what} has a non-finite value ({name!r} = {value}); the run that made "
+            raise NonFiniteError(f"{what} has a non-finite value ({name!r} = {value}); the run that made "
                                            "it diverged")
 
 
 def safe_load(path: str | os.PathLike, what: str = "file") -> Any:
     """``torch.load(path, weights_only=True)`` on the CPU, with every way a file can be unreadable turned into
-    :class:`kd.errors.FileFormatError` naming the file (never advice to unpickle it).
+    :class:`models.errors.FileFormatError` naming the file (never advice to unpickle it).
 
     Raises:
         FileNotFoundError: when ``path`` is not a file. FileFormatError: truncated, corrupt, not a torch file, or
@@ -142,18 +143,18 @@ def safe_load(path: str | os.PathLike, what: str = "file") -> Any:
     except pickle.UnpicklingError as err:
         code = re.search(r"GLOBAL ([\w.]+)", str(err))
         if code:
-            raise _errors().FileFormatError(f"{what} {str(path)!r} holds pickled code ({code.group(1)}), refused: "
+            raise FileFormatError(f"{what} {str(path)!r} holds pickled code ({code.group(1)}), refused: "
                                             "reading it could run that code; pass a file written by this "
                                             "project") from None
-        raise _errors().FileFormatError(f"{what} {str(path)!r} is corrupt or holds pickled objects other than "
+        raise FileFormatError(f"{what} {str(path)!r} is corrupt or holds pickled objects other than "
                                         "tensors and plain values (refused: reading them could run code)") from None
     except OSError as err:
         if err.errno in (errno.EACCES, errno.EPERM, errno.ENOENT, errno.EISDIR, errno.EIO):
             raise OSError(err.errno, err.strerror, str(path)) from None
-        raise _errors().FileFormatError(f"{what} {str(path)!r} is truncated, corrupt or not written by torch.save "
+        raise FileFormatError(f"{what} {str(path)!r} is truncated, corrupt or not written by torch.save "
                                         f"({_describe(err)})") from None
     except Exception as err:  # RuntimeError (zip reader), EOFError, KeyError, ValueError ... of a damaged file
-        raise _errors().FileFormatError(f"{what} {str(path)!r} is truncated, corrupt or not written by torch.save "
+        raise FileFormatError(f"{what} {str(path)!r} is truncated, corrupt or not written by torch.save "
                                         f"({_describe(err)})") from None
 
 
@@ -166,12 +167,6 @@ def _first_line(err: BaseException) -> str:
 def _describe(err: BaseException) -> str:
     line = _first_line(err)
     return f"{type(err).__name__}: {line}" if line else type(err).__name__
-
-
-def _errors() -> Any:
-    # kd.errors is imported here, not at the top: importing kd runs kd/__init__, whose trainer imports this module
-    from kd import errors
-    return errors
 
 
 def module_widths(model: nn.Module) -> dict[str, dict[str, Any]]:
@@ -249,7 +244,7 @@ def read_model_file(path: str | os.PathLike) -> dict[str, Any]:
     payload = safe_load(path, "model file")
     if not isinstance(payload, dict) or payload.get("format") != FORMAT or "arch" not in payload \
             or not isinstance(payload.get("state_dict"), dict):
-        raise _errors().FileFormatError(f"{str(path)!r} is not a prune-then-distill model file (format {FORMAT}); "
+        raise FileFormatError(f"{str(path)!r} is not a prune-then-distill model file (format {FORMAT}); "
                                         "write one with models.save_model or pruning.save")
     return payload
 
@@ -268,7 +263,7 @@ def load_model(path: str | os.PathLike) -> nn.Module:
         apply_widths(model, payload.get("widths", {}), payload["state_dict"])
         model.load_state_dict(payload["state_dict"])
     except (TypeError, ValueError, RuntimeError, KeyError, AttributeError) as err:
-        raise _errors().FileFormatError(f"model file {str(path)!r} does not rebuild: its weights or arguments do "
+        raise FileFormatError(f"model file {str(path)!r} does not rebuild: its weights or arguments do "
                                         f"not fit architecture {payload['arch']!r} ({_first_line(err)})") from None
     model.meta = payload.get("meta", {})
     return model.eval()

@@ -24,6 +24,7 @@ import torch
 from torch import nn
 
 from models.checkpoint import atomic_write
+from models.common import eval_mode
 from models.latency import (
     DEFAULT_MIN_SECONDS, DEFAULT_REPEATS, DEFAULT_WARMUP, LatencyResult, measure_latency, time_callable,
 )
@@ -71,12 +72,8 @@ def export_onnx(model: nn.Module, path: str | os.PathLike, input_size: Sequence[
         _require("onnxscript")
     device = next(iter(model.parameters()), torch.empty(0)).device
     example = torch.zeros((2, *input_size), device=device)  # (2, C, H, W): a batch of 1 invites specialisation
-    was_training = model.training
-    model.eval()
-    try:
+    with eval_mode(model):
         path = atomic_write(path, lambda tmp: _export(model, example, tmp, opset, dynamo))
-    finally:
-        model.train(was_training)
     onnx.checker.check_model(str(path))
     return path
 
@@ -102,13 +99,8 @@ def verify_onnx(path: str | os.PathLike, model: nn.Module, inputs: torch.Tensor)
     mode, on its device, mode restored afterwards) on ``inputs`` (B, C, H, W)."""
     session = _session(path, threads=None)
     device = next(iter(model.parameters()), torch.empty(0)).device
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.inference_mode():
-            expected = model(inputs.to(device)).float().cpu()  # (B, K)
-    finally:
-        model.train(was_training)
+    with eval_mode(model), torch.inference_mode():
+        expected = model(inputs.to(device)).float().cpu()  # (B, K)
     got = torch.from_numpy(session.run(None, {session.get_inputs()[0].name: _numpy(inputs)})[0])
     if got.shape != expected.shape:
         raise ValueError(f"the ONNX file {str(path)!r} returned shape {tuple(got.shape)} for inputs "

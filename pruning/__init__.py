@@ -1,6 +1,8 @@
 """Structured pruning with Torch-Pruning: ``prune`` to a FLOPs/params target or ratio, importance criteria, and
 pickle-free save/load of pruned models."""
-from pruning.importance import IMPORTANCES, ActivationImportance, SeededRandomImportance, make_importance
+from pruning.importance import (
+    IMPORTANCES, ActivationImportance, SeededRandomImportance, make_importance, register_importance,
+)
 from pruning.persistence import load, save
 from pruning.prune import PruneResult, PruneStep, prune
 
@@ -13,6 +15,7 @@ __all__ = [
     "load",
     "make_importance",
     "prune",
+    "register_importance",
     "save",
 ]
 

@@ -9,16 +9,14 @@ Importance of a unit:
 """
 from __future__ import annotations
 
-from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 import torch
 from torch import nn
 
 from models import Complexity, profile
+from models.common import Batches, eval_mode
 from pruning.wide_config import build_wide, check_wide_cnn, wide_config
-
-Batches = Iterable[tuple[torch.Tensor, torch.Tensor]]
 FC_IMPORTANCES = ("l1", "activation")
 
 
@@ -47,14 +45,12 @@ def unit_importance(model: nn.Module, importance: str = "l1", calibration: Batch
     if calibration is None:
         raise ValueError("importance='activation' needs calibration batches")
     total, count = torch.zeros(linear.out_features, device=device), 0
-    was_training = model.training
-    model.eval()
-    for x, _ in calibration:
-        feats = torch.flatten(model.pool(model.forward_features(x.to(device))), 1)  # (B, C_N · head_pool²)
-        act = torch.relu(linear(feats))  # (B, hidden)
-        total += act.abs().sum(0)
-        count += act.shape[0]
-    model.train(was_training)
+    with eval_mode(model):
+        for x, _ in calibration:
+            feats = torch.flatten(model.pool(model.forward_features(x.to(device))), 1)  # (B, C_N · head_pool²)
+            act = torch.relu(linear(feats))  # (B, hidden)
+            total += act.abs().sum(0)
+            count += act.shape[0]
     if count == 0:
         raise ValueError("importance='activation' got no calibration batches")
     return total / count

@@ -4,12 +4,12 @@ Both run on a few calibration batches ``(x (B, C, H, W), y (B,))`` drawn from th
 """
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 
 import torch
 from torch import nn
 
-Batches = Iterable[tuple[torch.Tensor, torch.Tensor]]
+from models.common import Batches, eval_mode
 # Maps a module's (input, output) to the (X, Y) pair fitted pixel by pixel: X (B, C_in, H, W), Y (B, C_out, H, W).
 PairFn = Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
 
@@ -32,15 +32,13 @@ def fit_pointwise(model: nn.Module, module: nn.Module, batches: Batches, pair: P
         grams["xx"] = grams.get("xx", 0) + x.T @ x
         grams["xy"] = grams.get("xy", 0) + x.T @ y
 
-    was_training = model.training
-    model.eval()
     handle = module.register_forward_hook(hook)
     try:
-        for x, _ in batches:
-            model(x.to(device))
+        with eval_mode(model):
+            for x, _ in batches:
+                model(x.to(device))
     finally:
         handle.remove()
-        model.train(was_training)
     if not grams:
         raise ValueError("fit_pointwise got no calibration batches")
     xx, xy = grams["xx"], grams["xy"]
@@ -60,20 +58,18 @@ def recalibrate_bn(model: nn.Module, batches: Batches, device: str | torch.devic
     bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
     if not bns:
         return model
-    was_training = model.training
     momenta = [bn.momentum for bn in bns]
-    model.eval()
-    for bn in bns:
-        bn.reset_running_stats()
-        bn.momentum = None  # cumulative moving average over all calibration batches
-        bn.train()
-    seen = False
-    for x, _ in batches:
-        model(x.to(device))
-        seen = True
-    for bn, momentum in zip(bns, momenta):
-        bn.momentum = momentum
-    model.train(was_training)
+    with eval_mode(model):
+        for bn in bns:
+            bn.reset_running_stats()
+            bn.momentum = None  # cumulative moving average over all calibration batches
+            bn.train()
+        seen = False
+        for x, _ in batches:
+            model(x.to(device))
+            seen = True
+        for bn, momentum in zip(bns, momenta):
+            bn.momentum = momentum
     if not seen:
         raise ValueError("recalibrate_bn got no calibration batches")
     return model

@@ -1,7 +1,9 @@
-"""Channel importance criteria, picked by name on the command line: ``l1``, ``l2``, ``random``, ``taylor``, ``activation``.
+"""Channel importance criteria, a registry picked by name on the command line (``l1``, ``l2``, ``random``, ``taylor``,
+``activation``), the way timm registers models.
 
-Each name maps to a Torch-Pruning importance object: called on a dependency group, it returns one score per channel
-of the group (higher = keep). Two criteria read calibration batches first:
+:data:`IMPORTANCES` maps each name to a Torch-Pruning importance class: called on a dependency group, an instance
+returns one score per channel of the group (higher = keep). A criterion that reads calibration batches first has a
+``calibrate(model, batches, max_batches)`` method, which :func:`pruning.prune` calls before scoring:
 
 * ``taylor`` (Molchanov et al., 2019, "Importance Estimation for Neural Network Pruning"): ``|w · ∂L/∂w|`` summed
   over each channel's weights, with ``L`` the mean cross-entropy over the calibration batches
@@ -9,29 +11,46 @@ of the group (higher = keep). Two criteria read calibration batches first:
 * ``activation``: mean ``|a|`` of each channel's activation over the calibration batches, as seen by the layers that
   consume it (the input of the next conv/linear, i.e. after BN, ReLU and pooling); :func:`record_activations` stores
   the means on the layers and :class:`ActivationImportance` reads them.
+
+To add a criterion: a class here with ``@register_importance("name")`` (and ``calibrate`` if it reads data); the
+recipes' ``--importance`` choices read the registry.
 """
 from __future__ import annotations
 
+import inspect
 import zlib
-from collections.abc import Iterable
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 import torch
 import torch_pruning as tp
 from torch import nn
 from torch_pruning.pruner import function
 
-IMPORTANCES = ("l1", "l2", "random", "taylor", "activation")
-NEEDS_CALIBRATION = ("taylor", "activation")
-Batches = Iterable[tuple[torch.Tensor, torch.Tensor]]
+from models.common import Batches, eval_mode
+
+T = TypeVar("T", bound=type)
+
+IMPORTANCES: dict[str, type] = {}
 
 _ACT_IN = "_ptd_activation_in"  # (C_in,) mean |input| per input channel, on conv/linear layers
 _ACT_OUT = "_ptd_activation_out"  # (C,) mean |output| per channel, on BatchNorm layers (fallback)
 _IN_FNS = (function.prune_conv_in_channels, function.prune_linear_in_channels)
 
 
+def register_importance(name: str) -> Callable[[T], T]:
+    """Class decorator: ``@register_importance("l1")`` adds the class to :data:`IMPORTANCES` under ``name``."""
+    def add(cls: T) -> T:
+        if name in IMPORTANCES:
+            raise ValueError(f"importance {name!r} is already registered ({IMPORTANCES[name].__name__})")
+        IMPORTANCES[name] = cls
+        return cls
+    return add
+
+
 def make_importance(importance: str | Any, seed: int = 0) -> tuple[str, Any]:
-    """``(name, Torch-Pruning importance object)`` for a name in :data:`IMPORTANCES`, or an object passed through.
+    """``(name, Torch-Pruning importance object)`` for a name in :data:`IMPORTANCES` (``seed`` goes to the criteria
+    that draw random numbers), or an importance object passed through under its class name.
 
     Raises:
         ValueError: for an unknown name.
@@ -41,24 +60,50 @@ def make_importance(importance: str | Any, seed: int = 0) -> tuple[str, Any]:
             raise ValueError(f"importance must be one of {', '.join(IMPORTANCES)} or a Torch-Pruning importance "
                              f"object, got {importance!r}")
         return type(importance).__name__, importance
-    if importance == "l1":
-        return importance, tp.importance.MagnitudeImportance(p=1)  # group L1, mean over the group, mean-normalised
-    if importance == "l2":
-        return importance, tp.importance.MagnitudeImportance(p=2)
-    if importance == "random":
-        return importance, SeededRandomImportance(seed)
-    if importance == "taylor":
-        return importance, tp.importance.TaylorImportance()
-    if importance == "activation":
-        return importance, ActivationImportance()
-    raise ValueError(f"unknown importance {importance!r}; choose one of {', '.join(IMPORTANCES)}")
+    if importance not in IMPORTANCES:
+        raise ValueError(f"unknown importance {importance!r}; choose one of {', '.join(IMPORTANCES)}")
+    cls = IMPORTANCES[importance]
+    return importance, cls(seed=seed) if "seed" in inspect.signature(cls).parameters else cls()
 
 
-def needs_calibration(importance: Any) -> bool:
-    """True for criteria that read calibration batches (Taylor gradients, recorded activations)."""
-    return isinstance(importance, (tp.importance.GroupTaylorImportance, ActivationImportance))
+def needs_calibration(importance: str | Any) -> bool:
+    """True for criteria (names or objects) that read calibration batches: those with a ``calibrate`` method, and
+    Torch-Pruning's own Taylor objects (which read the gradients :func:`accumulate_gradients` leaves)."""
+    if isinstance(importance, str):
+        return hasattr(IMPORTANCES.get(importance), "calibrate")
+    return hasattr(importance, "calibrate") or isinstance(importance, tp.importance.GroupTaylorImportance)
 
 
+def calibrated_names() -> list[str]:
+    """The registered criteria that read calibration batches."""
+    return [name for name in IMPORTANCES if needs_calibration(name)]
+
+
+def calibrate(importance: Any, model: nn.Module, batches: Batches, max_batches: int = 16) -> None:
+    """Lets ``importance`` read ``batches`` on ``model`` before it scores groups (nothing for data-free criteria)."""
+    if hasattr(importance, "calibrate"):
+        importance.calibrate(model, batches, max_batches)
+    elif isinstance(importance, tp.importance.GroupTaylorImportance):
+        accumulate_gradients(model, batches, max_batches)
+
+
+@register_importance("l1")
+class L1Importance(tp.importance.MagnitudeImportance):
+    """Group L1 norm of each channel's weights, mean over the group, mean-normalised (filter L1 norm)."""
+
+    def __init__(self) -> None:
+        super().__init__(p=1)
+
+
+@register_importance("l2")
+class L2Importance(tp.importance.MagnitudeImportance):
+    """Group L2 norm of each channel's weights, mean over the group, mean-normalised."""
+
+    def __init__(self) -> None:
+        super().__init__(p=2)
+
+
+@register_importance("random")
 class SeededRandomImportance(tp.importance.Importance):
     """Random scores (a control for the other criteria), drawn from ``seed`` and the group's root layer name.
 
@@ -77,6 +122,15 @@ class SeededRandomImportance(tp.importance.Importance):
         return torch.rand(len(group[0].idxs), generator=gen)
 
 
+@register_importance("taylor")
+class TaylorImportance(tp.importance.TaylorImportance):
+    """First-order Taylor ``|w · ∂L/∂w|`` with the cross-entropy gradients of the calibration batches."""
+
+    def calibrate(self, model: nn.Module, batches: Batches, max_batches: int = 16) -> None:
+        accumulate_gradients(model, batches, max_batches)
+
+
+@register_importance("activation")
 class ActivationImportance(tp.importance.GroupMagnitudeImportance):
     """Mean ``|activation|`` of each channel over calibration batches (call :func:`record_activations` first).
 
@@ -88,6 +142,9 @@ class ActivationImportance(tp.importance.GroupMagnitudeImportance):
 
     def __init__(self, group_reduction: str = "mean", normalizer: str | None = "mean") -> None:
         super().__init__(p=1, group_reduction=group_reduction, normalizer=normalizer)
+
+    def calibrate(self, model: nn.Module, batches: Batches, max_batches: int = 16) -> None:
+        record_activations(model, batches, max_batches)
 
     @torch.no_grad()
     def __call__(self, group: Any) -> torch.Tensor | None:
@@ -142,17 +199,15 @@ def record_activations(model: nn.Module, calibration: Batches, max_batches: int 
 
     kinds = (nn.modules.conv._ConvNd, nn.Linear, nn.modules.batchnorm._BatchNorm)
     handles = [m.register_forward_hook(hook) for m in model.modules() if isinstance(m, kinds)]
-    was_training, n = model.training, 0
-    model.eval()
+    n = 0
     try:
-        with torch.no_grad():
+        with eval_mode(model), torch.no_grad():
             for x, _ in _batches(calibration, max_batches, _device(model)):
                 model(x)
                 n += 1
     finally:
         for h in handles:
             h.remove()
-        model.train(was_training)
     if n == 0:
         raise ValueError("importance='activation' needs calibration batches, but the calibration iterable was empty")
     for module, total in sums.items():
@@ -170,15 +225,15 @@ def accumulate_gradients(model: nn.Module, calibration: Batches, max_batches: in
     """
     params = list(model.parameters())
     flags = [p.requires_grad for p in params]
-    was_training, n = model.training, 0
-    model.eval()
+    n = 0
     for p in params:
         p.grad = None
         p.requires_grad_(True)
     try:
-        for x, y in _batches(calibration, max_batches, _device(model)):
-            nn.functional.cross_entropy(model(x), y).backward()  # gradients add up over the batches
-            n += 1
+        with eval_mode(model):
+            for x, y in _batches(calibration, max_batches, _device(model)):
+                nn.functional.cross_entropy(model(x), y).backward()  # gradients add up over the batches
+                n += 1
         if n == 0:
             raise ValueError("importance='taylor' needs calibration batches, but the calibration iterable was empty")
         for p in params:
@@ -187,7 +242,6 @@ def accumulate_gradients(model: nn.Module, calibration: Batches, max_batches: in
     finally:
         for p, flag in zip(params, flags):
             p.requires_grad_(flag)
-        model.train(was_training)
     return n
 
 

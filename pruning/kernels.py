@@ -12,17 +12,17 @@ from __future__ import annotations
 
 import copy
 import itertools
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import torch
 from torch import nn
 
 from models import Complexity, profile
+from models.common import Batches
 from pruning.fitting import fit_pointwise, recalibrate_bn
 from pruning.wide_config import block_names, build_wide, check_wide_cnn, wide_config
 
-Batches = Iterable[tuple[torch.Tensor, torch.Tensor]]
 
 
 @dataclass

@@ -18,7 +18,6 @@ A block cannot be removed when it is the only one, or when it has the pool and t
 from __future__ import annotations
 
 import copy
-from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 import torch
@@ -27,10 +26,10 @@ from torch import nn
 
 from kd.trainer import evaluate
 from models import Complexity, profile
+from models.common import Batches
 from pruning.fitting import fit_pointwise, recalibrate_bn
 from pruning.wide_config import block_names, build_wide, check_wide_cnn, wide_config
 
-Batches = Iterable[tuple[torch.Tensor, torch.Tensor]]
 
 
 @dataclass

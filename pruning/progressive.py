@@ -1,6 +1,6 @@
 """Progressive channel reduction (the lab's hand loop, automated): prune a fraction of channels by importance →
-fine-tune a few epochs at a small learning rate, optionally distilling from the original teacher → evaluate; repeat
-until the FLOPs or parameter target is met.
+fine-tune (a ``fine_tune`` callable, usually ``kd.fine_tuner``: a few epochs at a small learning rate, optionally
+distilling from the original teacher) → evaluate; repeat until the FLOPs or parameter target is met.
 
 Each step removes ``step_ratio`` of every prunable layer's channels (``pruning.prune(ratio=...)``); the step that
 would overshoot the target prunes to the target instead, so the last model lands on it. The loop stops early when
@@ -11,17 +11,17 @@ from __future__ import annotations
 
 import copy
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
 from torch import nn
 
-from kd.trainer import evaluate, fit_model
+from kd.trainer import evaluate
 from models import Complexity, profile
+from models.common import Batches
 from pruning.prune import prune
 
-Batches = Iterable[tuple[torch.Tensor, torch.Tensor]]
 
 
 @dataclass
@@ -64,28 +64,26 @@ def _meets(c: Complexity, target_flops: int | None, target_params: int | None) -
     return (target_flops is None or c.flops <= target_flops) and (target_params is None or c.params <= target_params)
 
 
-def progressive_prune(model: nn.Module, example_inputs: torch.Tensor, train: Batches, val: Batches, *,
-                      target_flops: int | None = None, target_params: int | None = None, step_ratio: float = 0.2,
-                      num_steps: int | None = None,
-                      importance: str = "l1", calibration: Batches | None = None, epochs_per_step: int = 1,
-                      lr: float = 0.01, optimizer: str = "sgd", weight_decay: float = 5e-4,
-                      teacher: nn.Module | None = None, loss: nn.Module | None = None,
-                      max_drop: float | None = None, max_steps: int = 20, device: str | torch.device = "cpu",
+def progressive_prune(model: nn.Module, example_inputs: torch.Tensor, fine_tune: Callable[[nn.Module], None],
+                      val: Batches, *, target_flops: int | None = None, target_params: int | None = None,
+                      step_ratio: float = 0.2, num_steps: int | None = None, importance: str = "l1",
+                      calibration: Batches | None = None, max_drop: float | None = None, max_steps: int = 20,
+                      device: str | torch.device = "cpu",
                       on_step: Callable[[StepRecord], None] | None = None) -> ProgressiveResult:
     """Runs the prune → fine-tune → evaluate loop on a copy of ``model`` (the input is not changed).
 
     Args:
         example_inputs: (1, C, H, W) input for tracing and FLOPs counting.
-        train: fine-tuning batches; val: batches that score each step (a training-data split).
+        fine_tune: trains the model of each step in place after it is pruned; ``kd.fine_tuner(train, epochs=...,
+            lr=..., teacher=..., loss=...)`` builds the usual one (``fit_model`` with a loss object, distilling
+            when given a teacher), ``lambda model: None`` prunes without fine-tuning.
+        val: batches that score each step (a training-data split).
         target_flops, target_params: the budget (give exactly one).
         step_ratio: fraction of each prunable layer's channels removed per step, in (0, 1).
         num_steps: instead of ``step_ratio``, reach the target in this many even steps: step k prunes to
             ``before · (target / before)^(k / num_steps)`` FLOPs (or parameters), so a fixed epoch budget can be
             split over a known number of steps.
         importance: ``pruning.prune`` criterion (``l1``, ``activation`` needs ``calibration`` ...).
-        epochs_per_step, lr, optimizer, weight_decay: fine-tuning after each prune (cosine schedule).
-        teacher: distil from it with ``loss`` (a :mod:`kd.losses` object; default the Trainer's) during fine-tuning;
-            None fine-tunes with cross-entropy.
         max_drop: stop when validation accuracy is more than this many points below the input model's.
         on_step: called with each :class:`StepRecord` as it is made (to print a row).
     """
@@ -125,7 +123,7 @@ def progressive_prune(model: nn.Module, example_inputs: torch.Tensor, train: Bat
         if res.after.flops >= res.before.flops and res.after.params >= res.before.params:
             break  # nothing left to prune
         student = res.model.to(device)
-        _fine_tune(student, train, teacher, loss, epochs_per_step, lr, optimizer, weight_decay, device)
+        fine_tune(student)
         c = profile(student, size)
         rec = StepRecord(k, c.flops, c.params, c.param_size_kb, evaluate(student, val, device).accuracy,
                          _meets(c, target_flops, target_params), time.perf_counter() - t0)
@@ -143,8 +141,3 @@ def progressive_prune(model: nn.Module, example_inputs: torch.Tensor, train: Bat
     return ProgressiveResult(chosen_model, before, profile(chosen_model, size), steps, chosen, best is not None,
                              stopped, time.perf_counter() - start)
 
-
-def _fine_tune(student: nn.Module, train: Batches, teacher: nn.Module | None, loss: nn.Module | None, epochs: int,
-               lr: float, optimizer: str, weight_decay: float, device: torch.device) -> None:
-    fit_model(student, train, epochs=epochs, lr=lr, teacher=teacher, loss=loss if teacher is not None else None,
-              optimizer=optimizer, weight_decay=weight_decay, device=device, progress=False)

@@ -16,7 +16,7 @@ import copy
 import itertools
 import math
 import warnings
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -24,15 +24,12 @@ import torch
 import torch_pruning as tp
 from torch import nn
 
+from models.common import Batches
 from models.profile import Complexity, profile
-from pruning.importance import (
-    NEEDS_CALIBRATION, ActivationImportance, accumulate_gradients, clear_calibration, make_importance, needs_calibration,
-    record_activations,
-)
+from pruning.importance import calibrate, calibrated_names, clear_calibration, make_importance, needs_calibration
 from pruning.fitting import recalibrate_bn as recalibrate
 from pruning.units import Unit, find_units
 
-Batches = Iterable[tuple[torch.Tensor, torch.Tensor]]
 _PRUNABLE = (nn.modules.conv._ConvNd, nn.Linear)
 
 
@@ -117,7 +114,7 @@ def prune(model: nn.Module, example_inputs: torch.Tensor, *, target_flops: int |
     name, imp = make_importance(importance, seed)
     if needs_calibration(imp) and calibration is None:
         raise ValueError(f"importance={name!r} needs calibration batches: pass calibration=<iterable of (x, y)> "
-                         f"(criteria that need them: {', '.join(NEEDS_CALIBRATION)})")
+                         f"(criteria that need them: {', '.join(calibrated_names())})")
     input_size = (1, *example_inputs.shape[1:])
     was_training = model.training
     trainable = {n: p.requires_grad for n, p in model.named_parameters()}
@@ -126,10 +123,8 @@ def prune(model: nn.Module, example_inputs: torch.Tensor, *, target_flops: int |
     work.requires_grad_(True)  # Torch-Pruning traces the autograd graph: a frozen model (a teacher) has none
     try:
         ignored = _ignored_names(model, ignored_layers) | {_classifier_name(model)}
-        if isinstance(imp, ActivationImportance):
-            record_activations(work, calibration, calibration_batches)
-        elif isinstance(imp, tp.importance.GroupTaylorImportance):
-            accumulate_gradients(work, calibration, calibration_batches)
+        if needs_calibration(imp):
+            calibrate(imp, work, calibration, calibration_batches)
         with _single_thread():
             plan = _Plan(work, find_units(work, example_inputs), imp, ignored, global_pruning, round_to or 1)
             before = profile(work, input_size)

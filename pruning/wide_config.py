@@ -1,17 +1,19 @@
 """Read a (possibly pruned) ``wide_cnn`` back into its constructor arguments, and rebuild it with changes.
 
 Torch-Pruning edits layers in place, so ``model.arch_spec`` may still list the original widths; the truth is in the
-modules. The hand methods (layer removal, 1×1 compression, FC reduction) express their results as a new
+modules. The hand methods (layer removal, 1×1 compression, FC reduction) and :func:`scaled_wide_cnn` (a student
+from scratch at a FLOPs budget) express their results as a new
 ``models.create_model("wide_cnn", ...)`` configuration, so the result stays a plain ``wide_cnn`` that
 ``models.save_model`` writes without pickled code.
 """
 from __future__ import annotations
 
+import copy
 from typing import Any
 
 from torch import nn
 
-from models import create_model
+from models import create_model, profile
 from models.wide_cnn import WideCNN
 
 
@@ -55,3 +57,21 @@ def build_wide(config: dict[str, Any]) -> WideCNN:
 def block_names(model: nn.Module) -> list[str]:
     """``["conv1", "conv2", ...]``: the conv blocks in order."""
     return [name for name, _ in check_wide_cnn(model, "block_names").features.named_children()]
+
+
+def scaled_wide_cnn(teacher: nn.Module, target_flops: int, input_size: tuple[int, ...]) -> nn.Module:
+    """A fresh ``wide_cnn`` shaped like ``teacher`` with every width and the hidden layer scaled by one factor, the
+    largest (to 1/64) whose FLOPs are ≤ ``target_flops``."""
+    cfg = wide_config(teacher)
+
+    def build(s: float) -> nn.Module:
+        c = copy.deepcopy(cfg)
+        c["widths"] = [max(1, round(w * s)) for w in cfg["widths"]]
+        c["hidden"] = max(1, round(cfg["hidden"] * s)) if cfg["hidden"] else 0
+        return build_wide(c)
+
+    lo, hi = 0.0, 1.0
+    for _ in range(12):
+        mid = (lo + hi) / 2
+        lo, hi = (mid, hi) if profile(build(mid), input_size).flops <= target_flops else (lo, mid)
+    return build(max(lo, 1 / 64))

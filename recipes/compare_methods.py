@@ -3,24 +3,20 @@
     python recipes/compare_methods.py --dataset imagefolder --data-dir ../shared/data/cifar10 \
         --teacher runs/teacher_c10/teacher.pt --budget 0.25 --epochs 3 --limit-train 4000 --limit-test 2000
 
-Methods and what each does: see :mod:`pruning.compare`. Writes OUT/compare.md (the table), OUT/compare.png,
+Methods and what each does: see :mod:`recipes.plumbing.compare`. Writes OUT/compare.md (the table), OUT/compare.png,
 OUT/report.json (every method × seed) and OUT/config.json.
 """
 from __future__ import annotations
 
 import dataclasses
 import math
-import sys
 from dataclasses import dataclass
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
-
-from kd.config import KDConfig, arg, parse_config, resolve_device  # noqa: E402
-from kd.report import write_json  # noqa: E402
-from kd.run import make_loss, obtain_teacher, run_main, start_run  # noqa: E402
-from models.checkpoint import atomic_write_text  # noqa: E402
-from pruning.compare import METHODS, Summary, make_setup, markdown_table, plot, run_method, summarize  # noqa: E402
+from models.checkpoint import atomic_write_text
+from recipes.plumbing.compare import METHODS, Summary, make_setup, markdown_table, plot, run_method, summarize
+from recipes.plumbing.config import KDConfig, arg, parse_config, resolve_device
+from recipes.plumbing.report import write_json
+from recipes.plumbing.run import make_loss, obtain_teacher, run_main, start_run
 
 
 @dataclass

@@ -10,19 +10,15 @@ cross-entropy alone. Writes OUT/student.pt (pickle-free), OUT/report.json, OUT/c
 from __future__ import annotations
 
 import dataclasses
-import sys
 from dataclasses import dataclass
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
-
-from kd import HintLoss  # noqa: E402
-from kd.config import KDConfig, arg, parse_config  # noqa: E402
-from kd.report import ModelReport, print_reports, write_report  # noqa: E402
-from kd.run import (  # noqa: E402
+from kd import HintLoss
+from models import create_model, list_models, save_model
+from recipes.plumbing.config import KDConfig, arg, parse_config
+from recipes.plumbing.report import ModelReport, print_reports, write_report
+from recipes.plumbing.run import (
     deployment, loaders, make_loss, model_args, obtain_teacher, run_main, seed_everything, start_run, train,
 )
-from models import create_model, list_models, save_model  # noqa: E402
 
 
 @dataclass

@@ -18,15 +18,13 @@ from pathlib import Path
 
 from torch import nn
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
-
-import pruning  # noqa: E402
-from kd.config import arg, parse_config  # noqa: E402
-from kd.run import run_main  # noqa: E402
-from models import profile  # noqa: E402
-from models.checkpoint import atomic_write  # noqa: E402
-from models.export import DEFAULT_OPSET, DEFAULT_TOLERANCE, ExportReport, export_and_check  # noqa: E402
-from models.latency import DEFAULT_MIN_SECONDS, DEFAULT_REPEATS, DEFAULT_WARMUP, LatencyResult  # noqa: E402
+import pruning
+from models import profile
+from models.checkpoint import atomic_write
+from models.export import DEFAULT_OPSET, DEFAULT_TOLERANCE, ExportReport, export_and_check
+from models.latency import DEFAULT_MIN_SECONDS, DEFAULT_REPEATS, DEFAULT_WARMUP, LatencyResult
+from recipes.plumbing.config import arg, parse_config
+from recipes.plumbing.run import run_main
 
 
 @dataclass

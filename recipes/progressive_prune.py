@@ -10,25 +10,20 @@ scored once on the test split. Writes OUT/student.pt (pickle-free), OUT/steps.md
 from __future__ import annotations
 
 import dataclasses
-import sys
 from dataclasses import dataclass
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
+import torch
 
-import torch  # noqa: E402
-
-from kd.config import KDConfig, arg, parse_config, resolve_device  # noqa: E402
-from kd.data import BatchIterator  # noqa: E402
-from kd.report import ModelReport, print_reports, write_report  # noqa: E402
-from kd.run import deployment, make_loss, obtain_teacher, run_main, start_run  # noqa: E402
-from kd.sweep import validation_split  # noqa: E402
-from kd.trainer import evaluate  # noqa: E402
-from models import save_model  # noqa: E402
-from models.checkpoint import atomic_write_text  # noqa: E402
-from pruning.progressive import STEP_HEADER, ProgressiveResult, progressive_prune  # noqa: E402
-
-IMPORTANCES = ("l1", "l2", "random", "taylor", "activation")
+from kd.data import BatchIterator
+from kd.sweep import validation_split
+from kd.trainer import evaluate, fine_tuner
+from models import save_model
+from models.checkpoint import atomic_write_text
+from pruning.importance import IMPORTANCES
+from pruning.progressive import STEP_HEADER, ProgressiveResult, progressive_prune
+from recipes.plumbing.config import KDConfig, arg, parse_config, resolve_device
+from recipes.plumbing.report import ModelReport, print_reports, write_report
+from recipes.plumbing.run import deployment, make_loss, obtain_teacher, run_main, start_run
 
 
 @dataclass
@@ -38,8 +33,9 @@ class ProgressiveConfig(KDConfig):
     target_params: int | None = arg(None, "parameter-count target instead of a FLOPs target")
     step_ratio: float = arg(0.2, "fraction of each layer's channels removed per step")
     num_steps: int | None = arg(None, "instead of --step-ratio: reach the target in this many even FLOPs steps")
-    importance: str = arg("l1", "channel importance: l1 (filter L1 norm), activation (mean |activation| over "
-                          "calibration batches), l2, taylor, random", IMPORTANCES)
+    importance: str = arg("l1", f"channel importance (pruning.importance): {', '.join(IMPORTANCES)}; l1 is the "
+                          "filter L1 norm, activation the mean |activation| over calibration batches",
+                          tuple(IMPORTANCES))
     epochs: int = arg(2, "fine-tuning epochs after each pruning step")
     lr: float = arg(0.01, "fine-tuning learning rate (smaller than training from scratch)")
     distill: bool = arg(True, "distil from the teacher while fine-tuning (--no-distill: cross-entropy)")
@@ -65,12 +61,13 @@ def main(argv: list[str] | None = None) -> ProgressiveResult:
         {"target_flops": cfg.target_flops or int(cfg.budget * teacher_report.flops)}
     print(f"{len(fit)} training / {len(val)} validation / {len(data.test)} test images; target {target}")
     print(STEP_HEADER)
+    fine_tune = fine_tuner(train_batches, epochs=cfg.epochs, lr=cfg.lr, optimizer=cfg.optimizer,
+                           weight_decay=cfg.weight_decay, teacher=teacher if cfg.distill else None,
+                           loss=loss if cfg.distill else None, device=device)
     result = progressive_prune(
-        teacher, torch.zeros(data.input_size), train_batches,
-        BatchIterator(val, 2 * cfg.batch_size, train=False, **norm), step_ratio=cfg.step_ratio, num_steps=cfg.num_steps,
-        importance=cfg.importance, calibration=calibration, epochs_per_step=cfg.epochs, lr=cfg.lr,
-        optimizer=cfg.optimizer, weight_decay=cfg.weight_decay, teacher=teacher if cfg.distill else None,
-        loss=loss, max_drop=cfg.max_drop, max_steps=cfg.max_steps, device=device,
+        teacher, torch.zeros(data.input_size), fine_tune, BatchIterator(val, 2 * cfg.batch_size, train=False, **norm),
+        step_ratio=cfg.step_ratio, num_steps=cfg.num_steps, importance=cfg.importance, calibration=calibration,
+        max_drop=cfg.max_drop, max_steps=cfg.max_steps, device=device,
         on_step=lambda rec: print(rec.row(), flush=True), **target)
     status = "meets the target" if result.met_target else "does NOT meet the target"
     print(f"\nkept step {result.chosen} ({status}{', stopped early by --max-drop' if result.stopped_early else ''})")

@@ -13,24 +13,20 @@ final student; writes OUT/report.json, OUT/config.json and OUT/student.pt (pickl
 from __future__ import annotations
 
 import dataclasses
-import sys
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 from torch import nn
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
-
-import pruning  # noqa: E402
-from kd import HintLoss, evaluate  # noqa: E402
-from kd.config import KDConfig, arg, parse_config, resolve_device  # noqa: E402
-from kd.data import BatchIterator, DataSplits, subset  # noqa: E402
-from kd.report import ModelReport, print_reports, write_report  # noqa: E402
-from kd.run import (  # noqa: E402
+import pruning
+from kd import HintLoss, evaluate
+from kd.data import BatchIterator, DataSplits, subset
+from pruning.importance import calibrated_names, needs_calibration
+from recipes.plumbing.config import KDConfig, arg, parse_config, resolve_device
+from recipes.plumbing.report import ModelReport, print_reports, write_report
+from recipes.plumbing.run import (
     deployment, loaders, make_loss, obtain_teacher, run_main, seed_everything, start_run, train,
 )
-from pruning.importance import NEEDS_CALIBRATION  # noqa: E402
 
 LAB_TARGET_FLOPS = 31_269_888  # the lab's student budget (thop MACs of one 32×32 image)
 
@@ -41,8 +37,9 @@ class PruneThenDistillConfig(KDConfig):
                                    f"{LAB_TARGET_FLOPS} when no target is given")
     target_params: int | None = arg(None, "prune the student to at most this many parameters instead")
     ratio: float | None = arg(None, "remove this fraction of every prunable layer's channels instead")
-    importance: str = arg("l1", "channel criterion: l1 (group L1 magnitude), l2, random (a control), taylor or "
-                          "activation (the last two read --calibration-images training images)", pruning.IMPORTANCES)
+    importance: str = arg("l1", f"channel criterion (pruning.importance): {', '.join(pruning.IMPORTANCES)}; l1 is "
+                          f"the group L1 magnitude, random a control, {' and '.join(calibrated_names())} read "
+                          "--calibration-images training images", tuple(pruning.IMPORTANCES))
     global_pruning: bool = arg(False, "rank channels across layers instead of within each layer")
     round_to: int | None = arg(None, "keep channel counts multiples of this")
     calibration_images: int = arg(1024, "training images (unaugmented) that re-estimate the pruned student's "
@@ -113,7 +110,7 @@ def main(argv: list[str] | None = None) -> PruneThenDistillResult:
 def _calibration(cfg: PruneThenDistillConfig, data: DataSplits) -> BatchIterator | None:
     """Unaugmented batches of a class-balanced subset of the training images: for BatchNorm re-estimation and the
     taylor and activation criteria."""
-    if cfg.importance not in NEEDS_CALIBRATION and not cfg.recalibrate_bn:
+    if not needs_calibration(cfg.importance) and not cfg.recalibrate_bn:
         return None
     images = subset(data.train, cfg.calibration_images, seed=cfg.seed)
     return BatchIterator(images, cfg.batch_size, train=False, mean=data.mean, std=data.std,

@@ -8,16 +8,12 @@ OUT/teacher_train/{last,best}.pt (resume with --resume).
 from __future__ import annotations
 
 import dataclasses
-import sys
 from dataclasses import dataclass
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
-
-from kd.config import RunConfig, arg, parse_config  # noqa: E402
-from kd.report import ModelReport, print_reports, write_report  # noqa: E402
-from kd.run import fit_teacher, model_args, run_main, start_run  # noqa: E402
-from models import list_models  # noqa: E402
+from models import list_models
+from recipes.plumbing.config import RunConfig, arg, parse_config
+from recipes.plumbing.report import ModelReport, print_reports, write_report
+from recipes.plumbing.run import fit_teacher, model_args, run_main, start_run
 
 
 @dataclass

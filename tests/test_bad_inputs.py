@@ -9,7 +9,6 @@ import math
 import os
 import pickle
 import shutil
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -17,23 +16,18 @@ from pathlib import Path
 import pytest
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "recipes"))
-
-import distill_only  # noqa: E402
-import prune_then_distill  # noqa: E402
-import train_teacher  # noqa: E402
-
-import kd.run  # noqa: E402
-import pruning  # noqa: E402
-from kd.config import RunConfig, check_values, config_differences, parse_config, resolve_device  # noqa: E402
-from kd.data import BadImageError, CacheWarning, DataUnavailableError, load_dataset  # noqa: E402
-from kd.data.sources import imagefolder_classes, load_imagefolder  # noqa: E402
-from kd.errors import FileFormatError, NonFiniteError  # noqa: E402
-from kd.losses import CrossEntropy  # noqa: E402
-from kd.report import ModelReport, write_report  # noqa: E402
-from kd.run import build_model, error_message, run_main  # noqa: E402
-from models import create_model, load_model, save_model  # noqa: E402
-from models.checkpoint import atomic_save, check_finite, safe_load, stale_temp_files  # noqa: E402
+import pruning
+import recipes.plumbing.run
+from kd.data import BadImageError, CacheWarning, DataUnavailableError, load_dataset
+from kd.data.sources import imagefolder_classes, load_imagefolder
+from kd.losses import CrossEntropy
+from models import create_model, load_model, save_model
+from models.checkpoint import atomic_save, check_finite, safe_load, stale_temp_files
+from models.errors import FileFormatError, NonFiniteError
+from recipes import distill_only, prune_then_distill, train_teacher
+from recipes.plumbing.config import RunConfig, check_values, config_differences, parse_config, resolve_device
+from recipes.plumbing.report import ModelReport, write_report
+from recipes.plumbing.run import build_model, error_message, run_main
 
 RECIPES = {"train_teacher": train_teacher, "distill_only": distill_only, "prune_then_distill": prune_then_distill}
 TINY = '{"widths": [8, 8, 8, 8], "hidden": 16}'
@@ -269,7 +263,7 @@ def test_the_trainers_non_finite_error_is_one_line(tmp_path, monkeypatch, capsys
     def diverge(*args, **kwargs):
         raise NonFiniteError("the loss is nan at epoch 1, step 2")
 
-    monkeypatch.setattr(kd.run, "fit_model", diverge)
+    monkeypatch.setattr(recipes.plumbing.run, "fit_model", diverge)
     line = fail(train_teacher, [*SYNTHETIC, "--model-args", TINY, "--out", str(tmp_path / "run")], capsys)
     assert line == ("error: the loss is nan at epoch 1, step 2; nothing non-finite was saved (a lower --lr usually "
                     "helps)")

@@ -1,31 +1,21 @@
 """recipes/compare_methods.py on tiny synthetic data: every method row, honest FLOPs, mean ± std, the PNG."""
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
-from pathlib import Path
 
 import pytest
 import torch
 
 from models import create_model, profile, save_model
-from pruning.compare import MethodResult, markdown_table, scaled_wide_cnn, summarize
+from pruning.wide_config import scaled_wide_cnn
+from recipes import compare_methods
+from recipes.plumbing.compare import MethodResult, markdown_table, summarize
 
-RECIPE = Path(__file__).resolve().parents[1] / "recipes" / "compare_methods.py"
 TINY = {"widths": [4, 8, 8, 12], "hidden": 8}
 SIZE = (1, 3, 16, 16)
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
-
-
-def _recipe():
-    spec = importlib.util.spec_from_file_location("compare_methods", RECIPE)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses resolve the config's annotations through sys.modules
-    spec.loader.exec_module(module)
-    return module
 
 
 @pytest.fixture(scope="module")
@@ -41,7 +31,7 @@ METHODS = "l1+kd,l1+ce,random+kd,activation-progressive,layer-removal+kd,1x1+kd,
 
 def test_compare_recipe_writes_table_and_plot(teacher_file, tmp_path):
     out = tmp_path / "cmp"
-    rows = _recipe().main(["--dataset", "synthetic", "--limit-train", "80", "--limit-test", "32", "--image-size",
+    rows = compare_methods.main(["--dataset", "synthetic", "--limit-train", "80", "--limit-test", "32", "--image-size",
                            "16", "--teacher", str(teacher_file), "--epochs", "1", "--batch-size", "16",
                            "--methods", METHODS, "--seeds", "2", "--val-size", "0.2", "--calibration-batches", "2",
                            "--no-progress", "--out", str(out)])
@@ -66,7 +56,7 @@ def test_compare_recipe_writes_table_and_plot(teacher_file, tmp_path):
 
 def test_unknown_method_is_one_clear_error(teacher_file, tmp_path):
     with pytest.raises(ValueError, match="unknown method"):
-        _recipe().main(["--dataset", "synthetic", "--teacher", str(teacher_file), "--methods", "l1+kd,magic",
+        compare_methods.main(["--dataset", "synthetic", "--teacher", str(teacher_file), "--methods", "l1+kd,magic",
                         "--out", str(tmp_path)])
 
 
@@ -86,7 +76,7 @@ def test_scaled_scratch_student_fits_budget():
 
 def test_methods_do_not_depend_on_what_ran_before():
     from kd.data import load_dataset
-    from pruning.compare import make_setup, run_method
+    from recipes.plumbing.compare import make_setup, run_method
 
     torch.manual_seed(0)
     data = load_dataset("synthetic", limit_train=64, limit_test=32, image_size=16)

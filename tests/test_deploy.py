@@ -12,18 +12,15 @@ import pytest
 import torch
 from torch import nn
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "recipes"))
-
-import export as export_recipe  # noqa: E402  (recipes/export.py)
-
-import models.export  # noqa: E402
-import models.latency  # noqa: E402
-import pruning  # noqa: E402
-from kd import EpochRecord, MetricsLogger, TensorBoardLogger, Trainer  # noqa: E402
-from kd.data import make_loaders  # noqa: E402
-from kd.run import run_main  # noqa: E402
-from models import LatencyResult, create_model, measure_latency, time_callable  # noqa: E402
-from models.export import export_and_check, export_onnx, verify_onnx  # noqa: E402
+import models.export
+import models.latency
+import pruning
+from kd import EpochRecord, MetricsLogger, TensorBoardLogger, Trainer
+from kd.data import make_loaders
+from models import LatencyResult, create_model, measure_latency, time_callable
+from models.export import export_and_check, export_onnx, verify_onnx
+from recipes import export as export_recipe
+from recipes.plumbing.run import run_main
 
 FAST = {"warmup": 1, "repeats": 5, "min_seconds": 0.0}  # few calls: these tests check behaviour, not speed
 

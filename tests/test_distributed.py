@@ -132,7 +132,7 @@ def test_batch_size_must_divide_among_ranks(tiny):
 
 
 def test_torchrun_recipe_prints_and_writes_once(tmp_path):
-    """Every recipe goes through kd.run: under torchrun rank 0 alone prints and writes, the others stay silent."""
+    """Every recipe goes through recipes.plumbing.run: under torchrun rank 0 alone prints and writes, the others stay silent."""
     out = tmp_path / "run"
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={WORLD}",
            str(REPO / "recipes" / "train_teacher.py"), "--dataset", "synthetic", "--limit-train", "64",

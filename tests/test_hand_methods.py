@@ -10,7 +10,7 @@ from torch import nn
 
 from kd.data import BatchIterator, load_dataset, make_loaders
 from kd.sweep import set_dropout, sweep_dropout, validation_split
-from kd.trainer import evaluate
+from kd.trainer import evaluate, fine_tuner
 from models import create_model, load_model, profile, save_model
 from pruning.fc import prune_fc
 from pruning.kernels import compress_kernels
@@ -157,8 +157,9 @@ def test_progressive_prune_reaches_target(batches, importance):
     model = create_model("wide_cnn", 10, **TINY)
     target = profile(model, SIZE).flops // 3
     rows = []
-    res = progressive_prune(model, torch.zeros(SIZE), calib, test, target_flops=target, step_ratio=0.3,
-                            importance=importance, calibration=calib, teacher=model, on_step=rows.append)
+    res = progressive_prune(model, torch.zeros(SIZE), fine_tuner(calib, epochs=1, lr=0.01, teacher=model), test,
+                            target_flops=target, step_ratio=0.3, importance=importance, calibration=calib,
+                            on_step=rows.append)
     assert res.met_target and res.after.flops <= target
     flops = [s.flops for s in res.steps]
     assert flops == sorted(flops, reverse=True) and len(flops) >= 3  # several steps, each smaller
@@ -169,8 +170,9 @@ def test_progressive_prune_reaches_target(batches, importance):
 def test_progressive_prune_stops_on_max_drop(batches):
     train, test, calib = batches
     model = create_model("wide_cnn", 10, **TINY)
-    res = progressive_prune(model, torch.zeros(SIZE), calib, test, target_flops=profile(model, SIZE).flops // 4,
-                            step_ratio=0.2, max_drop=-1000.0)  # any accuracy "falls" more than −1000 points
+    res = progressive_prune(model, torch.zeros(SIZE), fine_tuner(calib, epochs=1, lr=0.01), test,
+                            target_flops=profile(model, SIZE).flops // 4, step_ratio=0.2,
+                            max_drop=-1000.0)  # any accuracy "falls" more than −1000 points
     assert res.stopped_early and not res.met_target and len(res.steps) == 2 and res.chosen == 0
 
 
@@ -202,6 +204,7 @@ def test_progressive_prune_even_steps_land_on_target(batches):
     _, test, calib = batches
     model = create_model("wide_cnn", 10, **TINY)
     before = profile(model, SIZE).flops
-    res = progressive_prune(model, torch.zeros(SIZE), calib, test, target_flops=before // 4, num_steps=2)
+    res = progressive_prune(model, torch.zeros(SIZE), fine_tuner(calib, epochs=1, lr=0.01), test,
+                            target_flops=before // 4, num_steps=2)
     assert [s.step for s in res.steps] == [0, 1, 2] and res.met_target
     assert before // 4 < res.steps[1].flops <= int(before * 0.5) and res.after.flops <= before // 4

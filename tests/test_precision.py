@@ -62,7 +62,7 @@ def test_fp32_and_channels_last_give_the_same_training(tiny):
 
 
 def test_the_report_records_cpu_and_precision(tmp_path, tiny):
-    from kd.report import ModelReport, write_report
+    from recipes.plumbing.report import ModelReport, write_report
     write_report(tmp_path / "report.json", [ModelReport("m", 1, 2, 0.1, 50.0)],
                  {"precision": "fp32", "device": "cpu", "channels_last": None})
     hw = json.loads((tmp_path / "report.json").read_text())["hardware"]

@@ -3,20 +3,16 @@ from __future__ import annotations
 
 import json
 import re
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "recipes"))
-
-import prune_then_distill  # noqa: E402
-
-import pruning  # noqa: E402
-from kd import evaluate  # noqa: E402
-from kd.data import load_dataset, make_loaders  # noqa: E402
-from models import create_model, profile  # noqa: E402
+import pruning
+from kd import evaluate
+from kd.data import load_dataset, make_loaders
+from models import create_model, profile
+from recipes import prune_then_distill
 
 BLOCK = re.compile(r"== (\w+) ==\nflops = (\d+)\nModel parameter size = (\d+\.\d{3}) kB\nAccuracy = (\d+\.\d{2}) %")
 TEACHER_ARGS = {"widths": [8, 16, 16, 16], "hidden": 32, "dropout": 0.0}

@@ -204,3 +204,31 @@ def test_prunes_a_model_with_frozen_parameters_and_eval_mode():
     assert not any(p.requires_grad for p in res.model.parameters())
     assert not any(p.requires_grad for p in model.parameters())
     assert copy.deepcopy(res.model).arch_spec == model.arch_spec
+
+
+def test_a_registered_criterion_is_picked_by_name_and_calibrated_first():
+    calls = []
+
+    @pruning.register_importance("last-first")
+    class LastChannelsFirst(tp.importance.Importance):
+        """Keeps the first channels of every group: scores fall with the channel index."""
+
+        def calibrate(self, model: nn.Module, batches, max_batches: int = 16) -> None:
+            calls.append(max_batches)
+
+        def __call__(self, group) -> torch.Tensor:
+            return -torch.arange(len(group[0].idxs), dtype=torch.float)
+
+    try:
+        assert pruning.importance.needs_calibration("last-first") and "last-first" in pruning.IMPORTANCES
+        model = create_model("wide_cnn", 10, **NARROW)
+        with pytest.raises(ValueError, match="needs calibration batches"):
+            pruning.prune(model, _x(), ratio=0.5, importance="last-first")
+        res = pruning.prune(model, _x(), ratio=0.5, importance="last-first", calibration=_calibration(),
+                            calibration_batches=2)
+        assert calls == [2] and res.importance == "last-first"
+        assert res.kept["features.conv1.conv"] == [0, 1, 2, 3]
+        with pytest.raises(ValueError, match="already registered"):
+            pruning.register_importance("last-first")(LastChannelsFirst)
+    finally:
+        del pruning.IMPORTANCES["last-first"]

@@ -2,18 +2,14 @@
 an ONNX student that onnxruntime agrees with, and a teacher cache that a second run reuses."""
 import csv
 import json
-import sys
 from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "recipes"))
-
-import distill_only  # noqa: E402
-import prune_then_distill  # noqa: E402
-import pruning  # noqa: E402
+import pruning
+from recipes import distill_only, prune_then_distill
 
 TEACHER = ["--teacher-model-args", '{"widths": [8, 8, 8, 8], "hidden": 16}', "--teacher-epochs", "1"]
 DATA = ["--dataset", "synthetic", "--limit-train", "96", "--limit-test", "32", "--image-size", "16", "--epochs", "2",

@@ -1,18 +1,12 @@
 """The teacher and distill-only recipes end to end on a few hundred real CIFAR-10 images."""
 import json
 import re
-import sys
-from pathlib import Path
 
 import pytest
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "recipes"))
-
-import distill_only  # noqa: E402
-import train_teacher  # noqa: E402
-
-from models import load_model  # noqa: E402
+from models import load_model
+from recipes import distill_only, train_teacher
 
 BLOCK = re.compile(r"flops = (\d+)\nModel parameter size = (\d+\.\d{3}) kB\nAccuracy = (\d+\.\d{2}) %")
 SMALL = ["--limit-train", "600", "--limit-test", "300", "--batch-size", "32", "--no-progress"]

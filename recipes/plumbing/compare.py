@@ -1,4 +1,5 @@
-"""Line the compression methods up at one FLOPs budget and one epoch budget on one data set.
+"""Line the compression methods up at one FLOPs budget and one epoch budget on one data set (the harness behind
+``recipes/compare_methods.py`` and ``benchmarks/cifar10_budget.py``; the methods themselves are in ``pruning``).
 
 Every method starts from the same teacher and data, trains for the same number of epochs on the same training
 batches (the training split minus a held-out validation split), and is scored on the test split. Decisions a method
@@ -32,7 +33,7 @@ from kd.data import BatchIterator, DataSplits
 from kd.losses import create_loss
 from kd.sweep import validation_split
 from kd.teacher_cache import CachedBatchIterator, TeacherCache
-from kd.trainer import evaluate, fit_model
+from kd.trainer import evaluate, fine_tuner
 from models import create_model, profile
 from models.checkpoint import atomic_write
 from models.shufflenet import STAGE_CHANNELS
@@ -40,7 +41,7 @@ from pruning.kernels import compress_kernels
 from pruning.layer_removal import remove_layers
 from pruning.progressive import progressive_prune
 from pruning.prune import prune
-from pruning.wide_config import build_wide, wide_config
+from pruning.wide_config import scaled_wide_cnn, wide_config
 
 
 @dataclass
@@ -112,13 +113,20 @@ class MethodResult:
         return {k: v for k, v in self.__dict__.items() if k != "model"}
 
 
-def recover(student: nn.Module, setup: CompareSetup, *, distill: bool, lr: float, epochs: int | None = None) -> None:
-    """Trains ``student`` for ``epochs`` (default: the budget) with SGD + cosine, distilling when ``distill``."""
+def fine_tune(setup: CompareSetup, *, distill: bool, lr: float, epochs: int | None = None
+              ) -> Callable[[nn.Module], None]:
+    """The methods' ``fine_tune``: ``epochs`` (default: the budget) of SGD + cosine at ``lr`` on the training batches,
+    distilling with ``setup.loss`` (default ``kd``) when ``distill`` (from the teacher cache when there is one)."""
     cached = distill and setup.cache is not None
     batches = CachedBatchIterator(setup.cache, setup.train) if cached else setup.train
-    fit_model(student, batches, epochs=epochs or setup.epochs, lr=lr,
-              teacher=setup.teacher if distill and not cached else None,
-              loss=(setup.loss or create_loss("kd")) if distill else None, device=setup.device, progress=False)
+    return fine_tuner(batches, epochs=epochs or setup.epochs, lr=lr,
+                      teacher=setup.teacher if distill and not cached else None,
+                      loss=(setup.loss or create_loss("kd")) if distill else None, device=setup.device)
+
+
+def recover(student: nn.Module, setup: CompareSetup, *, distill: bool, lr: float, epochs: int | None = None) -> None:
+    """Trains ``student`` for ``epochs`` (default: the budget) with :func:`fine_tune`."""
+    fine_tune(setup, distill=distill, lr=lr, epochs=epochs)(student)
 
 
 def _one_shot(importance: str, distill: bool) -> Callable[[CompareSetup], tuple[nn.Module, str]]:
@@ -133,11 +141,11 @@ def _one_shot(importance: str, distill: bool) -> Callable[[CompareSetup], tuple[
 
 def _progressive(setup: CompareSetup) -> tuple[nn.Module, str]:
     steps = max(1, min(setup.progressive_steps, setup.epochs))
-    res = progressive_prune(setup.teacher_copy(), torch.zeros(setup.input_size), setup.train, setup.val,
+    each = fine_tuner(setup.train, epochs=max(1, setup.epochs // steps), lr=setup.finetune_lr, teacher=setup.teacher,
+                      loss=setup.loss, device=setup.device)
+    res = progressive_prune(setup.teacher_copy(), torch.zeros(setup.input_size), each, setup.val,
                             target_flops=setup.target_flops, num_steps=steps, importance="activation",
-                            calibration=setup.calibration, epochs_per_step=max(1, setup.epochs // steps),
-                            lr=setup.finetune_lr, teacher=setup.teacher, loss=setup.loss, max_steps=steps,
-                            device=setup.device)
+                            calibration=setup.calibration, max_steps=steps, device=setup.device)
     used = (len(res.steps) - 1) * max(1, setup.epochs // steps)
     return res.model, f"{len(res.steps) - 1} steps, {used} epochs in all"
 
@@ -154,24 +162,6 @@ def _kernels(setup: CompareSetup) -> tuple[nn.Module, str]:
                            device=setup.device)
     recover(res.model, setup, distill=True, lr=setup.finetune_lr)
     return res.model, f"1×1: {', '.join(res.converted)}"
-
-
-def scaled_wide_cnn(teacher: nn.Module, target_flops: int, input_size: tuple[int, ...]) -> nn.Module:
-    """A fresh ``wide_cnn`` shaped like ``teacher`` with every width and the hidden layer scaled by one factor, the
-    largest (to 1/64) whose FLOPs are ≤ ``target_flops``."""
-    cfg = wide_config(teacher)
-
-    def build(s: float) -> nn.Module:
-        c = copy.deepcopy(cfg)
-        c["widths"] = [max(1, round(w * s)) for w in cfg["widths"]]
-        c["hidden"] = max(1, round(cfg["hidden"] * s)) if cfg["hidden"] else 0
-        return build_wide(c)
-
-    lo, hi = 0.0, 1.0
-    for _ in range(12):
-        mid = (lo + hi) / 2
-        lo, hi = (mid, hi) if profile(build(mid), input_size).flops <= target_flops else (lo, mid)
-    return build(max(lo, 1 / 64))
 
 
 def _scratch(distill: bool) -> Callable[[CompareSetup], tuple[nn.Module, str]]:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import math
 import types
 import typing
@@ -21,7 +22,7 @@ from kd.data import DATA_MODES, DATASETS
 from kd.losses import LOSSES
 from kd.optim import OPTIMIZERS, SCHEDULES
 from kd.precision import PRECISIONS
-from kd.report import json_ready, write_json
+from recipes.plumbing.report import json_ready, write_json
 
 C = TypeVar("C")
 
@@ -86,6 +87,15 @@ def _base_type(tp: Any) -> Any:
     return origin or tp
 
 
+def _element_type(tp: Any) -> type:
+    """``tuple[float, ...]`` → float, ``list[str] | None`` → str: what each word of a list option is parsed as."""
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        return _element_type(next(a for a in typing.get_args(tp) if a is not type(None)))
+    args = [a for a in typing.get_args(tp) if a is not Ellipsis]
+    return args[0] if args else str
+
+
 class _Parser(argparse.ArgumentParser):
     """argparse with its errors in the recipes' form: one line, ``error: ...``, exit status 2."""
 
@@ -93,8 +103,12 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"error: {message} (--help lists the options)\n")
 
 
+CONFIG_HELP = ("read the options from the config.json (or report.json) of an earlier run; options given on the command "
+               "line override it (--resume and --overwrite are never read from it)")
+
+
 def build_parser(cls: type, description: str | None = None) -> argparse.ArgumentParser:
-    """An ``argparse`` parser with one ``--option`` per field of the dataclass ``cls``."""
+    """An ``argparse`` parser with one ``--option`` per field of the dataclass ``cls``, and ``--config FILE``."""
     parser = _Parser(description=description, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     hints = typing.get_type_hints(cls)
     for f in dataclasses.fields(cls):
@@ -103,17 +117,87 @@ def build_parser(cls: type, description: str | None = None) -> argparse.Argument
         if base is bool:
             parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=f.default, help=help_)
         elif base in (tuple, list):
-            parser.add_argument(flag, nargs="+", type=int, default=f.default, help=help_)
+            parser.add_argument(flag, nargs="+", type=_element_type(hints[f.name]), default=f.default,
+                                choices=choices, help=help_)
         else:
             parser.add_argument(flag, type=base, default=f.default, choices=choices, help=help_)
+    parser.add_argument("--config", metavar="FILE", default=None, help=CONFIG_HELP)
     return parser
 
 
 def parse_config(cls: type[C], argv: list[str] | None = None, description: str | None = None) -> C:
-    """Parses ``argv`` (default ``sys.argv[1:]``) into an instance of the dataclass ``cls``."""
-    ns = build_parser(cls, description).parse_args(argv)
-    values = {k: tuple(v) if isinstance(v, list) else v for k, v in vars(ns).items()}
+    """Parses ``argv`` (default ``sys.argv[1:]``) into an instance of the dataclass ``cls``. With ``--config FILE``
+    the file's options (:func:`read_config`) replace the defaults, and the command line overrides both.
+
+    Raises:
+        ValueError: an unreadable config file, or one whose options do not fit ``cls``.
+    """
+    first = _Parser(add_help=False)
+    first.add_argument("--config", default=None)
+    known, _ = first.parse_known_args(argv)
+    parser = build_parser(cls, description)
+    if known.config is not None:
+        parser.set_defaults(**read_config(cls, known.config))
+    ns = parser.parse_args(argv)
+    values = {k: tuple(v) if isinstance(v, list) else v for k, v in vars(ns).items() if k != "config"}
     return cls(**values)
+
+
+# Options of an earlier run that a re-run does not take from its config file: they say what to do with that run's
+# folder, not what to compute.
+CONFIG_IGNORED = frozenset({"resume", "overwrite"})
+
+
+def read_config(cls: type, path: str | Path) -> dict[str, Any]:
+    """The options of ``cls`` that the JSON file ``path`` holds: a ``config.json`` written by an earlier run, or the
+    ``"config"`` object of its ``report.json``; each value checked against the field's type and choices, lists made
+    tuples, except :data:`CONFIG_IGNORED`.
+
+    Raises:
+        ValueError: naming the file and what is wrong with it (missing, not JSON, an option ``cls`` lacks, a value
+            of the wrong type or not among the choices).
+    """
+    where = f"--config {str(path)!r}"
+    try:
+        body = json.loads(Path(path).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ValueError(f"{where} does not exist; pass the config.json an earlier run wrote in its --out") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise ValueError(f"{where} is not valid JSON ({getattr(err, 'msg', err)})") from None
+    if isinstance(body, dict) and isinstance(body.get("config"), dict):
+        body = body["config"]  # a report.json
+    if not isinstance(body, dict):
+        raise ValueError(f"{where} does not hold an object of options")
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    hints = typing.get_type_hints(cls)
+    unknown = sorted(set(body) - set(fields))
+    if unknown:
+        raise ValueError(f"{where} has options this recipe does not take ({', '.join(unknown)}); is it another "
+                         "recipe's config?")
+    values = {}
+    for name, value in body.items():
+        if name not in CONFIG_IGNORED:
+            values[name] = _config_value(name, value, hints[name], fields[name].metadata.get("choices"), where)
+    return values
+
+
+def _config_value(name: str, value: Any, hint: Any, choices: tuple | None, where: str) -> Any:
+    """``value`` of option ``name`` from a config file, checked and converted to the field's type."""
+    if value is None:
+        return None
+    base, flag = _base_type(hint), "--" + name.replace("_", "-")
+    if base in (tuple, list):
+        if not isinstance(value, list):
+            raise ValueError(f"{where}: {flag} must be a list, got {value!r}")
+        items = [_config_value(name, v, _element_type(hint), choices, where) for v in value]
+        return tuple(items) if base is tuple else items
+    if base is float and isinstance(value, int) and not isinstance(value, bool):
+        value = float(value)
+    if not isinstance(value, base) or (base is int and isinstance(value, bool)):
+        raise ValueError(f"{where}: {flag} must be {getattr(base, '__name__', base)}, got {value!r}")
+    if choices is not None and value not in choices:
+        raise ValueError(f"{where}: {flag} {value!r} is not one of {', '.join(map(str, choices))}")
+    return value
 
 
 def save_config(cfg: Any, path: str | Path) -> None:

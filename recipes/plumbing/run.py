@@ -19,19 +19,19 @@ from torch import nn
 
 from kd import distributed
 from kd.callbacks import Callback, EpochPrinter
-from kd.config import KDConfig, RunConfig, check_values, config_differences, resolve_device, save_config
 from kd.data import BatchIterator, DataSplits, DataUnavailableError, default_cache_dir, load_dataset, make_loaders
-from kd.errors import FileFormatError, NonFiniteError
 from kd.losses import CrossEntropy, DistillLoss, create_loss, loss_arguments
 from kd.metrics import MetricsLogger, TensorBoardLogger
 from kd.precision import Hardware
-from kd.report import ModelReport
 from kd.teacher_cache import CachedBatchIterator, load_or_build
 from kd.trainer import FitResult, evaluate, fit_model
 from models import create_model, load_model, measure_latency, save_model
 from models.checkpoint import check_finite, safe_load, stale_temp_files
+from models.errors import FileFormatError, NonFiniteError
 from models.export import export_and_check
 from models.registry import model_arguments
+from recipes.plumbing.config import KDConfig, RunConfig, check_values, config_differences, resolve_device, save_config
+from recipes.plumbing.report import ModelReport
 
 
 def load_data(cfg: RunConfig) -> DataSplits:

@@ -5,13 +5,12 @@ import json
 import math
 import os
 from dataclasses import asdict, dataclass
-from pathlib import Path
 from typing import Any
 
 from torch import nn
 
-from models.checkpoint import atomic_write_text
 from kd.precision import Hardware
+from models.checkpoint import atomic_write_text
 from models.profile import Complexity, format_report, profile
 
 
