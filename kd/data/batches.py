@@ -63,7 +63,27 @@ def random_crop_flip(x: torch.Tensor, pad: int, generator: torch.Generator) -> t
     return apply_crop_flip(x, pad, draw_crop_flip(x.shape[0], pad, generator))
 
 
-class BatchIterator:
+class SeededBatches:
+    """What every training-batch source shares: normalisation by ``self.mean`` / ``self.std`` (1, C, 1, 1) and one
+    CPU ``self.generator`` behind shuffles and augmentation, whose state is the iterator's resumable state."""
+
+    mean: torch.Tensor
+    std: torch.Tensor
+    generator: torch.Generator
+
+    def normalize(self, x: torch.Tensor) -> torch.Tensor:
+        """uint8 (B, C, H, W) → float32 ``(x / 255 − mean) / std``."""
+        return (x.float().div_(255) - self.mean) / self.std
+
+    def state_dict(self) -> dict[str, Any]:
+        """The generator state: restoring it replays the same shuffles and augmentations."""
+        return {"generator": self.generator.get_state()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.generator.set_state(state["generator"])
+
+
+class BatchIterator(SeededBatches):
     """Yields ``(x, y)`` batches: x (B, 3, H, W) float32 normalised, y (B,) int64, both on ``device``.
 
     Args:
@@ -148,13 +168,3 @@ class BatchIterator:
                 x = apply_crop_flip(x, self.pad, params)
             yield self.normalize(x), self.labels[idx]
 
-    def normalize(self, x: torch.Tensor) -> torch.Tensor:
-        """uint8 (B, C, H, W) → float32 ``(x / 255 − mean) / std``."""
-        return (x.float().div_(255) - self.mean) / self.std
-
-    def state_dict(self) -> dict[str, Any]:
-        """The generator state: restoring it replays the same shuffles and augmentations."""
-        return {"generator": self.generator.get_state()}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.generator.set_state(state["generator"])

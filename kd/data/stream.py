@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from kd.data.batches import apply_crop_flip, draw_crop_flip
+from kd.data.batches import SeededBatches, apply_crop_flip, draw_crop_flip
 from kd.data.sources import (
     BadImageError, ImageTensors, _decode, _split_dir, _try_decode, balanced_indices, list_image_files,
 )
@@ -157,7 +157,7 @@ class _Batches:
         return len(self.batches)
 
 
-class StreamBatchIterator:
+class StreamBatchIterator(SeededBatches):
     """Yields ``(x, y)`` batches like :class:`kd.data.BatchIterator` (x (B, 3, H, W) float32 normalised on
     ``device``, y (B,) int64), reading ``split``'s files through a DataLoader with ``workers`` processes.
 
@@ -244,16 +244,6 @@ class StreamBatchIterator:
                     params = shard(params, self.rank, self.world_size)
                 x = apply_crop_flip(x, self.pad, params)
             yield self.normalize(x), self.labels[idx].to(self.device)
-
-    def normalize(self, x: torch.Tensor) -> torch.Tensor:
-        """uint8 (B, C, H, W) → float32 ``(x / 255 − mean) / std``."""
-        return (x.float().div_(255) - self.mean) / self.std
-
-    def state_dict(self) -> dict[str, Any]:
-        return {"generator": self.generator.get_state()}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.generator.set_state(state["generator"])
 
     def __getstate__(self) -> dict[str, Any]:  # the DataLoader (and its workers) is not copied or pickled
         state = dict(self.__dict__)
