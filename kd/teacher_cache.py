@@ -148,6 +148,8 @@ def build_teacher_cache(teacher: nn.Module, images: torch.Tensor, *, views: int,
     n = images.shape[0]
     gen = torch.Generator().manual_seed(seed)
     augment = torch.stack([draw_crop_flip(n, pad, gen) for _ in range(views)]).to(torch.uint8)  # (K, N, 3)
+    if pad == 0:
+        augment[..., 2] = 0  # as BatchIterator: pad 0 switches the whole augmentation off, the flip too
     mean_t = torch.tensor(mean, device=device).view(1, -1, 1, 1)
     std_t = torch.tensor(std, device=device).view(1, -1, 1, 1)
     chunks: list[list[torch.Tensor]] = [[] for _ in range(views)]
