@@ -29,6 +29,7 @@ from kd.losses import CrossEntropy
 from kd.precision import Hardware
 from kd.teacher_cache import CachedBatchIterator, load_or_build
 from models import load_model, profile
+from pruning.fitting import recalibrate_bn
 
 
 @dataclass
@@ -63,9 +64,7 @@ def prune_student(teacher: nn.Module, data, budget: float, calibration: list) ->
     x0 = torch.zeros(data.input_size)
     target = int(profile(teacher).flops * budget)
     raw = pruning.prune(teacher, x0, target_flops=target, recalibrate_bn=False).model
-    recal = pruning.prune(teacher, x0, target_flops=target, calibration=calibration,
-                          calibration_batches=len(calibration)).model
-    return raw, recal
+    return raw, recalibrate_bn(copy.deepcopy(raw), calibration)  # as prune(calibration=...), one search
 
 
 def main() -> None:

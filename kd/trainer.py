@@ -24,13 +24,12 @@ from kd.callbacks import Callback
 from kd.losses import CrossEntropy, DistillLoss, TrainState, create_loss, total_loss
 from kd.optim import make_optimizer, make_scheduler
 from kd.precision import Hardware, autocast, resolve_precision
-from models.checkpoint import atomic_save
+from models.checkpoint import atomic_save, check_finite
 from models.common import Batches, eval_mode
 from models.errors import NonFiniteError
 
 CHECKPOINT_FORMAT = 1
 DEFAULT_LOSS = "kd"  # the loss a Trainer with a teacher uses when none is given
-# (x (B, C, H, W), y (B,)) or, from a teacher cache, (x, y, teacher_logits (B, K))
 
 
 @dataclass
@@ -303,7 +302,7 @@ class Trainer:
             res.best_accuracy, res.best_epoch = record.val_accuracy, record.epoch
         if self.out_dir is None:
             return
-        _check_finite(self.student)
+        check_finite(self.student.state_dict(), "the student")  # nothing non-finite becomes last.pt or best.pt
         state = self._checkpoint_state(train)  # on every rank: it gathers each rank's random state
         if not distributed.is_main():
             return
@@ -395,13 +394,6 @@ def _to(model: nn.Module, device: torch.device, channels_last: bool) -> nn.Modul
 def _as_parts(out: torch.Tensor | dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """A loss's output as named parts: a plain scalar becomes ``{"loss": value}``."""
     return dict(out) if isinstance(out, dict) else {"loss": out}
-
-
-def _check_finite(model: nn.Module) -> None:
-    bad = [name for name, p in model.state_dict().items() if p.is_floating_point() and not torch.isfinite(p).all()]
-    if bad:
-        raise NonFiniteError(f"the student's weights became non-finite ({', '.join(bad[:3])}"
-                             f"{' ...' if len(bad) > 3 else ''}): the run diverged")
 
 
 def _len(batches: Batches) -> int | None:

@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from kd.data import load_dataset
+from models.latency import num_threads
 
 REPO = Path(__file__).resolve().parents[1]
 CIFAR10_DIR = REPO.parent / "shared" / "data" / "cifar10"
@@ -40,7 +41,5 @@ def tiny():
 @pytest.fixture
 def one_thread():
     """Tiny tensors: one intra-op thread beats two that spin against each other (and against other processes)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+    with num_threads(1):
+        yield

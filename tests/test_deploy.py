@@ -19,6 +19,7 @@ from kd import EpochRecord, MetricsLogger, TensorBoardLogger, Trainer
 from kd.data import make_loaders
 from models import LatencyResult, create_model, measure_latency, time_callable
 from models.export import export_and_check, export_onnx, verify_onnx
+from models.latency import num_threads
 from recipes import export as export_recipe
 from recipes.plumbing.run import run_main
 
@@ -44,10 +45,8 @@ def randomise_batchnorm(model: nn.Module) -> nn.Module:
 
 @pytest.fixture
 def three_threads():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(3)
-    yield
-    torch.set_num_threads(previous)
+    with num_threads(3):
+        yield
 
 
 def test_measure_latency_results_are_sane_and_ordered(three_threads):
