@@ -584,3 +584,38 @@ def test_parse_errors_are_one_line(capsys):
     assert info.value.code == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error: argument --optimizer: invalid choice: 'adam'")
+
+
+def test_ctrl_c_is_one_line_and_resume_goes_on(tmp_path, capsys, monkeypatch):
+    """Ctrl-C in epoch 2 prints one ``interrupted:`` line (exit 130, no traceback) and leaves epoch 1's checkpoint,
+    from which ``--resume`` finishes with the same weights as a run that was never interrupted."""
+    from kd.trainer import Trainer
+
+    argv = [*SYNTHETIC, "--model-args", TINY, "--epochs", "2"]
+    whole = tmp_path / "whole"
+    run_main(train_teacher.main, [*argv, "--out", str(whole)])
+    real, calls = Trainer._train_epoch, []
+
+    def interrupted_in_epoch_2(self, train):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real(self, train)
+
+    monkeypatch.setattr(Trainer, "_train_epoch", interrupted_in_epoch_2)
+    cut = tmp_path / "cut"
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as info:
+        run_main(train_teacher.main, [*argv, "--out", str(cut)])
+    assert info.value.code == 130
+    err = capsys.readouterr().err
+    assert err.strip().startswith("interrupted: ") and "--resume" in err and "Traceback" not in err
+    assert len(err.strip().splitlines()) == 1
+    monkeypatch.setattr(Trainer, "_train_epoch", real)
+    run_main(train_teacher.main, [*argv, "--out", str(cut), "--resume"])
+    a, b = torch.load(whole / "teacher.pt", weights_only=True), torch.load(cut / "teacher.pt", weights_only=True)
+    state_a, state_b = a.get("state_dict", a), b.get("state_dict", b)
+    assert state_a.keys() == state_b.keys()
+    for k in state_a:
+        if torch.is_tensor(state_a[k]):
+            assert torch.allclose(state_a[k].float(), state_b[k].float(), atol=1e-6), k

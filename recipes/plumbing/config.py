@@ -96,6 +96,15 @@ def _element_type(tp: Any) -> type:
     return args[0] if args else str
 
 
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Appends ``(default: ...)`` only where the help does not already say what the default is, and never ``None``."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        if action.default is None or "(default:" in (action.help or ""):
+            return action.help
+        return super()._get_help_string(action)
+
+
 class _Parser(argparse.ArgumentParser):
     """argparse with its errors in the recipes' form: one line, ``error: ...``, exit status 2."""
 
@@ -109,7 +118,7 @@ CONFIG_HELP = ("read the options from the config.json (or report.json) of an ear
 
 def build_parser(cls: type, description: str | None = None) -> argparse.ArgumentParser:
     """An ``argparse`` parser with one ``--option`` per field of the dataclass ``cls``, and ``--config FILE``."""
-    parser = _Parser(description=description, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser = _Parser(description=description, formatter_class=_HelpFormatter)
     hints = typing.get_type_hints(cls)
     for f in dataclasses.fields(cls):
         flag, help_, choices = "--" + f.name.replace("_", "-"), f.metadata.get("help", ""), f.metadata.get("choices")

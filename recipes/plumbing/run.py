@@ -386,11 +386,15 @@ def deployment(cfg: KDConfig, teacher: nn.Module, student: nn.Module, input_size
     return found
 
 
+INTERRUPTED = ("every file written so far is complete (writes are atomic); once an epoch has finished, the same "
+               "command with --resume goes on from the last finished one")
+
+
 def run_main(main: Callable[[list[str] | None], Any], argv: list[str] | None = None) -> Any:
     """Runs a recipe's ``main``. Every foreseeable error — bad options or inputs, missing, damaged or foreign files,
     data problems, a diverged run, a full, read-only or forbidden disk, a checkpoint that does not fit — becomes one
     line ``error: ...`` on stderr and exit status 2, never a traceback; warnings print as one ``warning: ...`` line.
-    An error nobody foresaw (a bug) keeps its traceback.
+    An error nobody foresaw (a bug) keeps its traceback. Ctrl-C prints one ``interrupted: ...`` line and exits 130.
 
     Under torchrun the ranks other than 0 print nothing on stdout (errors and warnings still reach stderr), and the
     process group :func:`start_run` joined is left at the end."""
@@ -399,6 +403,9 @@ def run_main(main: Callable[[list[str] | None], Any], argv: list[str] | None = N
         warnings.showwarning = _show_warning
         try:
             return main(argv)
+        except KeyboardInterrupt:
+            print(f"\ninterrupted: {INTERRUPTED}", file=sys.stderr, flush=True)
+            raise SystemExit(130) from None
         except Exception as err:  # noqa: BLE001 (sorted by error_message; the unforeseen are raised again)
             message = error_message(err)
             if message is None:
