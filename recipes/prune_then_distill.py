@@ -6,7 +6,7 @@
 
 Teacher (--teacher FILE, or trained first for --teacher-epochs) → deep copy → pruned to --target-flops,
 --target-params or --ratio by --importance (group L1 by default; the classifier keeps its outputs) → fine-tuned from
-the pruned weights with loss = alpha · T² · KL(softmax(t/T) ‖ softmax(s/T)) + (1 − alpha) · CE(s, y) (--alpha 0 is
+the pruned weights at --finetune-lr with loss = alpha · T² · KL(softmax(t/T) ‖ softmax(s/T)) + (1 − alpha) · CE(s, y) (--alpha 0 is
 plain cross-entropy). Prints the report block of the teacher, of the pruned student before fine-tuning and of the
 final student; writes OUT/report.json, OUT/config.json and OUT/student.pt (pickle-free: pruning.load reads it).
 """
@@ -46,6 +46,8 @@ class PruneThenDistillConfig(KDConfig):
                                   "BatchNorm statistics and that the taylor and activation criteria read")
     recalibrate_bn: bool = arg(True, "re-estimate BatchNorm statistics right after pruning (--no-recalibrate-bn: "
                                "keep the teacher's)")
+    finetune_lr: float = arg(0.01, "peak learning rate of the pruned student's fine-tuning (--lr is the teacher's, "
+                             "when one is trained here); chosen by the sweep in BENCHMARKS.md")
     hint_layer: str | None = arg(None, "FitNet hint on this layer of student and teacher (e.g. features.conv3), its "
                                  "regressor started from the channels pruning kept; off by default")
     hint_weight: float = arg(1.0, "weight of the FitNet hint loss")
@@ -89,7 +91,7 @@ def main(argv: list[str] | None = None) -> PruneThenDistillResult:
     print(f"\nfine-tuning the pruned student for {cfg.epochs} epochs: "
           + (f"distilling with {loss}" if loss.needs_teacher else "cross-entropy only")
           + (f" + FitNet hint on {cfg.hint_layer}" if hint is not None else ""))
-    result = train(student, cfg, train_batches, test_batches, out_dir=out / "student_train",
+    result = train(student, cfg, train_batches, test_batches, out_dir=out / "student_train", lr=cfg.finetune_lr,
                    teacher=teacher if uses_teacher else None, loss=loss, feature_loss=hint)
     if hint is not None:
         hint.remove()

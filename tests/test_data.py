@@ -1,11 +1,12 @@
+import math
 import urllib.error
 
 import pytest
 import torch
 from PIL import Image
 
-from kd.data import (BatchIterator, DataUnavailableError, ImageTensors, balanced_indices, load_dataset,
-                     random_crop_flip)
+from kd.data import (BatchIterator, DataUnavailableError, ImageTensors, balanced_indices, channel_stats,
+                     load_dataset, random_crop_flip)
 from kd.data import sources
 
 
@@ -135,3 +136,21 @@ def test_offline_cifar_error_shows_the_imagefolder_form(monkeypatch, tmp_path):
     monkeypatch.setattr(datasets, "CIFAR100", offline)
     with pytest.raises(DataUnavailableError, match="--dataset imagefolder --data-dir DIR"):
         load_dataset("cifar100", tmp_path)
+
+
+def test_channel_stats_by_hand_and_in_chunks():
+    """Mean and unbiased std per channel of uint8 images in [0, 1] units, the same whatever the chunk size."""
+    images = torch.tensor([[[[0, 255]], [[51, 51]], [[0, 0]]],
+                           [[[255, 255]], [[102, 0]], [[0, 255]]]], dtype=torch.uint8)  # (2, 3, 1, 2)
+    mean, std = channel_stats(images)
+    by_hand = [[0, 1, 1, 1], [0.2, 0.2, 0.4, 0.0], [0, 0, 0, 1]]  # each channel's 4 pixels / 255
+    for c, values in enumerate(by_hand):
+        m = sum(values) / 4
+        assert mean[c] == pytest.approx(m, abs=1e-12)
+        assert std[c] == pytest.approx(math.sqrt(sum((v - m) ** 2 for v in values) / 3), abs=1e-12)
+    big = torch.randint(0, 256, (300, 3, 8, 8), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    whole, chunked = channel_stats(big), channel_stats(big, chunk_elements=1000)
+    assert whole[0] == pytest.approx(chunked[0], abs=1e-12) and whole[1] == pytest.approx(chunked[1], abs=1e-12)
+    flat = big.double().div(255).transpose(0, 1).reshape(3, -1)
+    assert list(whole[0]) == pytest.approx(flat.mean(1).tolist(), abs=1e-12)
+    assert list(whole[1]) == pytest.approx(flat.std(1).tolist(), abs=1e-12)

@@ -196,7 +196,7 @@ def _decode(path: Path, size: int) -> np.ndarray:
         img = img.convert("RGB")
         if img.size != (size, size):
             img = img.resize((size, size), Image.BILINEAR)
-        return np.asarray(img, dtype=np.uint8)  # (size, size, 3)
+        return np.array(img, dtype=np.uint8)  # (size, size, 3), writable (torch.from_numpy needs it)
 
 
 def _try_decode(path: Path, size: int) -> np.ndarray | str:
@@ -206,6 +206,24 @@ def _try_decode(path: Path, size: int) -> np.ndarray | str:
         return _decode(path, size)
     except Exception as err:  # noqa: BLE001 (any failure of one file is reported with its name)
         return f"{type(err).__name__}: {str(err).strip().splitlines()[0] if str(err).strip() else 'unreadable'}"
+
+
+def _decode_all(files: list[Path], size: int, desc: str, progress: bool
+                ) -> tuple[torch.Tensor, list[tuple[int, str]]]:
+    """Decodes ``files`` in threads straight into one (N, 3, size, size) uint8 tensor (peak memory: that tensor plus
+    the images in flight, not a list of arrays and a stacked copy beside it). Returns it with ``(index, "'path'
+    (why)")`` for each file that could not be decoded (its slot is left as zeros)."""
+    images = torch.zeros((len(files), 3, size, size), dtype=torch.uint8)
+    skipped: list[tuple[int, str]] = []
+    with ThreadPoolExecutor(max_workers=max(2, os.cpu_count() or 2)) as pool:  # PIL releases the GIL while decoding
+        decoded = pool.map(lambda f: _try_decode(f, size), files)
+        for i, array in enumerate(tqdm(decoded, total=len(files), desc=desc, unit="img", leave=False,
+                                       disable=not progress)):
+            if isinstance(array, str):
+                skipped.append((i, f"{str(files[i])!r} ({array})"))
+            else:
+                images[i] = torch.from_numpy(array).permute(2, 0, 1)
+    return images, skipped
 
 
 def _bad_image(entry: str) -> BadImageError:
@@ -252,22 +270,19 @@ def load_imagefolder(
             raise _bad_image(skipped[0])
         return ImageTensors(blob["images"], blob["labels"], list(blob["classes"]), skipped)
     split = f"{root.name}/{'train' if train else 'test'}"
-    with ThreadPoolExecutor(max_workers=max(2, os.cpu_count() or 2)) as pool:  # PIL releases the GIL while decoding
-        arrays = list(tqdm(pool.map(lambda f: _try_decode(f, image_size), files), total=len(files),
-                           desc=f"decoding {split}", unit="img", leave=False, disable=not progress))
-    bad = [i for i, a in enumerate(arrays) if isinstance(a, str)]
-    skipped = [f"{str(files[i])!r} ({arrays[i]})" for i in bad]
+    images, skipped = _decode_all(files, image_size, f"decoding {split}", progress)
     if skipped and not skip_bad_images:
-        raise _bad_image(skipped[0])
-    if bad:
-        good = [i for i, a in enumerate(arrays) if not isinstance(a, str)]
-        arrays, label_t = [arrays[i] for i in good], label_t[good]
+        raise _bad_image(skipped[0][1])
+    if skipped:
+        good = torch.ones(len(files), dtype=torch.bool)
+        good[[i for i, _ in skipped]] = False
+        images, label_t = images[good], label_t[good]
         left = torch.bincount(label_t, minlength=len(classes))
         if bool((left == 0).any()):
             empty = [c for c, n in zip(classes, left.tolist()) if n == 0]
-            raise DataUnavailableError(f"after leaving out {len(bad)} unreadable images of {split}, class(es) "
+            raise DataUnavailableError(f"after leaving out {len(skipped)} unreadable images of {split}, class(es) "
                                        f"{empty[:5]} have no images left")
-    images = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).contiguous()  # (N, 3, S, S)
+    skipped = [entry for _, entry in skipped]
     _write_cache({"images": images, "labels": label_t, "classes": classes, "skipped": skipped}, cache)
     return ImageTensors(images, label_t, classes, skipped)
 
