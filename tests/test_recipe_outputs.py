@@ -6,6 +6,7 @@ from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
+import pytest
 import torch
 
 import pruning
@@ -18,7 +19,8 @@ DATA = ["--dataset", "synthetic", "--limit-train", "96", "--limit-test", "32", "
 
 def test_prune_then_distill_writes_metrics_latency_and_a_checked_onnx_student(tmp_path, capsys):
     out = tmp_path / "run"
-    result = prune_then_distill.main([*DATA, *TEACHER, "--ratio", "0.5", "--export", "onnx", "--out", str(out)])
+    result = prune_then_distill.main([*DATA, *TEACHER, "--ratio", "0.5", "--export", "onnx", "--out", str(out),
+                                      "--finetune-lr", "0.02"])
     printed = capsys.readouterr().out
     report = json.loads((out / "report.json").read_text())
 
@@ -28,6 +30,7 @@ def test_prune_then_distill_writes_metrics_latency_and_a_checked_onnx_student(tm
         assert [r["epoch"] for r in rows] == ["1"] * (stage == "teacher_train") + ["1", "2"] * (stage != "teacher_train")
         assert (out / stage / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert set(rows[0]) >= {"loss_ce", "loss_kd", "val_accuracy", "lr", "images_per_s"}
+    assert float(rows[0]["lr"]) == pytest.approx(0.01)  # the student's cosine at --finetune-lr 0.02, half-way
     history = report["history"]
     assert [float(r["loss_kd"]) for r in rows] == [h["train_parts"]["kd"] for h in history]
 
