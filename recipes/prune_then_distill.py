@@ -4,11 +4,13 @@
     python recipes/prune_then_distill.py --dataset imagefolder --data-dir ../shared/data/cifar10 \
         --teacher runs/teacher/teacher.pt --target-flops 76000000 --epochs 30
 
-Teacher (--teacher FILE, or trained first for --teacher-epochs) → deep copy → pruned to --target-flops,
---target-params or --ratio by --importance (group L1 by default; the classifier keeps its outputs) → fine-tuned from
-the pruned weights at --finetune-lr with loss = alpha · T² · KL(softmax(t/T) ‖ softmax(s/T)) + (1 − alpha) · CE(s, y) (--alpha 0 is
-plain cross-entropy). Prints the report block of the teacher, of the pruned student before fine-tuning and of the
-final student; writes OUT/report.json, OUT/config.json and OUT/student.pt (pickle-free: pruning.load reads it).
+Teacher (--teacher FILE, or trained first for --teacher-epochs at --lr) → deep copy → pruned to --target-flops,
+--target-params or --ratio by --importance (group L1 by default; the classifier keeps its outputs) → BatchNorm
+statistics re-estimated on --calibration-images → fine-tuned from the pruned weights at --finetune-lr 0.01 with
+--kd-loss kd-ls: CE(s, y) + 9 · T² · KL(softmax(Z(t)/T) ‖ softmax(Z(s)/T)), Z = per-row z-score of the logits, T 2
+(--alpha 0 is plain cross-entropy; the defaults are measured in BENCHMARKS.md). Prints the report block of the
+teacher, of the pruned student before fine-tuning and of the final student; writes OUT/report.json, OUT/config.json
+and OUT/student.pt (pickle-free: pruning.load reads it).
 """
 from __future__ import annotations
 
@@ -22,6 +24,7 @@ import pruning
 from kd import HintLoss, evaluate
 from kd.data import BatchIterator, DataSplits, subset
 from pruning.importance import calibrated_names, needs_calibration
+from kd.losses import LOSSES
 from recipes.plumbing.config import KDConfig, arg, parse_config, resolve_device
 from recipes.plumbing.report import ModelReport, print_reports, write_report
 from recipes.plumbing.run import (
@@ -46,8 +49,12 @@ class PruneThenDistillConfig(KDConfig):
                                   "BatchNorm statistics and that the taylor and activation criteria read")
     recalibrate_bn: bool = arg(True, "re-estimate BatchNorm statistics right after pruning (--no-recalibrate-bn: "
                                "keep the teacher's)")
+    kd_loss: str = arg("kd-ls", "distillation loss of the fine-tuning (kd.losses.LOSSES): kd-ls (logit-standardised "
+                       "KD, chosen by the sweep in BENCHMARKS.md), kd (Hinton), dkd (decoupled KD), dist (DIST), ce (no "
+                       "teacher)", tuple(LOSSES))
     finetune_lr: float = arg(0.01, "peak learning rate of the pruned student's fine-tuning (--lr is the teacher's, "
-                             "when one is trained here); chosen by the sweep in BENCHMARKS.md")
+                             "when one is trained here); chosen with the loss by the sweep in BENCHMARKS.md: at 0.05 "
+                             "kd-ls diverged from a weak teacher")
     hint_layer: str | None = arg(None, "FitNet hint on this layer of student and teacher (e.g. features.conv3), its "
                                  "regressor started from the channels pruning kept; off by default")
     hint_weight: float = arg(1.0, "weight of the FitNet hint loss")

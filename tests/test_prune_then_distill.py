@@ -44,7 +44,7 @@ def test_recipe_trains_teacher_prunes_distills_and_saves(cifar10_dir, tmp_path, 
     assert models["student"]["flops"] == models["student_pruned"]["flops"] == blocks["student"][0]
     assert 0.9 * target <= models["student"]["flops"] <= target
     assert saved["flops"] == models["student"]["flops"] and saved["accuracy"] == models["student"]["accuracy"]
-    assert saved["config"]["target_flops"] == target and saved["config"]["kd_loss"] == "kd"
+    assert saved["config"]["target_flops"] == target and saved["config"]["kd_loss"] == "kd-ls"
     assert saved["pruning"]["after"]["flops"] == models["student"]["flops"] and saved["pruning"]["layers"]
     for r in models.values():
         assert 0.0 <= r["accuracy"] <= 100.0
@@ -100,7 +100,8 @@ def test_without_arguments_it_is_the_lab_job_and_offline_it_says_what_to_pass(tm
     assert "--dataset imagefolder --data-dir DIR" in err
     assert seen and not (tmp_path / "runs").exists()  # nothing is written before the data is there
     cfg = prune_then_distill.parse_config(prune_then_distill.PruneThenDistillConfig, [])
-    assert (cfg.dataset, cfg.teacher_arch, cfg.kd_loss, cfg.precision) == ("cifar100", "wide_cnn", "kd", "auto")
+    assert (cfg.dataset, cfg.teacher_arch, cfg.kd_loss, cfg.precision) == ("cifar100", "wide_cnn", "kd-ls", "auto")
+    assert cfg.finetune_lr == 0.01 and cfg.lr == 0.05  # the student's fine-tuning rate, the teacher's
 
 
 def test_impossible_target_is_one_line(cifar10_dir, tmp_path, capsys):
