@@ -24,8 +24,7 @@ import pruning
 from kd import HintLoss, evaluate
 from kd.data import BatchIterator, DataSplits, subset
 from pruning.importance import calibrated_names, needs_calibration
-from kd.losses import LOSSES
-from recipes.plumbing.config import KDConfig, arg, parse_config, resolve_device
+from recipes.plumbing.config import KDConfig, arg, kd_loss_arg, parse_config, resolve_device
 from recipes.plumbing.report import ModelReport, print_reports, write_report
 from recipes.plumbing.run import (
     deployment, loaders, make_loss, obtain_teacher, run_main, seed_everything, start_run, train,
@@ -49,9 +48,7 @@ class PruneThenDistillConfig(KDConfig):
                                   "BatchNorm statistics and that the taylor and activation criteria read")
     recalibrate_bn: bool = arg(True, "re-estimate BatchNorm statistics right after pruning (--no-recalibrate-bn: "
                                "keep the teacher's)")
-    kd_loss: str = arg("kd-ls", "distillation loss of the fine-tuning (kd.losses.LOSSES): kd-ls (logit-standardised "
-                       "KD, chosen by the sweep in BENCHMARKS.md), kd (Hinton), dkd (decoupled KD), dist (DIST), ce (no "
-                       "teacher)", tuple(LOSSES))
+    kd_loss: str = kd_loss_arg("kd-ls", "; kd-ls for the fine-tuning was chosen by the sweep in BENCHMARKS.md")
     finetune_lr: float = arg(0.01, "peak learning rate of the pruned student's fine-tuning (--lr is the teacher's, "
                              "when one is trained here); chosen with the loss by the sweep in BENCHMARKS.md: at 0.05 "
                              "kd-ls diverged from a weak teacher")

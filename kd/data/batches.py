@@ -23,15 +23,14 @@ def channel_stats(images: torch.Tensor, chunk_elements: int = 1 << 22) -> tuple[
     accumulated in float64 over chunks of about ``chunk_elements`` values, so the extra memory is one chunk
     (32 MiB at the default) instead of a float copy of the whole set (4× its uint8 size).
     """
-    n, c = images.shape[:2]
-    per_image = max(1, images[0].numel()) if n else 1
-    step = max(1, chunk_elements // per_image)
+    n, c, h, w = images.shape
+    step = max(1, chunk_elements // max(1, c * h * w))
     total, squares = torch.zeros(c, dtype=torch.float64), torch.zeros(c, dtype=torch.float64)
     for start in range(0, n, step):
         x = images[start:start + step].to(torch.float64).div_(255)
         total += x.sum((0, 2, 3))
         squares += x.square_().sum((0, 2, 3))
-    m = n * images[0, 0].numel() if n else 0
+    m = n * h * w
     mean = total / max(m, 1)
     var = (squares - m * mean.square()) / max(m - 1, 1)
     return tuple(mean.tolist()), tuple(var.clamp_min(0).sqrt().tolist())

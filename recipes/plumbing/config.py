@@ -310,6 +310,12 @@ def _shown(value: Any) -> str:
     return str(value)
 
 
+def kd_loss_arg(default: str, why: str = "") -> Any:
+    """The ``--kd-loss`` field of a distillation recipe, defaulting to ``default`` (``why`` says why it was chosen)."""
+    return arg(default, f"distillation loss (kd.losses.LOSSES): kd (Hinton), dkd (decoupled KD), dist (DIST), kd-ls "
+                        f"(logit-standardised KD), ce (no teacher){why}", tuple(LOSSES))
+
+
 @dataclass
 class KDConfig(RunConfig):
     """Shared words of the distillation recipes: where the teacher comes from and the loss."""
@@ -319,8 +325,7 @@ class KDConfig(RunConfig):
     teacher_arch: str = arg("wide_cnn", "architecture of the teacher trained when --teacher is not given")
     teacher_model_args: str = arg("{}", "JSON of the teacher's architecture arguments")
     teacher_epochs: int = arg(30, "epochs of the teacher trained when --teacher is not given")
-    kd_loss: str = arg("kd", "distillation loss (kd.losses.LOSSES): kd (Hinton), dkd (decoupled KD), dist (DIST), "
-                       "kd-ls (logit-standardised KD), ce (no teacher)", tuple(LOSSES))
+    kd_loss: str = kd_loss_arg("kd")
     loss_args: str = arg("{}", "JSON of the loss's arguments, e.g. '{\"beta\": 6}' for dkd")
     temperature: float | None = arg(None, "softening temperature T of kd / dkd / kd-ls (default: the loss's own)")
     alpha: float | None = arg(None, "kd's soft-target weight in [0, 1] (default: the loss's own); 0 = plain "
