@@ -1,11 +1,12 @@
 """Prune + distil against the alternatives at one FLOPs budget on real CIFAR-10: every registered loss, 3 seeds.
 
 Rows: the pruned student (one-shot L1 to ``--budget`` of the teacher's FLOPs, BatchNorm re-estimated) fine-tuned with
-each registered distillation loss and with cross-entropy; a student of the same FLOPs trained from scratch with
-``--scratch-loss`` and with cross-entropy; the lab's progressive reduction (prune a step → fine-tune, repeated). All
-rows share the teacher, the data, the epoch budget and, per seed, the batches; distillation reads the teacher's
-logits from a teacher cache built once per seed. Prints a markdown table (mean ± std over seeds, wall time per row)
-and writes the accuracy-vs-FLOPs plot.
+each registered distillation loss (at ``--finetune-lr``) and with cross-entropy at each of ``--ce-lrs`` (so the table
+holds cross-entropy at its own best rate, not only at distillation's); a student of the same FLOPs trained from
+scratch with ``--scratch-loss`` and with cross-entropy; the lab's progressive reduction (prune a step → fine-tune,
+repeated). All rows share the teacher, the data, the epoch budget and, per seed, the batches; distillation reads the
+teacher's logits from a teacher cache built once per seed. Prints a markdown table (mean ± std over seeds, wall time
+per row) and writes the accuracy-vs-FLOPs plot.
 
 CPU-sized (what fits in a few hours on 2 cores; see BENCHMARKS.md):
 
@@ -43,6 +44,8 @@ def main() -> None:
     p.add_argument("--budget", type=float, default=0.25, help="student FLOPs as a fraction of the teacher's")
     p.add_argument("--finetune-lr", type=float, default=0.01, help="learning rate of pruned students")
     p.add_argument("--lr", type=float, default=0.05, help="learning rate of students trained from scratch")
+    p.add_argument("--ce-lrs", default="0.01,0.05",
+                   help="comma-separated learning rates of the pruned student's cross-entropy rows")
     p.add_argument("--views", type=int, default=4, help="teacher-cache views per training image")
     p.add_argument("--scratch-loss", default="kd", help="the distillation loss of the scratch row")
     p.add_argument("--full", action="store_true", help="all images, 30 epochs (a GPU setting)")
@@ -61,16 +64,19 @@ def main() -> None:
     print(f"{Hardware.detect('auto', args.device).describe()}; {len(data.train)} training / {len(data.test)} test "
           f"images; budget {target:,} flops, {args.epochs} epochs, {args.seeds} seeds")
     losses = [name for name in LOSSES if name != "ce"]
-    rows = [(f"l1+{name}", "l1+kd", name) for name in losses] + [("l1+ce", "l1+ce", None)]
-    rows += [(f"scratch+{args.scratch_loss}", "scratch+kd", args.scratch_loss), ("scratch+ce", "scratch+ce", None),
-             ("progressive (activation steps + kd)", "activation-progressive", "kd")]
+    ce_lrs = [float(lr) for lr in args.ce_lrs.split(",")]
+    rows = [(f"l1+{name}", "l1+kd", name, args.finetune_lr) for name in losses]
+    rows += [(f"l1+ce, lr {lr:g}" if len(ce_lrs) > 1 else "l1+ce", "l1+ce", None, lr) for lr in ce_lrs]
+    rows += [(f"scratch+{args.scratch_loss}", "scratch+kd", args.scratch_loss, args.finetune_lr),
+             ("scratch+ce", "scratch+ce", None, args.finetune_lr),
+             ("progressive (activation steps + kd)", "activation-progressive", "kd", args.finetune_lr)]
     results = []
     for seed in range(args.seeds):
         setup = make_setup(teacher, data, target_flops=target, epochs=args.epochs, seed=seed, device=args.device,
                            lr=args.lr, finetune_lr=args.finetune_lr)
         setup.cache, _ = load_or_build(teacher, setup.train, args.views, seed=seed, progress=False)
-        for label, method, loss in rows:
-            setup.loss = create_loss(loss) if loss else None
+        for label, method, loss, finetune_lr in rows:
+            setup.loss, setup.finetune_lr = (create_loss(loss) if loss else None), finetune_lr
             start = time.perf_counter()
             r = run_method(method, setup)
             r.method, r.model = label, None
