@@ -8,9 +8,10 @@ Teacher (--teacher FILE, or trained first for --teacher-epochs at --lr) → deep
 --target-params or --ratio by --importance (group L1 by default; the classifier keeps its outputs) → BatchNorm
 statistics re-estimated on --calibration-images → fine-tuned from the pruned weights at --finetune-lr 0.01 with
 --kd-loss kd-ls: CE(s, y) + 9 · T² · KL(softmax(Z(t)/T) ‖ softmax(Z(s)/T)), Z = per-row z-score of the logits, T 2
-(--alpha 0 is plain cross-entropy; the defaults are measured in BENCHMARKS.md). Prints the report block of the
-teacher, of the pruned student before fine-tuning and of the final student; writes OUT/report.json, OUT/config.json
-and OUT/student.pt (pickle-free: pruning.load reads it).
+(--alpha 0 is plain cross-entropy; the defaults are measured in BENCHMARKS.md, where in every CPU-sized setting plain
+cross-entropy at a higher rate, --alpha 0 --finetune-lr 0.05, was as good or better: distillation has yet to show a
+gain beyond noise there). Prints the report block of the teacher, of the pruned student before fine-tuning and of
+the final student; writes OUT/report.json, OUT/config.json and OUT/student.pt (pickle-free: pruning.load reads it).
 """
 from __future__ import annotations
 
@@ -50,8 +51,9 @@ class PruneThenDistillConfig(KDConfig):
                                "keep the teacher's)")
     kd_loss: str = kd_loss_arg("kd-ls", "; kd-ls for the fine-tuning was chosen by the sweep in BENCHMARKS.md")
     finetune_lr: float = arg(0.01, "peak learning rate of the pruned student's fine-tuning (--lr is the teacher's, "
-                             "when one is trained here); chosen with the loss by the sweep in BENCHMARKS.md: at 0.05 "
-                             "kd-ls diverged from a weak teacher")
+                             "when one is trained here); chosen with the loss by the sweep in BENCHMARKS.md: at 0.02 "
+                             "kd-ls lost 3 points to cross-entropy from a weak teacher, at 0.05 it diverged; with "
+                             "--alpha 0, 0.05 was better")
     hint_layer: str | None = arg(None, "FitNet hint on this layer of student and teacher (e.g. features.conv3), its "
                                  "regressor started from the channels pruning kept; off by default")
     hint_weight: float = arg(1.0, "weight of the FitNet hint loss")
