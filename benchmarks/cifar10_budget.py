@@ -73,7 +73,7 @@ def main() -> None:
     results = []
     for seed in range(args.seeds):
         setup = make_setup(teacher, data, target_flops=target, epochs=args.epochs, seed=seed, device=args.device,
-                           lr=args.lr, finetune_lr=args.finetune_lr)
+                           lr=args.lr)  # each row sets setup.finetune_lr
         setup.cache, _ = load_or_build(teacher, setup.train, args.views, seed=seed, progress=False)
         for label, method, loss, finetune_lr in rows:
             setup.loss, setup.finetune_lr = (create_loss(loss) if loss else None), finetune_lr

@@ -43,7 +43,8 @@ class Row:
     schedule: str = "cosine"
 
 
-KD09 = {"temperature": 4.0, "alpha": 0.9}  # explicit, so a row means the same whatever the registry's defaults
+# explicit arguments, so a row means the same whatever the registry's defaults
+KD09, KD05, LS3 = {"temperature": 4.0, "alpha": 0.9}, {"temperature": 4.0, "alpha": 0.5}, {"kd_weight": 3.0}
 ROWS = {
     "ce-lr0.1": Row("cross-entropy, lr 0.1", "ce", 0.1),
     "ce-lr0.05": Row("cross-entropy, lr 0.05", "ce", 0.05),
@@ -52,8 +53,8 @@ ROWS = {
     "ce-lr0.002": Row("cross-entropy, lr 0.002", "ce", 0.002),
     "kd-lr0.05": Row("KD T 4 α 0.9, lr 0.05", "kd", 0.05, KD09),
     "kd-lr0.01": Row("KD T 4 α 0.9, lr 0.01", "kd", 0.01, KD09),
-    "kd-a0.5-lr0.05": Row("KD T 4 α 0.5, lr 0.05", "kd", 0.05, {"temperature": 4.0, "alpha": 0.5}),
-    "kd-a0.5": Row("KD T 4 α 0.5, lr 0.01", "kd", 0.01, {"temperature": 4.0, "alpha": 0.5}),
+    "kd-a0.5-lr0.05": Row("KD T 4 α 0.5, lr 0.05", "kd", 0.05, KD05),
+    "kd-a0.5": Row("KD T 4 α 0.5, lr 0.01", "kd", 0.01, KD05),
     "kd-t1": Row("KD T 1 α 0.9, lr 0.01", "kd", 0.01, {"temperature": 1.0, "alpha": 0.9}),
     "kd-t2-a0.5": Row("KD T 2 α 0.5, lr 0.01", "kd", 0.01, {"temperature": 2.0, "alpha": 0.5}),
     "dkd": Row("DKD (α 1, β 8, T 4, warm-up 20), lr 0.01", "dkd", 0.01),
@@ -62,9 +63,9 @@ ROWS = {
     "kd-ls-lr0.05": Row("KD-LS (T 2, kd 9, ce 1), lr 0.05", "kd-ls", 0.05),
     "kd-ls-lr0.02": Row("KD-LS (T 2, kd 9, ce 1), lr 0.02", "kd-ls", 0.02),
     "kd-ls": Row("KD-LS (T 2, kd 9, ce 1), lr 0.01", "kd-ls", 0.01),
-    "kd-ls-w3-lr0.05": Row("KD-LS (T 2, kd 3, ce 1), lr 0.05", "kd-ls", 0.05, {"kd_weight": 3.0}),
-    "kd-ls-w3-lr0.02": Row("KD-LS (T 2, kd 3, ce 1), lr 0.02", "kd-ls", 0.02, {"kd_weight": 3.0}),
-    "kd-ls-w3": Row("KD-LS (T 2, kd 3, ce 1), lr 0.01", "kd-ls", 0.01, {"kd_weight": 3.0}),
+    "kd-ls-w3-lr0.05": Row("KD-LS (T 2, kd 3, ce 1), lr 0.05", "kd-ls", 0.05, LS3),
+    "kd-ls-w3-lr0.02": Row("KD-LS (T 2, kd 3, ce 1), lr 0.02", "kd-ls", 0.02, LS3),
+    "kd-ls-w3": Row("KD-LS (T 2, kd 3, ce 1), lr 0.01", "kd-ls", 0.01, LS3),
 }
 
 
