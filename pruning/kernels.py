@@ -100,7 +100,7 @@ def compress_kernels(model: nn.Module, blocks: Sequence[str] | None = None, *, t
     new = _with_kernels(wide_config(model), names, blocks).to(device)
     state = {k: v.clone() for k, v in model.state_dict().items()}
     for name in blocks:
-        conv = model.features[names.index(name)].conv
+        conv = getattr(model.features, name).conv
         state[f"features.{name}.conv.weight"] = _pointwise_weight(model, conv, calibration, device)
     new.load_state_dict(state)
     if calibration:

@@ -70,7 +70,7 @@ def removable(model: nn.Module, index: int) -> tuple[bool, str]:
 
 def _projection(model: nn.Module, index: int, calibration: Batches, device: torch.device) -> torch.Tensor:
     """P (C_i, C_{i-1}): identity when channels match, else least squares from the (pooled) block input to output."""
-    block = model.features[index]
+    block = getattr(model.features, f"conv{index + 1}")
     c_in, c_out = block.conv.in_channels, block.conv.out_channels
     if c_in == c_out:
         return torch.eye(c_out)

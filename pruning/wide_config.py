@@ -28,10 +28,12 @@ def check_wide_cnn(model: nn.Module, what: str) -> WideCNN:
 def wide_config(model: nn.Module) -> dict[str, Any]:
     """The ``wide_cnn`` arguments that rebuild ``model`` with its current (maybe pruned) shapes.
 
-    Returns ``{"num_classes", "widths", "kernel_sizes", "pool_after", "hidden", "dropout", "head_pool", "in_chans"}``.
+    Returns ``{"num_classes", "widths", "kernel_sizes", "pool_after", "hidden", "dropout", "head_pool", "in_chans",
+    "stem", "pool_first", "activation", "head_pool_mode", "logit_scale"}``.
     """
     model = check_wide_cnn(model, "wide_config")
-    blocks = list(model.features.children())
+    stem = getattr(model.features, "stem", None)
+    blocks = [b for name, b in model.features.named_children() if name != "stem"]
     fc = model.fc
     hidden = fc[0].out_features if isinstance(fc, nn.Sequential) else 0
     dropout = next(m.p for m in fc.modules() if isinstance(m, nn.Dropout))
@@ -44,7 +46,12 @@ def wide_config(model: nn.Module) -> dict[str, Any]:
         "hidden": hidden,
         "dropout": float(dropout),
         "head_pool": head_pool if isinstance(head_pool, int) else head_pool[0],
-        "in_chans": blocks[0].conv.in_channels,
+        "in_chans": stem.conv.in_channels if stem is not None else blocks[0].conv.in_channels,
+        "stem": stem.conv.out_channels if stem is not None else 0,
+        "pool_first": any(list(b).index(b.pool) < list(b).index(b.bn) for b in blocks if hasattr(b, "pool")),
+        "activation": "gelu" if any(isinstance(m, nn.GELU) for m in model.features.modules()) else "relu",
+        "head_pool_mode": "max" if isinstance(model.pool, nn.AdaptiveMaxPool2d) else "avg",
+        "logit_scale": model.logit_scale,
     }
 
 
@@ -56,7 +63,7 @@ def build_wide(config: dict[str, Any]) -> WideCNN:
 
 def block_names(model: nn.Module) -> list[str]:
     """``["conv1", "conv2", ...]``: the conv blocks in order."""
-    return [name for name, _ in check_wide_cnn(model, "block_names").features.named_children()]
+    return [name for name, _ in check_wide_cnn(model, "block_names").features.named_children() if name != "stem"]
 
 
 def scaled_wide_cnn(teacher: nn.Module, target_flops: int, input_size: tuple[int, ...]) -> nn.Module:
