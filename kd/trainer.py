@@ -17,13 +17,15 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import nn
+from timm.utils.model_ema import ModelEmaV3
 from tqdm import tqdm
 
 from kd import distributed
 from kd.callbacks import Callback
 from kd.losses import CrossEntropy, DistillLoss, TrainState, create_loss, total_loss
-from kd.optim import make_optimizer, make_scheduler
+from kd.optim import make_optimizer, make_scheduler, param_groups
 from kd.precision import Hardware, autocast, resolve_precision
+from kd.tta import TTA_MODES, tta_logits
 from models.checkpoint import atomic_save, check_finite
 from models.common import Batches, eval_mode
 from models.errors import NonFiniteError
@@ -63,6 +65,7 @@ class FitResult:
     best_epoch: int = 0
     last_accuracy: float = 0.0
     checkpoint_dir: str | None = None
+    tta_accuracy: float | None = None  # the final model's test-time-augmented accuracy, when the Trainer has a tta
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -98,6 +101,12 @@ class Trainer:
         grad_clip: clip the gradient norm to this value when given.
         sync_bn: under torchrun, BatchNorm statistics over the global batch (SyncBatchNorm, CUDA only) instead of
             each rank's slice; the student gets its BatchNorm layers back after ``fit``.
+        ema: keep an exponential moving average of the student's weights and buffers (timm's ``ModelEmaV3``),
+            updated after every step ``t`` (1-based) as ``ema ← d_t·ema + (1 − d_t)·student`` with
+            ``d_t = min(ema, 1 − t^(−3/4))`` (``d_1 = 0``: a copy); the average is what is evaluated, what
+            ``best.pt`` holds, and what the student's weights become when ``fit`` ends. None: no average.
+        tta: test-time augmentation of the final evaluation (:data:`kd.tta.TTA_MODES`): after the last epoch the
+            model is also scored with it, into ``FitResult.tta_accuracy``; per-epoch accuracy stays single-view.
 
     Under ``torchrun`` (a process group with more than one rank, see :mod:`kd.distributed`), ``fit`` trains the
     student through DistributedDataParallel, with every rank on its slice of each global batch
@@ -117,9 +126,14 @@ class Trainer:
                  device: str | torch.device = "cpu", out_dir: str | Path | None = None,
                  feature_loss: nn.Module | None = None, callbacks: Sequence[Callback] = (), precision: str = "auto",
                  channels_last: bool | None = None, compile: bool = False, progress: bool = True,
-                 grad_clip: float | None = None, sync_bn: bool = False) -> None:
+                 grad_clip: float | None = None, sync_bn: bool = False, ema: float | None = None,
+                 tta: str = "none") -> None:
         if epochs < 1:
             raise ValueError(f"epochs must be >= 1, got {epochs}")
+        if ema is not None and not 0.0 < ema < 1.0:
+            raise ValueError(f"ema must be a decay in (0, 1) or None, got {ema}")
+        if tta not in TTA_MODES:
+            raise ValueError(f"tta must be one of {', '.join(TTA_MODES)}, got {tta!r}")
         self.device = torch.device(device)
         self.hardware = Hardware.detect(precision, self.device, channels_last)
         self.precision, self.channels_last = self.hardware.precision, self.hardware.channels_last
@@ -139,6 +153,9 @@ class Trainer:
                                                       weight_decay=5e-4)
         self.scheduler = scheduler
         self._forward = torch.compile(self.student) if compile else self.student
+        self.ema = ModelEmaV3(self.student, decay=ema, use_warmup=True, warmup_power=0.75) if ema else None
+        self.tta = tta
+        self._step_count = 0  # optimizer steps so far, the EMA's t
         self.should_stop = False  # a callback may set it to end fit after the current epoch
         self.epoch = 0
         self.result = FitResult(checkpoint_dir=str(self.out_dir) if self.out_dir else None)
@@ -199,6 +216,10 @@ class Trainer:
                 self._record(record, train)
                 for cb in self.callbacks:
                     cb.on_epoch_end(self, record)
+            if self.ema is not None:
+                self.student.load_state_dict(self.ema.module.state_dict())
+            if self.tta != "none" and val is not None and self.epoch == self.epochs:
+                self.result.tta_accuracy = self.evaluate(val, tta=self.tta).accuracy
         return self.result
 
     def _data_parallel(self) -> nn.Module:
@@ -275,6 +296,9 @@ class Trainer:
             nn.utils.clip_grad_norm_(self._trainable(), self.grad_clip)
         self.optimizer.step()
         self.scheduler.step()
+        self._step_count += 1
+        if self.ema is not None:
+            self.ema.update(self.student, step=self._step_count)
         return {k: float(v.detach()) for k, v in parts.items()}, logits.detach()
 
     def _call_loss(self, logits: torch.Tensor, teacher_logits: torch.Tensor | None, y: torch.Tensor,
@@ -286,10 +310,12 @@ class Trainer:
     # -------------------------------------------------------------------------------------------------- evaluate
 
     @torch.inference_mode()
-    def evaluate(self, data: Batches, model: nn.Module | None = None) -> EvalResult:
-        """Mean cross-entropy and top-1 accuracy (percent) of ``model`` (default: the student) on ``data``."""
-        return evaluate(model or self.student, data, self.device, precision=self.precision,
-                        channels_last=self.channels_last, progress=self.progress)
+    def evaluate(self, data: Batches, model: nn.Module | None = None, tta: str = "none") -> EvalResult:
+        """Mean cross-entropy and top-1 accuracy (percent) of ``model`` (default: the weight average when the Trainer
+        keeps one, else the student) on ``data``."""
+        default = self.ema.module if self.ema is not None else self.student
+        return evaluate(model or default, data, self.device, precision=self.precision,
+                        channels_last=self.channels_last, progress=self.progress, tta=tta)
 
     # ----------------------------------------------------------------------------------------------- checkpoints
 
@@ -307,8 +333,8 @@ class Trainer:
         if not distributed.is_main():
             return
         atomic_save(state, self.out_dir / "last.pt")
-        if improved:
-            atomic_save({"format": CHECKPOINT_FORMAT, "epoch": self.epoch, "student": state["student"],
+        if improved:  # the model that was scored: the weight average when there is one
+            atomic_save({"format": CHECKPOINT_FORMAT, "epoch": self.epoch, "student": state["ema"] or state["student"],
                          "accuracy": record.val_accuracy}, self.out_dir / "best.pt")
 
     def _checkpoint_state(self, train: Batches) -> dict[str, Any]:
@@ -323,6 +349,8 @@ class Trainer:
             "format": CHECKPOINT_FORMAT,
             "epoch": self.epoch,
             "student": {k: v.detach().cpu() for k, v in self.student.state_dict().items()},
+            "ema": {k: v.detach().cpu() for k, v in self.ema.module.state_dict().items()} if self.ema else None,
+            "steps": self._step_count,
             "feature_loss": self.feature_loss.state_dict() if self.feature_loss is not None else None,
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
@@ -342,11 +370,18 @@ class Trainer:
             self.feature_loss.load_state_dict(state["feature_loss"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
+        if self.ema is not None:
+            if state.get("ema") is None:
+                raise ValueError(f"{str(path)!r} was written without a weight average (ema); resume with the options "
+                                 "it was started with")
+            self.ema.module.load_state_dict(state["ema"])
+        self._step_count = int(state.get("steps", 0))
         self.epoch = int(state["epoch"])
         saved = state["result"]
         self.result = FitResult(history=[EpochRecord(**r) for r in saved["history"]],
                                 best_accuracy=saved["best_accuracy"], best_epoch=saved["best_epoch"],
-                                last_accuracy=saved["last_accuracy"], checkpoint_dir=saved["checkpoint_dir"])
+                                last_accuracy=saved["last_accuracy"], checkpoint_dir=saved["checkpoint_dir"],
+                                tta_accuracy=saved.get("tta_accuracy"))
         per_rank = state["rng"].get("torch_per_rank")
         if per_rank is not None and len(per_rank) == distributed.world_size():
             torch.set_rng_state(per_rank[distributed.rank()])
@@ -417,11 +452,11 @@ def _frozen(teacher: nn.Module | None) -> Iterator[None]:
 
 @torch.inference_mode()
 def evaluate(model: nn.Module, data: Batches, device: str | torch.device = "cpu", *, precision: str = "fp32",
-             channels_last: bool = False, progress: bool = False) -> EvalResult:
+             channels_last: bool = False, progress: bool = False, tta: str = "none") -> EvalResult:
     """Mean cross-entropy and top-1 accuracy (percent) of ``model`` in eval mode on ``data``.
 
     ``precision`` (``fp32``, ``bf16`` or ``auto``) and ``channels_last`` apply to the forward pass only; the loss is
-    computed in fp32. The model's train/eval mode is restored afterwards. When ``data`` is one rank's shard
+    computed in fp32. ``tta`` averages the logits over augmented views (:func:`kd.tta.tta_logits`). The model's train/eval mode is restored afterwards. When ``data`` is one rank's shard
     (``data.world_size > 1``) the sums are taken over all ranks, so every rank must call it.
     """
     device = torch.device(device)
@@ -433,7 +468,7 @@ def evaluate(model: nn.Module, data: Batches, device: str | torch.device = "cpu"
             if channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
             with autocast(precision, device):
-                logits = model(x).float()  # (B, K)
+                logits = tta_logits(model, x, tta)  # (B, K) fp32
             loss_sum += float(F.cross_entropy(logits, y, reduction="sum"))
             correct += int((logits.argmax(1) == y).sum())
             seen += y.numel()
@@ -446,15 +481,20 @@ def evaluate(model: nn.Module, data: Batches, device: str | torch.device = "cpu"
 def fit_model(student: nn.Module, train: Batches, val: Batches | None = None, *, epochs: int, lr: float,
               teacher: nn.Module | None = None, loss: nn.Module | None = None, optimizer: str = "sgd",
               schedule: str = "cosine", weight_decay: float = 5e-4, feature_loss: nn.Module | None = None,
-              resume: bool | str | Path = False, **trainer_options: Any) -> FitResult:
-    """The one training entry: optimizer by name over the student's (and the feature loss's) parameters, a per-step
-    schedule over ``epochs × len(train)`` steps, and ``loss`` (default: the Trainer's — ``DEFAULT_LOSS`` with a
-    teacher, cross-entropy without one). A teacher is only run when the loss or a feature loss needs it.
-    ``trainer_options`` go to :class:`Trainer` (``device``, ``out_dir``, ``precision``, ``progress``, ``callbacks``
-    ...)."""
-    params = list(student.parameters()) + (list(feature_loss.parameters()) if feature_loss is not None else [])
-    opt = make_optimizer(optimizer, params, lr, weight_decay)
-    sched = make_scheduler(schedule, opt, epochs * (_len(train) or 1))
+              resume: bool | str | Path = False, momentum: float = 0.9, decay_norm_and_bias: bool = True,
+              bn_bias_lr_scale: float = 1.0, bn_weight_lr_scale: float = 1.0, warmup: float = 0.23,
+              **trainer_options: Any) -> FitResult:
+    """The one training entry: optimizer by name over the student's (and the feature loss's) trainable parameters in
+    :func:`kd.optim.param_groups` (``decay_norm_and_bias``, ``bn_bias_lr_scale``, ``bn_weight_lr_scale``), a per-step
+    schedule over ``epochs × len(train)`` steps (``warmup``: the ``triangular`` schedule's warm-up fraction), and
+    ``loss`` (default: the Trainer's — ``DEFAULT_LOSS`` with a teacher, cross-entropy without one). A teacher is only
+    run when the loss or a feature loss needs it. ``trainer_options`` go to :class:`Trainer` (``device``,
+    ``out_dir``, ``precision``, ``progress``, ``callbacks``, ``ema``, ``tta`` ...)."""
+    modules = [student] + ([feature_loss] if feature_loss is not None else [])
+    groups = param_groups(modules, lr, weight_decay, decay_norm_and_bias=decay_norm_and_bias,
+                          bn_bias_lr_scale=bn_bias_lr_scale, bn_weight_lr_scale=bn_weight_lr_scale)
+    opt = make_optimizer(optimizer, groups, lr, weight_decay, momentum)
+    sched = make_scheduler(schedule, opt, epochs * (_len(train) or 1), warmup)
     if loss is not None and not getattr(loss, "needs_teacher", True) and feature_loss is None:
         teacher = None  # e.g. alpha = 0: running the teacher would cost time for nothing
     trainer = Trainer(student, teacher, loss, optimizer=opt, scheduler=sched, epochs=epochs,

@@ -141,15 +141,20 @@ def _stream_splits(data_dir: str | os.PathLike, data_mode: str, image_size: int,
 
 
 def make_loaders(data: DataSplits, batch_size: int, device: str | torch.device = "cpu", seed: int = 0,
-                 eval_batch_size: int | None = None,
-                 workers: int = 4) -> tuple[BatchIterator | StreamBatchIterator, BatchIterator | StreamBatchIterator]:
-    """(training iterator: shuffled and augmented; test iterator: in order, unaugmented). Stream-mode splits
-    (:class:`FileSplit`) get :class:`StreamBatchIterator` with ``workers`` DataLoader workers."""
+                 eval_batch_size: int | None = None, workers: int = 4, pad: int = 4,
+                 flip: str = "random") -> tuple[BatchIterator | StreamBatchIterator, BatchIterator | StreamBatchIterator]:
+    """(training iterator: shuffled and augmented with a pad-``pad`` random crop and a ``flip``; test iterator: in
+    order, unaugmented). Stream-mode splits (:class:`FileSplit`) get :class:`StreamBatchIterator` with ``workers``
+    DataLoader workers (random flips only)."""
     if isinstance(data.train, FileSplit):
+        if flip != "random":
+            raise ValueError(f"the {flip} flip needs the images in memory (--data-mode memory); stream mode flips at "
+                             "random")
         options = {"mean": data.mean, "std": data.std, "device": device, "workers": workers}
-        return (StreamBatchIterator(data.train, batch_size, train=True, seed=seed, **options),
+        return (StreamBatchIterator(data.train, batch_size, train=True, seed=seed, pad=pad, **options),
                 StreamBatchIterator(data.test, eval_batch_size or 2 * batch_size, train=False, **options))
-    train = BatchIterator(data.train, batch_size, train=True, mean=data.mean, std=data.std, device=device, seed=seed)
+    train = BatchIterator(data.train, batch_size, train=True, mean=data.mean, std=data.std, device=device, seed=seed,
+                          pad=pad, flip=flip)
     test = BatchIterator(data.test, eval_batch_size or 2 * batch_size, train=False, mean=data.mean, std=data.std,
                          device=device)
     return train, test

@@ -1,7 +1,9 @@
 """Batch iterator over in-memory uint8 tensors, augmenting whole batches on the target device.
 
 Per epoch: shuffle indices, slice whole batches, then (training only) pad-4 random crop per image and horizontal flip,
-then normalise. No PIL, no DataLoader workers: on 2 CPU cores the model is the cost, not the data.
+then normalise. The flip is ``random`` (each image, each epoch, with probability 1/2) or ``alternating`` (airbench:
+each image gets one random flip bit for the whole run, and every odd epoch mirrors all of them, so every image is
+seen mirrored and not mirrored in turn). No PIL, no DataLoader workers: on 2 CPU cores the model is the cost, not the data.
 """
 from __future__ import annotations
 
@@ -77,6 +79,9 @@ def random_crop_flip(x: torch.Tensor, pad: int, generator: torch.Generator) -> t
     return apply_crop_flip(x, pad, draw_crop_flip(x.shape[0], pad, generator))
 
 
+FLIPS = ("random", "alternating")
+
+
 class SeededBatches:
     """What every training-batch source shares: normalisation by ``self.mean`` / ``self.std`` (1, C, 1, 1) and one
     CPU ``self.generator`` behind shuffles and augmentation, whose state is the iterator's resumable state."""
@@ -84,17 +89,19 @@ class SeededBatches:
     mean: torch.Tensor
     std: torch.Tensor
     generator: torch.Generator
+    epoch: int = 0  # epochs served so far (the alternating flip reads it)
 
     def normalize(self, x: torch.Tensor) -> torch.Tensor:
         """uint8 (B, C, H, W) → float32 ``(x / 255 − mean) / std``."""
         return (x.float().div_(255) - self.mean) / self.std
 
     def state_dict(self) -> dict[str, Any]:
-        """The generator state: restoring it replays the same shuffles and augmentations."""
-        return {"generator": self.generator.get_state()}
+        """The generator state and epoch count: restoring them replays the same shuffles and augmentations."""
+        return {"generator": self.generator.get_state(), "epoch": self.epoch}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.generator.set_state(state["generator"])
+        self.epoch = int(state.get("epoch", 0))
 
 
 class BatchIterator(SeededBatches):
@@ -107,13 +114,16 @@ class BatchIterator(SeededBatches):
         mean, std: per-channel normalisation in [0, 1] units (use the training split's :func:`channel_stats`).
         device: where batches live and augmentation runs.
         pad: crop padding (0 disables the crop); flip comes with it.
+        flip: ``random`` or ``alternating`` (see the module docstring).
         seed: seeds the iterator's own generator (shuffle order and augmentation), saved by ``state_dict``.
         rank, world_size: data-parallel sharding (see :meth:`shard`); the default 0 of 1 serves whole batches.
     """
 
     def __init__(self, data: ImageTensors, batch_size: int, *, train: bool, mean: Sequence[float],
                  std: Sequence[float], device: str | torch.device = "cpu", pad: int = 4, seed: int = 0,
-                 rank: int = 0, world_size: int = 1) -> None:
+                 rank: int = 0, world_size: int = 1, flip: str = "random") -> None:
+        if flip not in FLIPS:
+            raise ValueError(f"flip must be one of {', '.join(FLIPS)}, got {flip!r}")
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         if len(data) == 0:
@@ -122,7 +132,10 @@ class BatchIterator(SeededBatches):
         self.images = data.images.to(self.device)  # (N, 3, H, W) uint8
         self.labels = data.labels.to(self.device)  # (N,)
         self.classes = data.classes
-        self.batch_size, self.train, self.pad = batch_size, train, pad
+        self.batch_size, self.train, self.pad, self.flip = batch_size, train, pad, flip
+        self.epoch = 0
+        # alternating flip: each image's own flip bit, drawn from the seed alone (so it survives a resume unchanged)
+        self._flip_bits = torch.rand(len(data), generator=torch.Generator().manual_seed(seed)) < 0.5
         self.mean = torch.tensor(mean, device=self.device).view(1, -1, 1, 1)
         self.std = torch.tensor(std, device=self.device).view(1, -1, 1, 1)
         self.generator = torch.Generator().manual_seed(seed)
@@ -169,10 +182,13 @@ class BatchIterator(SeededBatches):
                 yield self.normalize(self.images[idx]), self.labels[idx]
             return
         order = torch.randperm(self.num_samples, generator=self.generator)
+        epoch, self.epoch = self.epoch, self.epoch + 1
         for i in range(len(self)):
             idx = order[i * self.batch_size:(i + 1) * self.batch_size]  # (B,) the global batch
             # drawn for the whole global batch on every rank: the generator advances as in one process
             params = draw_crop_flip(idx.shape[0], self.pad, self.generator) if self.pad > 0 else None
+            if params is not None and self.flip == "alternating":
+                params[:, 2] = (self._flip_bits[idx] ^ bool(epoch % 2)).long()
             if self.world_size > 1:
                 idx = shard(idx, self.rank, self.world_size)  # (B / world,)
                 params = shard(params, self.rank, self.world_size) if params is not None else None
