@@ -17,7 +17,8 @@ from models import create_model, list_models, save_model
 from recipes.plumbing.config import KDConfig, arg, parse_config
 from recipes.plumbing.report import ModelReport, print_reports, write_report
 from recipes.plumbing.run import (
-    deployment, loaders, make_loss, model_args, obtain_teacher, run_main, seed_everything, start_run, train,
+    deployment, init_model, loaders, make_loss, model_args, obtain_teacher, run_main, seed_everything, start_run,
+    train,
 )
 
 
@@ -40,6 +41,7 @@ def main(argv: list[str] | None = None) -> list[ModelReport]:
     train_batches, test_batches = loaders(cfg, data)
     seed_everything(cfg.seed)  # the student's initial weights do not depend on how the teacher was obtained
     student = create_model(cfg.arch, data.num_classes, **model_args(cfg.model_args))
+    init_model(cfg, student, train_batches)
     hint = None
     if cfg.hint_student_layer or cfg.hint_teacher_layer:
         if not (cfg.hint_student_layer and cfg.hint_teacher_layer):

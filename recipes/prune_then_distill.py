@@ -50,7 +50,7 @@ class PruneThenDistillConfig(KDConfig):
     recalibrate_bn: bool = arg(True, "re-estimate BatchNorm statistics right after pruning (--no-recalibrate-bn: "
                                "keep the teacher's)")
     kd_loss: str = kd_loss_arg("kd-ls", "; kd-ls for the fine-tuning was chosen by the sweep in BENCHMARKS.md")
-    finetune_lr: float = arg(0.01, "peak learning rate of the pruned student's fine-tuning (--lr is the teacher's, "
+    finetune_lr: float | None = arg(None, "(default: from --recipe) peak learning rate of the pruned student's fine-tuning (--lr is the teacher's, "
                              "when one is trained here); chosen with the loss by the sweep in BENCHMARKS.md: at 0.02 "
                              "kd-ls lost 3 points to cross-entropy from a weak teacher, at 0.05 it diverged; with "
                              "--alpha 0, 0.05 was better")

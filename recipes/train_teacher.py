@@ -1,6 +1,7 @@
 """Train a teacher (any registry model) with cross-entropy and write its report block and model file.
 
     python recipes/train_teacher.py --dataset imagefolder --data-dir ../shared/data/cifar10 --epochs 30
+    python recipes/train_teacher.py --dataset cifar10 --arch fast_cnn --recipe fast   # airbench94's recipe
 
 Writes OUT/teacher.pt (pickle-free, read by --teacher of the other recipes), OUT/report.json, OUT/config.json and
 OUT/teacher_train/{last,best}.pt (resume with --resume).
@@ -20,15 +21,13 @@ from recipes.plumbing.run import fit_teacher, model_args, run_main, start_run
 class TeacherConfig(RunConfig):
     arch: str = arg("wide_cnn", f"architecture: {', '.join(list_models())} or timm:<name>")
     model_args: str = arg("{}", "JSON of architecture arguments, e.g. '{\"widths\": [32, 64, 128, 128]}'")
-    label_smoothing: float = arg(0.0, "label smoothing of the cross-entropy")
     out: str = arg("runs/teacher", "output folder")
 
 
 def main(argv: list[str] | None = None) -> ModelReport:
     cfg = parse_config(TeacherConfig, argv, description=__doc__.split("\n")[0])
     data, out = start_run(cfg)
-    _, report = fit_teacher(cfg, data, cfg.arch, model_args(cfg.model_args), out,
-                            label_smoothing=cfg.label_smoothing)
+    _, report = fit_teacher(cfg, data, cfg.arch, model_args(cfg.model_args), out)
     print_reports([report])
     write_report(out / "report.json", [report], dataclasses.asdict(cfg))
     print(f"\nteacher saved to {out / 'teacher.pt'}")

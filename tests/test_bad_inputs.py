@@ -25,7 +25,9 @@ from models import create_model, load_model, save_model
 from models.checkpoint import atomic_save, check_finite, safe_load, stale_temp_files
 from models.errors import FileFormatError, NonFiniteError
 from recipes import distill_only, prune_then_distill, train_teacher
-from recipes.plumbing.config import RunConfig, check_values, config_differences, parse_config, resolve_device
+from recipes.plumbing.config import (
+    RunConfig, apply_recipe, check_values, config_differences, parse_config, resolve_device,
+)
 from recipes.plumbing.report import ModelReport, write_report
 from recipes.plumbing.run import build_model, error_message, run_main
 
@@ -478,13 +480,14 @@ def test_check_values_and_device():
 
 
 def test_config_differences_name_options_and_skip_harmless_ones():
-    earlier = json.loads(json.dumps(RunConfig().__dict__))
-    now = RunConfig(epochs=5, resume=True, progress=False, overwrite=True, device="cpu", cache_dir="/x",
-                    optimizer="adamw")
+    earlier = json.loads(json.dumps(apply_recipe(RunConfig()).__dict__))
+    now = apply_recipe(RunConfig(epochs=5, resume=True, progress=False, overwrite=True, device="cpu", cache_dir="/x",
+                                 optimizer="adamw"))
     assert config_differences(earlier, now) == ["--epochs 30 → 5", "--optimizer sgd → adamw"]
     del earlier["precision"]  # an option the earlier run did not know had its default
-    assert config_differences(earlier, RunConfig()) == []
-    assert config_differences(earlier, RunConfig(limit_train=10)) == ["--limit-train (not set) → 10"]
+    assert config_differences(earlier, apply_recipe(RunConfig())) == []
+    assert config_differences(earlier, apply_recipe(RunConfig(limit_train=10))) == ["--limit-train (not set) → 10"]
+    assert "--momentum 0.9 → 0.85" in config_differences(earlier, apply_recipe(RunConfig(recipe="fast")))
 
 
 def test_build_model_lists_accepted_arguments():
@@ -494,7 +497,7 @@ def test_build_model_lists_accepted_arguments():
         build_model("wide_cnn", '{"width": [8]}')
     with pytest.raises(ValueError, match="cannot be built"):
         build_model("shufflenet_v2", '{"width_mult": 0.7}')
-    with pytest.raises(ValueError, match="--teacher-arch: unknown model 'wide'; known models: resnet20"):
+    with pytest.raises(ValueError, match="--teacher-arch: unknown model 'wide'; known models: fast_cnn, resnet20"):
         build_model("wide", "{}", flag="--teacher-model-args")
     assert build_model("wide_cnn", TINY).arch_spec["kwargs"]["hidden"] == 16
 

@@ -19,12 +19,35 @@ from typing import Any, NoReturn, TypeVar
 import torch
 
 from kd.data import DATA_MODES, DATASETS
+from kd.data.batches import FLIPS
 from kd.losses import LOSSES
 from kd.optim import OPTIMIZERS, SCHEDULES
 from kd.precision import PRECISIONS
+from kd.tta import TTA_MODES
 from recipes.plumbing.report import json_ready, write_json
 
 C = TypeVar("C")
+
+INITS = ("default", "whiten-dirac")
+
+# The training recipes: defaults of the options marked "from --recipe". classic is the recipe every measurement before
+# the fast one used; fast bundles airbench94's pieces (KellerJordan/cifar10-airbench), its numbers translated to a
+# batch-mean loss: lr 11.5 per 1024 summed examples with momentum 0.85 is 11.5 / (1 + 1/(1 − 0.85)) = 1.5 on the mean
+# loss at batch 1024, and its decoupled decay 0.0153 per 1024 is weight_decay = 0.0153 / 11.5 = 1.33e-3 at that rate.
+# BENCHMARKS.md ("How fast does a teacher reach 93 %?") measures both on CIFAR-10.
+RECIPES: dict[str, dict[str, Any]] = {
+    "classic": {"epochs": 30, "teacher_epochs": 30, "batch_size": 128, "lr": 0.05, "finetune_lr": 0.01,
+                "weight_decay": 5e-4, "schedule": "cosine", "momentum": 0.9, "warmup": 0.23,
+                "decay_norm_and_bias": True, "bn_bias_lr_scale": 1.0, "bn_weight_lr_scale": 1.0,
+                "label_smoothing": 0.0, "ema": 0.0, "tta": "none", "pad": 4, "flip": "random", "init": "default"},
+    "fast": {"epochs": 10, "teacher_epochs": 10, "batch_size": 1024, "lr_batch": 1024, "lr": 1.5,
+             "finetune_lr": 0.3, "weight_decay": 0.0153 / 11.5, "schedule": "triangular", "momentum": 0.85,
+             "warmup": 0.23, "decay_norm_and_bias": False, "bn_bias_lr_scale": 64.0, "bn_weight_lr_scale": 0.0,
+             "label_smoothing": 0.2, "ema": 0.99, "tta": "flip-translate", "pad": 2, "flip": "alternating",
+             "init": "whiten-dirac"},
+}
+RECIPES_NAMES = tuple(RECIPES)
+_BATCH_SCALED = frozenset({"lr", "finetune_lr"})  # rates a recipe with "lr_batch" gives per lr_batch images
 
 
 def arg(default: Any, help: str, choices: tuple | None = None) -> Any:  # noqa: A002 (mirrors argparse)
@@ -44,12 +67,38 @@ class RunConfig:
     limit_test: int | None = arg(None, "use a class-balanced subset of this many test images")
     cache_dir: str | None = arg(None, "where decoded images are cached (default $PTD_CACHE_DIR or "
                                 "~/.cache/prune-then-distill)")
-    epochs: int = arg(30, "training epochs")
-    batch_size: int = arg(128, "images per batch")
-    lr: float = arg(0.05, "peak learning rate")
-    weight_decay: float = arg(5e-4, "weight decay")
-    optimizer: str = arg("sgd", "sgd (Nesterov momentum 0.9) or adamw", OPTIMIZERS)
-    schedule: str = arg("cosine", "per-step learning-rate schedule", SCHEDULES)
+    recipe: str = arg("classic", "training recipe: the defaults of every option below marked 'from --recipe'. "
+                      "classic: SGD 0.9, lr 0.05, batch 128, cosine, 30 epochs, pad-4 crop + random flip; fast: "
+                      "airbench94's pieces (batch 1024, lr 1.5 scaled to the batch, Nesterov 0.85, triangular "
+                      "schedule, no decay on BatchNorm/biases, BatchNorm-bias lr ×64, label smoothing 0.2, pad-2 "
+                      "crop + alternating flip, weight EMA, whitening + identity init of new models, 10 epochs); "
+                      "see RECIPES in recipes/plumbing/config.py and BENCHMARKS.md", tuple(RECIPES_NAMES))
+    epochs: int | None = arg(None, "training epochs (default: from --recipe)")
+    batch_size: int | None = arg(None, "images per batch (default: from --recipe)")
+    lr: float | None = arg(None, "peak learning rate (default: from --recipe; fast: 1.5 × batch / 1024)")
+    weight_decay: float | None = arg(None, "weight decay (default: from --recipe)")
+    optimizer: str = arg("sgd", "sgd (Nesterov momentum) or adamw", OPTIMIZERS)
+    schedule: str | None = arg(None, "per-step learning-rate schedule (default: from --recipe)", SCHEDULES)
+    momentum: float | None = arg(None, "SGD's Nesterov momentum (default: from --recipe)")
+    warmup: float | None = arg(None, "fraction of the steps the triangular schedule warms up over (default: from "
+                               "--recipe)")
+    decay_norm_and_bias: bool | None = arg(None, "weight decay on BatchNorm parameters and biases too (default: from "
+                                           "--recipe; fast: no)")
+    bn_bias_lr_scale: float | None = arg(None, "learning-rate multiplier of BatchNorm biases (default: from --recipe)")
+    bn_weight_lr_scale: float | None = arg(None, "learning-rate multiplier of BatchNorm scales; 0 keeps them at 1 "
+                                           "(default: from --recipe)")
+    label_smoothing: float | None = arg(None, "label smoothing of the cross-entropy part of the loss (default: from "
+                                        "--recipe)")
+    ema: float | None = arg(None, "decay of an exponential moving average of the weights, evaluated and saved as the "
+                            "model; 0 = off (default: from --recipe)")
+    tta: str | None = arg(None, "test-time augmentation of each model's final score, reported beside the single-view "
+                          "accuracy, which stays the reported figure (default: from --recipe)", TTA_MODES)
+    pad: int | None = arg(None, "random-crop padding in pixels; 0 = no crop and no flip (default: from --recipe)")
+    flip: str | None = arg(None, "random: each image flipped with probability 1/2 each epoch; alternating: one "
+                           "random flip per image, all mirrored every other epoch (default: from --recipe)", FLIPS)
+    init: str | None = arg(None, "initialisation of models built here: default (PyTorch's), or whiten-dirac (first "
+                           "conv whitens 5,000 training images' patches, identity init of the other convs; "
+                           "models.init) (default: from --recipe)", INITS)
     out: str = arg("runs/run", "output folder: checkpoints, model file, report.json, config.json")
     seed: int = arg(0, "random seed (weights, shuffling, augmentation, subsets)")
     device: str = arg("auto", "cpu, cuda, cuda:N, or auto (cuda when available)")
@@ -77,6 +126,20 @@ class RunConfig:
     workers: int = arg(4, "DataLoader worker processes per training process in stream mode")
     sync_bn: bool = arg(False, "under torchrun: BatchNorm statistics over the global batch (SyncBatchNorm, CUDA "
                         "only) instead of each process's slice")
+
+
+def apply_recipe(cfg: Any) -> Any:
+    """Fills every option of ``cfg`` left at None that ``RECIPES[cfg.recipe]`` sets. A learning rate given per
+    ``lr_batch`` images (the fast recipe's) is scaled linearly to ``--batch-size`` unless the rate was given."""
+    preset = RECIPES[cfg.recipe]
+    names = {f.name for f in dataclasses.fields(cfg)}
+    if "batch_size" in names and cfg.batch_size is None:
+        cfg.batch_size = preset["batch_size"]
+    scale = cfg.batch_size / preset["lr_batch"] if "lr_batch" in preset else 1.0
+    for name, value in preset.items():
+        if name in names and getattr(cfg, name) is None:
+            setattr(cfg, name, value * scale if name in _BATCH_SCALED else value)
+    return cfg
 
 
 def _base_type(tp: Any) -> Any:
@@ -149,7 +212,8 @@ def parse_config(cls: type[C], argv: list[str] | None = None, description: str |
         parser.set_defaults(**read_config(cls, known.config))
     ns = parser.parse_args(argv)
     values = {k: tuple(v) if isinstance(v, list) else v for k, v in vars(ns).items() if k != "config"}
-    return cls(**values)
+    cfg = cls(**values)
+    return apply_recipe(cfg) if hasattr(cfg, "recipe") else cfg
 
 
 # Options of an earlier run that a re-run does not take from its config file: they say what to do with that run's
@@ -241,6 +305,12 @@ def _positive_int(v: Any) -> bool:
 # Accepted values of options by field name, wherever a recipe config has them: (test, what is accepted).
 LIMITS: dict[str, tuple[Callable[[Any], bool], str]] = {
     "alpha": (lambda v: 0.0 <= v <= 1.0, "in [0, 1]"),
+    "momentum": (lambda v: 0.0 <= v < 1.0, "in [0, 1)"),
+    "warmup": (lambda v: 0.0 <= v < 1.0, "in [0, 1) (a fraction of the steps)"),
+    "ema": (lambda v: 0.0 <= v < 1.0, "in [0, 1) (0 = off)"),
+    "bn_bias_lr_scale": (lambda v: v >= 0, ">= 0"),
+    "bn_weight_lr_scale": (lambda v: v >= 0, ">= 0"),
+    "pad": (lambda v: v == int(v) and v >= 0, "a whole number >= 0"),
     "temperature": (lambda v: v > 0, "> 0"),
     "lr": (lambda v: v > 0, "> 0"),
     "finetune_lr": (lambda v: v > 0, "> 0"),
@@ -324,7 +394,8 @@ class KDConfig(RunConfig):
                               "trained first on the same data")
     teacher_arch: str = arg("wide_cnn", "architecture of the teacher trained when --teacher is not given")
     teacher_model_args: str = arg("{}", "JSON of the teacher's architecture arguments")
-    teacher_epochs: int = arg(30, "epochs of the teacher trained when --teacher is not given")
+    teacher_epochs: int | None = arg(None, "epochs of the teacher trained when --teacher is not given (default: from "
+                                     "--recipe)")
     kd_loss: str = kd_loss_arg("kd")
     loss_args: str = arg("{}", "JSON of the loss's arguments, e.g. '{\"beta\": 6}' for dkd")
     temperature: float | None = arg(None, "softening temperature T of kd / dkd / kd-ls (default: the loss's own)")

@@ -16,18 +16,21 @@ from models.profile import Complexity, format_report, profile
 
 @dataclass
 class ModelReport:
-    """One model's line in ``report.json``: flops (thop MACs), params, param_size_kb (params × 4 / 1024), accuracy %."""
+    """One model's line in ``report.json``: flops (thop MACs), params, param_size_kb (params × 4 / 1024), accuracy %
+    (single view), and the test-time-augmented accuracy % when it was measured (``--tta``)."""
 
     name: str
     flops: int
     params: int
     param_size_kb: float
     accuracy: float
+    tta_accuracy: float | None = None
 
     @classmethod
-    def measure(cls, name: str, model: nn.Module, accuracy: float, input_size: tuple[int, ...]) -> "ModelReport":
+    def measure(cls, name: str, model: nn.Module, accuracy: float, input_size: tuple[int, ...],
+                tta_accuracy: float | None = None) -> "ModelReport":
         c = profile(model, input_size)
-        return cls(name, c.flops, c.params, c.param_size_kb, accuracy)
+        return cls(name, c.flops, c.params, c.param_size_kb, accuracy, tta_accuracy)
 
     def block(self) -> str:
         """The seed-format block: ``flops = …`` / ``Model parameter size = … kB`` / ``Accuracy = … %``."""
@@ -37,7 +40,8 @@ class ModelReport:
 def print_reports(reports: list[ModelReport]) -> None:
     """Prints each model's block under a ``== name ==`` header."""
     for r in reports:
-        print(f"\n== {r.name} ==\n{r.block()}")
+        tta = f"\n(with test-time augmentation: {r.tta_accuracy:.2f} %)" if r.tta_accuracy is not None else ""
+        print(f"\n== {r.name} ==\n{r.block()}{tta}")
 
 
 def write_report(path: str | os.PathLike, reports: list[ModelReport], config: dict[str, Any],

@@ -26,6 +26,7 @@ from kd.precision import Hardware
 from kd.teacher_cache import CachedBatchIterator, load_or_build
 from kd.trainer import FitResult, evaluate, fit_model
 from models import create_model, load_model, measure_latency, save_model
+from models.init import init_for_small_images
 from models.checkpoint import check_finite, safe_load, stale_temp_files
 from models.errors import FileFormatError, NonFiniteError
 from models.export import export_and_check
@@ -259,7 +260,8 @@ def prepare_out(cfg: RunConfig, out: Path) -> None:
 
 def loaders(cfg: RunConfig, data: DataSplits) -> tuple[BatchIterator, BatchIterator]:
     """Training and test iterators on ``cfg.device``."""
-    return make_loaders(data, cfg.batch_size, resolve_device(cfg.device), seed=cfg.seed, workers=cfg.workers)
+    return make_loaders(data, cfg.batch_size, resolve_device(cfg.device), seed=cfg.seed, workers=cfg.workers,
+                        pad=cfg.pad, flip=cfg.flip)
 
 
 def model_args(text: str, flag: str = "--model-args") -> dict[str, Any]:
@@ -293,8 +295,10 @@ def make_loss(cfg: KDConfig) -> DistillLoss:
     """
     check_values(cfg)  # option ranges first, so their message names the option
     if cfg.alpha == 0:
-        return CrossEntropy()
+        return CrossEntropy(label_smoothing=cfg.label_smoothing)
     kwargs = json_object(cfg.loss_args, "--loss-args", '{"beta": 6}')
+    if "label_smoothing" in loss_arguments(cfg.kd_loss):
+        kwargs.setdefault("label_smoothing", cfg.label_smoothing)
     if cfg.alpha is not None and cfg.kd_loss != "kd":
         raise ValueError(f"--alpha is the soft-target weight of --kd-loss kd; set the weights of {cfg.kd_loss} with "
                          f"--loss-args (or --alpha 0 for plain cross-entropy)")
@@ -309,9 +313,11 @@ def make_loss(cfg: KDConfig) -> DistillLoss:
 
 def train(model: nn.Module, cfg: RunConfig, train_batches: BatchIterator, test_batches: BatchIterator, *,
           out_dir: str | Path, teacher: nn.Module | None = None, loss: nn.Module | None = None,
-          epochs: int | None = None, lr: float | None = None, feature_loss: nn.Module | None = None) -> FitResult:
+          epochs: int | None = None, lr: float | None = None, feature_loss: nn.Module | None = None,
+          tta: str = "none") -> FitResult:
     """Fits ``model`` with the optimizer, schedule and precision of ``cfg`` (``epochs``/``lr`` override it),
-    checkpointing to ``out_dir`` and resuming from it when ``cfg.resume`` and a ``last.pt`` is there.
+    checkpointing to ``out_dir`` and resuming from it when ``cfg.resume`` and a ``last.pt`` is there. ``tta``: the
+    test-time augmentation of a final extra score (a teacher's; a student's figure is single-view).
 
     With ``--teacher-cache K`` (and a loss that reads only the teacher's logits), the teacher's outputs on K views of
     every training image are taken from the cache (built first when missing) and the teacher is not run again.
@@ -334,6 +340,9 @@ def train(model: nn.Module, cfg: RunConfig, train_batches: BatchIterator, test_b
     return fit_model(model, train_batches, test_batches, epochs=epochs if epochs is not None else cfg.epochs,
                      lr=lr if lr is not None else cfg.lr, teacher=teacher, loss=loss, optimizer=cfg.optimizer,
                      schedule=cfg.schedule, weight_decay=cfg.weight_decay, feature_loss=feature_loss, resume=resume,
+                     momentum=cfg.momentum, decay_norm_and_bias=cfg.decay_norm_and_bias,
+                     bn_bias_lr_scale=cfg.bn_bias_lr_scale, bn_weight_lr_scale=cfg.bn_weight_lr_scale,
+                     warmup=cfg.warmup, ema=cfg.ema or None, tta=tta,
                      device=resolve_device(cfg.device), out_dir=out_dir, precision=cfg.precision,
                      channels_last=cfg.channels_last, compile=cfg.compile, progress=cfg.progress,
                      callbacks=stage_callbacks(cfg, Path(out_dir)), sync_bn=cfg.sync_bn)
@@ -485,18 +494,37 @@ def seed_everything(seed: int) -> None:
 
 
 def fit_teacher(cfg: RunConfig, data: DataSplits, arch: str, arch_args: dict[str, Any], out: Path, *,
-                epochs: int | None = None, label_smoothing: float = 0.0) -> tuple[nn.Module, ModelReport]:
-    """Trains ``arch`` with cross-entropy on ``data``, saves it to ``out/teacher.pt`` (pickle-free, with the
-    normalisation and classes in its meta) and returns it with its report (accuracy of the last epoch on test)."""
+                epochs: int | None = None) -> tuple[nn.Module, ModelReport]:
+    """Trains ``arch`` with cross-entropy (``--label-smoothing``) on ``data``, saves it to ``out/teacher.pt``
+    (pickle-free, with the normalisation and classes in its meta) and returns it with its report (accuracy of the
+    last epoch on test; the test-time-augmented one beside it with ``--tta``)."""
     train_batches, test_batches = loaders(cfg, data)
     model = create_model(arch, data.num_classes, **arch_args)
     print(f"teacher {arch}: {len(data.train)} training / {len(data.test)} test images, {data.num_classes} classes")
+    init_model(cfg, model, train_batches)
     result = train(model, cfg, train_batches, test_batches, out_dir=out / "teacher_train", epochs=epochs,
-                   loss=CrossEntropy(label_smoothing=label_smoothing))
-    report = ModelReport.measure("teacher", model, result.last_accuracy, data.input_size)
-    save_model(model, out / "teacher.pt", meta={"accuracy": report.accuracy, **data.meta(),
-                                                "history": result.to_dict()["history"]})
+                   loss=CrossEntropy(label_smoothing=cfg.label_smoothing), tta=cfg.tta)
+    report = ModelReport.measure("teacher", model, result.last_accuracy, data.input_size,
+                                 tta_accuracy=result.tta_accuracy)
+    save_model(model, out / "teacher.pt", meta={"accuracy": report.accuracy, "tta_accuracy": result.tta_accuracy,
+                                                **data.meta(), "history": result.to_dict()["history"]})
     return model, report
+
+
+WHITEN_IMAGES = 5000  # training images whose patches set the whitening conv (airbench's number)
+
+
+def init_model(cfg: RunConfig, model: nn.Module, train_batches: Any) -> None:
+    """``--init whiten-dirac``: :func:`models.init.init_for_small_images` on a freshly built ``model``, its whitening
+    from the first :data:`WHITEN_IMAGES` training images as the model sees them (normalised, unaugmented)."""
+    if cfg.init != "whiten-dirac":
+        return
+    images = getattr(train_batches, "images", None)
+    if images is None:
+        raise ValueError("--init whiten-dirac reads training images from memory; use --data-mode memory")
+    first = train_batches.normalize(images[:WHITEN_IMAGES].to(train_batches.device)).cpu()
+    done = init_for_small_images(model, first)
+    print(f"  init: {', '.join(done)} from {len(first)} training images", flush=True)
 
 
 def obtain_teacher(cfg: KDConfig, data: DataSplits, out: Path) -> tuple[nn.Module, ModelReport]:
