@@ -1,0 +1,137 @@
+"""How fast does a teacher reach 90 % and 93 % on CIFAR-10? The classic recipe against the fast one, per epoch.
+
+Each run is the documented command, ``recipes/train_teacher.py`` in this process, on all 50,000 training images and
+every test image, and writes one JSON file under ``benchmarks/results/`` (the accuracy after every epoch, its seconds,
+the test-time-augmented accuracy, the CPU, precision and threads, the command). Finished runs are skipped, so the
+grid can be completed over several sessions; ``--table`` only prints what is there.
+
+    python benchmarks/fast_recipe.py --data-dir ../shared/data/cifar10 --runs fast,classic --seeds 0
+    python benchmarks/fast_recipe.py --table
+
+Prints, per run: epochs and training minutes to 90 % and to 93 % (single view), final single-view and TTA accuracy.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from kd.precision import Hardware
+from models.checkpoint import read_model_file
+from recipes import train_teacher
+from recipes.plumbing.report import write_json
+
+RESULTS = Path(__file__).resolve().parent / "results"
+# run name → the recipe's command-line words (the arch is fast_cnn, the network airbench94 measured)
+RUNS = {
+    "fast": ["--recipe", "fast"],
+    "fast-decay-bn": ["--recipe", "fast", "--decay-norm-and-bias"],  # airbench decays BatchNorm biases too
+    "fast-12": ["--recipe", "fast", "--epochs", "12"],
+    "classic": ["--recipe", "classic", "--epochs", "10", "--tta", "flip-translate"],
+    "classic-30": ["--recipe", "classic", "--tta", "flip-translate"],
+}
+THRESHOLDS = (90.0, 93.0)
+
+
+def result_path(run: str, arch: str, seed: int) -> Path:
+    return RESULTS / f"teacher_{arch}_{run}_seed{seed}.json"
+
+
+def one_run(run: str, args: argparse.Namespace, seed: int) -> dict:
+    """Trains one teacher with the recipe's command and returns its record (also written to its JSON file)."""
+    out = Path(args.out) / f"{args.arch}_{run}_seed{seed}"
+    argv = ["--dataset", "imagefolder", "--data-dir", args.data_dir, "--arch", args.arch, "--seed", str(seed),
+            "--out", str(out), "--overwrite", "--no-progress", *RUNS[run], *args.extra]
+    start = time.perf_counter()
+    train_teacher.main(argv)
+    return save_record(out, run, args.arch, seed, argv, time.perf_counter() - start)
+
+
+def save_record(out: Path, run: str, arch: str, seed: int, argv: list[str], wall_s: float | None) -> dict:
+    """The record of the finished run in ``out`` (its report.json and the per-epoch history its teacher.pt keeps),
+    written to :func:`result_path`."""
+    saved = json.loads((out / "report.json").read_text())
+    teacher = saved["models"]["teacher"]
+    history = read_model_file(out / "teacher.pt")["meta"]["history"]
+    record = {
+        "run": run, "arch": arch, "seed": seed, "command": "python recipes/train_teacher.py " + " ".join(argv),
+        "hardware": saved.get("hardware"), "threads": torch.get_num_threads(), "wall_s": wall_s,
+        "accuracy": teacher["accuracy"], "tta_accuracy": teacher.get("tta_accuracy"), "flops": teacher["flops"],
+        "epochs": [{"epoch": h["epoch"], "test_accuracy": h["val_accuracy"], "seconds": h["seconds"],
+                    "images_per_s": h["images_per_s"]} for h in history],
+    }
+    write_json(result_path(run, arch, seed), record)
+    return record
+
+
+def reach(record: dict, threshold: float) -> tuple[int | None, float | None]:
+    """(first epoch whose test accuracy is ≥ threshold, training minutes up to its end), or (None, None)."""
+    minutes = 0.0
+    for e in record["epochs"]:
+        minutes += e["seconds"] / 60
+        if e["test_accuracy"] >= threshold:
+            return e["epoch"], minutes
+    return None, None
+
+
+def table(records: list[dict]) -> str:
+    """A markdown table, one row per run name (mean ± std over seeds)."""
+    lines = ["| run | seeds | epochs | " + " | ".join(f"epoch / min to {t:g} %" for t in THRESHOLDS)
+             + " | final % | TTA % | train min |", "|---|---|---|" + "---|" * len(THRESHOLDS) + "---|---|---|"]
+    for run in sorted({r["run"] for r in records}):
+        rs = [r for r in records if r["run"] == run]
+        cells = []
+        for t in THRESHOLDS:
+            hits = [reach(r, t) for r in rs]
+            cells.append(", ".join(f"{e} / {m:.1f}" if e else "not reached" for e, m in hits))
+        cells += [_mean_std([r["accuracy"] for r in rs]),
+                  _mean_std([r["tta_accuracy"] for r in rs if r["tta_accuracy"] is not None]),
+                  _mean_std([sum(e["seconds"] for e in r["epochs"]) / 60 for r in rs])]
+        lines.append(f"| {run} | {len(rs)} | {len(rs[0]['epochs'])} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def curves(records: list[dict]) -> str:
+    """Accuracy after each epoch, one line per run and seed."""
+    return "\n".join(f"{r['run']} seed {r['seed']}: " + " ".join(f"{e['test_accuracy']:.2f}" for e in r["epochs"])
+                     for r in sorted(records, key=lambda r: (r["run"], r["seed"])))
+
+
+def _mean_std(values: list[float]) -> str:
+    if not values:
+        return "–"
+    if len(values) == 1:
+        return f"{values[0]:.2f}"
+    return f"{statistics.mean(values):.2f} ± {statistics.stdev(values):.2f}"
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--data-dir", default="../shared/data/cifar10", help="CIFAR-10 in ImageFolder layout")
+    parser.add_argument("--arch", default="fast_cnn")
+    parser.add_argument("--runs", default="fast,classic", help=f"comma-separated, of {', '.join(RUNS)}")
+    parser.add_argument("--seeds", default="0", help="comma-separated seeds")
+    parser.add_argument("--out", default="runs/fast_recipe", help="where the runs' folders go")
+    parser.add_argument("--table", action="store_true", help="only print the table of the finished runs")
+    parser.add_argument("extra", nargs="*", help="more words for train_teacher.py after --, e.g. -- --limit-train 500")
+    args = parser.parse_args(argv)
+    print(Hardware.detect("auto", "cpu").describe())
+    if not args.table:
+        for run in args.runs.split(","):
+            for seed in map(int, args.seeds.split(",")):
+                if result_path(run, args.arch, seed).is_file():
+                    print(f"{run} seed {seed}: done already ({result_path(run, args.arch, seed).name})")
+                    continue
+                one_run(run, args, seed)
+    records = [json.loads(p.read_text()) for p in sorted(RESULTS.glob(f"teacher_{args.arch}_*.json"))]
+    print(table(records))
+    print(curves(records))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
