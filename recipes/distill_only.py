@@ -20,6 +20,7 @@ from recipes.plumbing.run import (
     deployment, init_model, loaders, make_loss, model_args, obtain_teacher, run_main, seed_everything, start_run,
     train,
 )
+from recipes.plumbing.teachers import use_committed_teacher
 
 
 @dataclass
@@ -35,6 +36,7 @@ class DistillConfig(KDConfig):
 
 def main(argv: list[str] | None = None) -> list[ModelReport]:
     cfg = parse_config(DistillConfig, argv, description=__doc__.split("\n")[0])
+    use_committed_teacher(cfg)
     loss = make_loss(cfg)
     data, out = start_run(cfg)
     teacher, teacher_report = obtain_teacher(cfg, data, out)

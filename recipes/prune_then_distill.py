@@ -30,6 +30,7 @@ from recipes.plumbing.report import ModelReport, print_reports, write_report
 from recipes.plumbing.run import (
     deployment, loaders, make_loss, obtain_teacher, run_main, seed_everything, start_run, train,
 )
+from recipes.plumbing.teachers import use_committed_teacher
 
 LAB_TARGET_FLOPS = 31_269_888  # the lab's student budget (thop MACs of one 32×32 image)
 
@@ -71,6 +72,7 @@ class PruneThenDistillResult:
 
 def main(argv: list[str] | None = None) -> PruneThenDistillResult:
     cfg = parse_config(PruneThenDistillConfig, argv, description=__doc__.split("\n")[0])
+    use_committed_teacher(cfg)
     if cfg.target_flops is None and cfg.target_params is None and cfg.ratio is None:
         cfg.target_flops = LAB_TARGET_FLOPS
     loss = make_loss(cfg)  # a bad --kd-loss / --loss-args / --alpha stops the run before anything is written

@@ -2,6 +2,7 @@
 augmentation, parameter groups, the triangular schedule, alternating flips, the recipe presets."""
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 
@@ -242,3 +243,26 @@ def test_fast_recipe_trains_a_teacher_end_to_end(cifar10_dir, tmp_path):
     assert config["init"] == "whiten-dirac" and config["ema"] == 0.99
     saved = json.loads((out / "report.json").read_text())
     assert saved["models"]["teacher"]["tta_accuracy"] == report.tta_accuracy
+
+
+def test_committed_teacher_is_checked_and_used_only_without_teacher(tmp_path, monkeypatch, capsys):
+    from recipes.plumbing import teachers
+
+    path = tmp_path / "t.pt"
+    path.write_bytes(b"weights")
+    good = teachers.CommittedTeacher("cifar10", path, hashlib.sha256(b"weights").hexdigest(), 91.0)
+    monkeypatch.setitem(teachers.COMMITTED, "cifar10", good)
+    cfg = parse_config(KDConfig, ["--dataset", "cifar10"])
+    teachers.use_committed_teacher(cfg)
+    assert cfg.teacher == str(path) and "committed cifar10 teacher" in capsys.readouterr().out
+    for argv in (["--dataset", "cifar10", "--train-teacher"], ["--dataset", "cifar100"],
+                 ["--dataset", "cifar10", "--teacher", "mine.pt"]):
+        cfg = parse_config(KDConfig, argv)
+        teachers.use_committed_teacher(cfg)
+        assert cfg.teacher in (None, "mine.pt")
+    path.write_bytes(b"weightz")  # same size, other bytes
+    with pytest.raises(ValueError, match="sha256"):
+        teachers.use_committed_teacher(parse_config(KDConfig, ["--dataset", "cifar10"]))
+    path.unlink()
+    with pytest.raises(FileNotFoundError, match="--train-teacher"):
+        teachers.use_committed_teacher(parse_config(KDConfig, ["--dataset", "cifar10"]))

@@ -390,8 +390,10 @@ def kd_loss_arg(default: str, why: str = "") -> Any:
 class KDConfig(RunConfig):
     """Shared words of the distillation recipes: where the teacher comes from and the loss."""
 
-    teacher: str | None = arg(None, "teacher model file (written by train_teacher.py); without it a teacher is "
-                              "trained first on the same data")
+    teacher: str | None = arg(None, "teacher model file (written by train_teacher.py); without it, --dataset cifar10 "
+                              "starts from the committed teacher (benchmarks/models/), any other data set trains a "
+                              "teacher first on the same data")
+    train_teacher: bool = arg(False, "train the teacher here even where a committed one exists (--dataset cifar10)")
     teacher_arch: str = arg("wide_cnn", "architecture of the teacher trained when --teacher is not given")
     teacher_model_args: str = arg("{}", "JSON of the teacher's architecture arguments")
     teacher_epochs: int | None = arg(None, "epochs of the teacher trained when --teacher is not given (default: from "
