@@ -24,7 +24,7 @@ from models.checkpoint import atomic_write
 from models.export import DEFAULT_OPSET, DEFAULT_TOLERANCE, ExportReport, export_and_check
 from models.latency import DEFAULT_MIN_SECONDS, DEFAULT_REPEATS, DEFAULT_WARMUP, LatencyResult
 from recipes.plumbing.config import arg, parse_config
-from recipes.plumbing.run import run_main
+from recipes.plumbing.errors import run_main
 
 
 @dataclass

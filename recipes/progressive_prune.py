@@ -5,7 +5,9 @@ until the FLOPs or parameter target; one row per step.
         --teacher runs/teacher_c10/teacher.pt --budget 0.25 --step-ratio 0.2 --importance l1 --epochs 2 --max-drop 5
 
 Steps are scored on a validation split held out from the training images (``--val-size``); the kept model is then
-scored once on the test split. Writes OUT/student.pt (pickle-free), OUT/steps.md, OUT/report.json, OUT/config.json.
+scored once on the test split. Each step's fine-tuning is a training stage like every recipe's (all shared options
+apply; checkpoints, metrics.csv and curves.png in OUT/step<N>_train). Writes OUT/student.pt (pickle-free),
+OUT/steps.md, OUT/report.json, OUT/config.json.
 """
 from __future__ import annotations
 
@@ -14,16 +16,20 @@ from dataclasses import dataclass
 
 import torch
 
+from torch import nn
+
 from kd.data import BatchIterator
+from kd.losses import CrossEntropy
 from kd.sweep import validation_split
-from kd.trainer import evaluate, fine_tuner
 from models import save_model
 from models.checkpoint import atomic_write_text
 from pruning.importance import IMPORTANCES
 from pruning.progressive import STEP_HEADER, ProgressiveResult, progressive_prune
 from recipes.plumbing.config import KDConfig, arg, parse_config, resolve_device
-from recipes.plumbing.report import ModelReport, print_reports, write_report
-from recipes.plumbing.run import deployment, make_loss, obtain_teacher, run_main, start_run
+from recipes.plumbing.errors import run_main
+from recipes.plumbing.report import ModelReport
+from recipes.plumbing.run import finish_run, start_kd_run
+from recipes.plumbing.training import fit_stage, score
 
 
 @dataclass
@@ -49,9 +55,8 @@ class ProgressiveConfig(KDConfig):
 def main(argv: list[str] | None = None) -> ProgressiveResult:
     cfg = parse_config(ProgressiveConfig, argv, description=__doc__.split("\n")[0])
     device = resolve_device(cfg.device)
-    loss = make_loss(cfg)
-    data, out = start_run(cfg)
-    teacher, teacher_report = obtain_teacher(cfg, data, out)
+    run = start_kd_run(cfg)
+    data, out, teacher, teacher_report = run.data, run.out, run.teacher, run.teacher_report
     fit, val, _ = validation_split(data.train, cfg.val_size, cfg.seed)
     norm = {"mean": data.mean, "std": data.std, "device": device}
     train_batches = BatchIterator(fit, cfg.batch_size, train=True, seed=cfg.seed, **norm)
@@ -61,9 +66,12 @@ def main(argv: list[str] | None = None) -> ProgressiveResult:
         {"target_flops": cfg.target_flops or int(cfg.budget * teacher_report.flops)}
     print(f"{len(fit)} training / {len(val)} validation / {len(data.test)} test images; target {target}")
     print(STEP_HEADER)
-    fine_tune = fine_tuner(train_batches, epochs=cfg.epochs, lr=cfg.lr, optimizer=cfg.optimizer,
-                           weight_decay=cfg.weight_decay, teacher=teacher if cfg.distill else None,
-                           loss=loss if cfg.distill else None, device=device)
+    steps = iter(range(1, cfg.max_steps + 1))
+
+    def fine_tune(model: nn.Module) -> None:  # each step trains as every recipe stage does, in OUT/step<N>_train
+        fit_stage(model, cfg, train_batches, out_dir=out / f"step{next(steps)}_train", teacher=teacher,
+                  loss=run.loss if cfg.distill else CrossEntropy())
+
     result = progressive_prune(
         teacher, torch.zeros(data.input_size), fine_tune, BatchIterator(val, 2 * cfg.batch_size, train=False, **norm),
         step_ratio=cfg.step_ratio, num_steps=cfg.num_steps, importance=cfg.importance, calibration=calibration,
@@ -72,16 +80,13 @@ def main(argv: list[str] | None = None) -> ProgressiveResult:
     status = "meets the target" if result.met_target else "does NOT meet the target"
     print(f"\nkept step {result.chosen} ({status}{', stopped early by --max-drop' if result.stopped_early else ''})")
     test = BatchIterator(data.test, 2 * cfg.batch_size, train=False, **norm)
-    report = ModelReport.measure("student", result.model, evaluate(result.model, test, device).accuracy,
-                                 data.input_size)
+    report = ModelReport.measure("student", result.model, score(result.model, test, cfg), data.input_size)
     save_model(result.model, out / "student.pt", meta={"accuracy": report.accuracy, **data.meta(),
                                                        "met_target": result.met_target})
     atomic_write_text(STEP_HEADER + "\n" + "\n".join(r.row() for r in result.steps) + "\n", out / "steps.md")
-    print_reports([teacher_report, report])
-    deployed = deployment(cfg, teacher, result.model, data.input_size, out)
-    write_report(out / "report.json", [teacher_report, report], dataclasses.asdict(cfg),
-                 {**deployed, "steps": [dataclasses.asdict(s) for s in result.steps], "chosen_step": result.chosen,
-                  "met_target": result.met_target, "stopped_early": result.stopped_early})
+    finish_run(cfg, out, [teacher_report, report], teacher=teacher, student=result.model, input_size=data.input_size,
+               extra={"steps": [dataclasses.asdict(s) for s in result.steps], "chosen_step": result.chosen,
+                      "met_target": result.met_target, "stopped_early": result.stopped_early})
     return result
 
 

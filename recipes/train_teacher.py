@@ -7,13 +7,15 @@ OUT/teacher_train/{last,best}.pt (resume with --resume).
 """
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
 
 from models import list_models
 from recipes.plumbing.config import RunConfig, arg, parse_config
-from recipes.plumbing.report import ModelReport, print_reports, write_report
-from recipes.plumbing.run import fit_teacher, model_args, run_main, start_run
+from recipes.plumbing.checks import model_args
+from recipes.plumbing.errors import run_main
+from recipes.plumbing.report import ModelReport
+from recipes.plumbing.run import finish_run, start_run
+from recipes.plumbing.training import fit_teacher
 
 
 @dataclass
@@ -29,8 +31,7 @@ def main(argv: list[str] | None = None) -> ModelReport:
     data, out = start_run(cfg)
     _, report = fit_teacher(cfg, data, cfg.arch, model_args(cfg.model_args), out,
                             label_smoothing=cfg.label_smoothing)
-    print_reports([report])
-    write_report(out / "report.json", [report], dataclasses.asdict(cfg))
+    finish_run(cfg, out, [report])
     print(f"\nteacher saved to {out / 'teacher.pt'}")
     return report
 

@@ -10,7 +10,7 @@ import torch
 
 from recipes import train_teacher
 from recipes.plumbing.config import arg, parse_config
-from recipes.plumbing.run import run_main
+from recipes.plumbing.errors import run_main
 
 TINY = '{"widths": [8, 8, 8, 8], "hidden": 16}'
 SYNTHETIC = ["--dataset", "synthetic", "--limit-train", "64", "--limit-test", "32", "--image-size", "16",

@@ -21,7 +21,7 @@ from models import LatencyResult, create_model, measure_latency, time_callable
 from models.export import export_and_check, export_onnx, verify_onnx
 from models.latency import num_threads
 from recipes import export as export_recipe
-from recipes.plumbing.run import run_main
+from recipes.plumbing.errors import run_main
 
 FAST = {"warmup": 1, "repeats": 5, "min_seconds": 0.0}  # few calls: these tests check behaviour, not speed
 
