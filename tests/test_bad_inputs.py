@@ -17,7 +17,7 @@ import pytest
 import torch
 
 import pruning
-import recipes.plumbing.run
+import recipes.plumbing.training
 from kd.data import BadImageError, CacheWarning, DataUnavailableError, load_dataset
 from kd.data.sources import imagefolder_classes, load_imagefolder
 from kd.losses import CrossEntropy
@@ -27,7 +27,8 @@ from models.errors import FileFormatError, NonFiniteError
 from recipes import distill_only, prune_then_distill, train_teacher
 from recipes.plumbing.config import RunConfig, check_values, config_differences, parse_config, resolve_device
 from recipes.plumbing.report import ModelReport, write_report
-from recipes.plumbing.run import build_model, error_message, run_main
+from recipes.plumbing.checks import build_model
+from recipes.plumbing.errors import error_message, run_main
 
 RECIPES = {"train_teacher": train_teacher, "distill_only": distill_only, "prune_then_distill": prune_then_distill}
 TINY = '{"widths": [8, 8, 8, 8], "hidden": 16}'
@@ -263,20 +264,27 @@ def test_the_trainers_non_finite_error_is_one_line(tmp_path, monkeypatch, capsys
     def diverge(*args, **kwargs):
         raise NonFiniteError("the loss is nan at epoch 1, step 2")
 
-    monkeypatch.setattr(recipes.plumbing.run, "fit_model", diverge)
+    monkeypatch.setattr(recipes.plumbing.training, "fit_model", diverge)
     line = fail(train_teacher, [*SYNTHETIC, "--model-args", TINY, "--out", str(tmp_path / "run")], capsys)
     assert line == ("error: the loss is nan at epoch 1, step 2; nothing non-finite was saved (a lower --lr usually "
                     "helps)")
 
 
-def test_a_diverged_run_leaves_no_non_finite_checkpoint(tmp_path, monkeypatch, capsys):
-    monkeypatch.setattr(CrossEntropy, "_parts", lambda self, s, t, y, state: {"ce": s.sum() * float("nan")})
+def test_a_diverged_run_keeps_the_last_finite_checkpoint(tmp_path, monkeypatch, capsys):
+    finite = CrossEntropy._parts
+
+    def diverge_in_epoch_2(self, s, t, y, state):
+        parts = finite(self, s, t, y, state)
+        return {k: v * float("nan") for k, v in parts.items()} if state.epoch == 2 else parts
+
+    monkeypatch.setattr(CrossEntropy, "_parts", diverge_in_epoch_2)
     out = tmp_path / "run"
-    fail(train_teacher, [*SYNTHETIC, "--model-args", TINY, "--out", str(out)], capsys)
-    for name in ("best.pt", "last.pt"):
-        path = out / "teacher_train" / name
-        if path.exists():
-            check_finite(torch.load(path, weights_only=True)["student"], str(path))
+    line = fail(train_teacher, [*SYNTHETIC, "--model-args", TINY, "--out", str(out), "--epochs", "3"], capsys)
+    assert "loss became nan at epoch 2, step 3" in line  # two steps per epoch
+    last = torch.load(out / "teacher_train" / "last.pt", weights_only=True)
+    assert last["epoch"] == 1  # epoch 1's checkpoint is kept; the diverged epoch wrote none
+    check_finite(last["student"], "last.pt")
+    check_finite(torch.load(out / "teacher_train" / "best.pt", weights_only=True)["student"], "best.pt")
 
 
 # -------------------------------------------------------------------------------------- full or read-only disk
