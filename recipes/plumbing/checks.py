@@ -3,6 +3,7 @@ hint layers, and the JSON of ``--model-args`` / ``--loss-args``. Each failure is
 option."""
 from __future__ import annotations
 
+import importlib.util
 import json
 from typing import Any
 
@@ -105,3 +106,19 @@ def json_object(text: str, option: str, example: str) -> dict[str, Any]:
     if not isinstance(value, dict):
         raise ValueError(f"{option} must be a JSON object such as '{example}', got {text!r}")
     return value
+
+
+def tensorboard_available() -> bool:
+    """Whether the ``tensorboard`` package (which ``torch.utils.tensorboard`` needs) is installed."""
+    return importlib.util.find_spec("tensorboard") is not None
+
+
+def check_extras(cfg: RunConfig) -> None:
+    """Options that need an optional package have it: ``--tensorboard`` needs ``tensorboard``.
+
+    Raises:
+        ValueError: naming the option and the package to install.
+    """
+    if cfg.tensorboard and not tensorboard_available():
+        raise ValueError("--tensorboard needs the tensorboard package (pip install tensorboard); install it or drop "
+                         "--tensorboard (metrics.csv and curves.png are written either way)")

@@ -20,7 +20,7 @@ from torch import nn
 from kd import distributed
 from kd.data import DataSplits, load_dataset
 from kd.losses import DistillLoss
-from recipes.plumbing.checks import check_models, check_teacher_fits
+from recipes.plumbing.checks import check_extras, check_models, check_teacher_fits
 from recipes.plumbing.config import KDConfig, RunConfig, check_values, resolve_device, save_config
 from recipes.plumbing.deploy import deployment
 from recipes.plumbing.outdir import check_out, prepare_out
@@ -55,6 +55,7 @@ def start_run(cfg: RunConfig) -> tuple[DataSplits, Path]:
             each (:func:`run_main` prints it).
     """
     check_values(cfg)
+    check_extras(cfg)
     if cfg.sync_bn and resolve_device(cfg.device).type != "cuda":
         raise ValueError("--sync-bn needs CUDA (SyncBatchNorm trains on GPUs only); drop it on the CPU")
     info = distributed.init_distributed(resolve_device(cfg.device))
