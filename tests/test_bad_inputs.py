@@ -169,6 +169,7 @@ def earlier_run(tmp_path) -> tuple[Path, dict[str, bytes]]:
     return out, files(out)
 
 
+@pytest.mark.slow
 def test_a_second_run_into_the_same_out_is_refused(earlier_run, capsys):
     out, before = earlier_run
     line = fail(train_teacher, [*SYNTHETIC, "--model-args", TINY, "--out", str(out)], capsys)
@@ -176,6 +177,7 @@ def test_a_second_run_into_the_same_out_is_refused(earlier_run, capsys):
     assert files(out) == before
 
 
+@pytest.mark.slow
 def test_failed_validation_leaves_an_earlier_run_untouched(earlier_run, capsys):
     out, before = earlier_run
     fail(train_teacher, [*SYNTHETIC, "--model-args", TINY, "--out", str(out), "--overwrite", "--lr", "-1"], capsys)
@@ -183,6 +185,7 @@ def test_failed_validation_leaves_an_earlier_run_untouched(earlier_run, capsys):
     assert files(out) == before
 
 
+@pytest.mark.slow
 def test_resume_refuses_changed_options_naming_them(earlier_run, capsys):
     out, before = earlier_run
     line = fail(train_teacher, [*SYNTHETIC, "--model-args", TINY, "--out", str(out), "--resume", "--epochs", "3",
@@ -192,6 +195,7 @@ def test_resume_refuses_changed_options_naming_them(earlier_run, capsys):
     assert files(out) == before
 
 
+@pytest.mark.slow
 def test_resume_with_another_ratio_is_refused_before_any_size_mismatch(teacher, tmp_path, capsys):
     out = tmp_path / "student"
     argv = [*SYNTHETIC, "--teacher", str(teacher), "--out", str(out), "--ratio", "0.5"]
@@ -202,6 +206,7 @@ def test_resume_with_another_ratio_is_refused_before_any_size_mismatch(teacher, 
     assert files(out) == before
 
 
+@pytest.mark.slow
 def test_resume_without_a_checkpoint_is_refused(earlier_run, capsys):
     out, _ = earlier_run
     shutil.rmtree(out / "teacher_train")
@@ -209,6 +214,7 @@ def test_resume_without_a_checkpoint_is_refused(earlier_run, capsys):
     assert "no checkpoint (*/last.pt)" in line
 
 
+@pytest.mark.slow
 def test_resume_refuses_a_damaged_checkpoint(earlier_run, capsys):
     out, _ = earlier_run
     last = out / "teacher_train" / "last.pt"
@@ -217,6 +223,7 @@ def test_resume_refuses_a_damaged_checkpoint(earlier_run, capsys):
     assert "checkpoint" in line and "truncated, corrupt" in line and "last.pt" in line
 
 
+@pytest.mark.slow
 def test_resume_cleans_stale_temp_files_and_keeps_the_results(earlier_run, capsys):
     out, before = earlier_run
     stale = [out / ".teacher.pt.x1y2.tmp", out / "teacher_train" / ".last.pt.abc.tmp", out / "report.json.tmp",
@@ -229,6 +236,7 @@ def test_resume_cleans_stale_temp_files_and_keeps_the_results(earlier_run, capsy
     assert files(out)["teacher_train/last.pt"] == before["teacher_train/last.pt"]  # nothing was left to train
 
 
+@pytest.mark.slow
 def test_overwrite_replaces_the_earlier_run_and_its_checkpoints(earlier_run, teacher, capsys):
     out, before = earlier_run
     (out / "student_train").mkdir()
@@ -242,6 +250,7 @@ def test_overwrite_replaces_the_earlier_run_and_its_checkpoints(earlier_run, tea
         "models"]
 
 
+@pytest.mark.slow
 def test_overwrite_never_removes_the_teacher_it_reads(earlier_run, capsys):
     out, _ = earlier_run
     prune_then_distill.main([*SYNTHETIC, "--teacher", str(out / "teacher.pt"), "--ratio", "0.5", "--out", str(out),
@@ -353,6 +362,7 @@ def test_a_bad_image_names_its_file_and_can_be_skipped(damage, reason, cifar10_d
     assert report.accuracy >= 0 and json.loads((tmp_path / "skip" / "config.json").read_text())["skip_bad_images"]
 
 
+@pytest.mark.slow
 def test_no_progress_keeps_stderr_clean_and_the_cache_is_only_an_optimisation(cifar10_dir, tmp_path, monkeypatch,
                                                                               capsys):
     root = image_folder(tmp_path / "data", cifar10_dir, {"cat": 3, "dog": 3}, {"cat": 2, "dog": 2})
@@ -381,6 +391,7 @@ def test_no_progress_keeps_stderr_clean_and_the_cache_is_only_an_optimisation(ci
 # ------------------------------------------------------------------------------------------ pruning nothing
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("target", [["--ratio", "0"], ["--target-flops", "10000000000"]])
 def test_pruning_nothing_says_so_in_one_line(target, teacher, tmp_path, capsys):
     capsys.readouterr()
@@ -594,6 +605,7 @@ def test_parse_errors_are_one_line(capsys):
     assert len(err) == 1 and err[0].startswith("error: argument --optimizer: invalid choice: 'adam'")
 
 
+@pytest.mark.slow
 def test_ctrl_c_is_one_line_and_resume_goes_on(tmp_path, capsys, monkeypatch):
     """Ctrl-C in epoch 2 prints one ``interrupted:`` line (exit 130, no traceback) and leaves epoch 1's checkpoint,
     from which ``--resume`` finishes with the same weights as a run that was never interrupted."""

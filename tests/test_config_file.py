@@ -20,6 +20,7 @@ SYNTHETIC = ["--dataset", "synthetic", "--limit-train", "64", "--limit-test", "3
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
+@pytest.mark.slow
 def test_a_run_repeats_from_its_config_file(tmp_path, capsys):
     first = train_teacher.main([*SYNTHETIC, "--model-args", TINY, "--seed", "3", "--out", str(tmp_path / "a")])
     again = train_teacher.main(["--config", str(tmp_path / "a" / "config.json"), "--out", str(tmp_path / "b")])

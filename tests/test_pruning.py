@@ -29,7 +29,7 @@ def _snapshot(model: nn.Module) -> dict[str, torch.Tensor]:
     return {k: v.clone() for k, v in model.state_dict().items()}
 
 
-@pytest.fixture(scope="module", params=list_models() + TIMM_MODELS)
+@pytest.fixture(scope="module", params=list_models() + [pytest.param(n, marks=pytest.mark.slow) for n in TIMM_MODELS])
 def halved(request):
     """(name, input model, its state before pruning, PruneResult at half the FLOPs)."""
     torch.manual_seed(0)

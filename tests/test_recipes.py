@@ -8,6 +8,8 @@ import torch
 from models import load_model
 from recipes import distill_only, train_teacher
 
+pytestmark = pytest.mark.slow  # end to end: see setup.cfg
+
 BLOCK = re.compile(r"flops = (\d+)\nModel parameter size = (\d+\.\d{3}) kB\nAccuracy = (\d+\.\d{2}) %")
 # all 400 training / 200 test images shipped with the suite; fp32, so that what is learnt does not depend on the CPU
 SMALL = ["--limit-train", "400", "--limit-test", "200", "--batch-size", "32", "--no-progress", "--precision", "fp32"]
