@@ -11,12 +11,11 @@ FLOPs and parameters only fall, and ``r = 1`` — every group at its minimum —
 """
 from __future__ import annotations
 
-import contextlib
 import copy
 import itertools
 import math
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -24,7 +23,7 @@ import torch
 import torch_pruning as tp
 from torch import nn
 
-from models.common import Batches
+from models.common import Batches, num_threads
 from models.profile import Complexity, profile
 from pruning.importance import calibrate, calibrated_names, clear_calibration, make_importance, needs_calibration
 from pruning.fitting import recalibrate_bn as recalibrate
@@ -125,7 +124,9 @@ def prune(model: nn.Module, example_inputs: torch.Tensor, *, target_flops: int |
         ignored = _ignored_names(model, ignored_layers) | {_classifier_name(model)}
         if needs_calibration(imp):
             calibrate(imp, work, calibration, calibration_batches)
-        with _single_thread():
+        # tracing, pruning and profiling run thousands of tiny ops on one or two images: extra intra-op threads only
+        # add overhead (ten times slower on a busy two-core machine)
+        with num_threads(1):
             plan = _Plan(work, find_units(work, example_inputs), imp, ignored, global_pruning, round_to or 1)
             before = profile(work, input_size)
             if kind == "ratio":
@@ -157,18 +158,6 @@ def _restore(model: nn.Module, training: bool, trainable: dict[str, bool]) -> No
     model.train(training)
     for n, p in model.named_parameters():
         p.requires_grad_(trainable.get(n, True))
-
-
-@contextlib.contextmanager
-def _single_thread() -> Iterator[None]:
-    """Tracing, pruning and profiling run thousands of tiny ops on one or two images: extra intra-op threads only
-    add overhead (ten times slower on a busy two-core machine), so they run on one thread."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(threads)
 
 
 def _check_target(target_flops: int | None, target_params: int | None, ratio: float | None, tolerance: float,

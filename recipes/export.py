@@ -20,11 +20,11 @@ from torch import nn
 
 import pruning
 from models import profile
-from models.checkpoint import atomic_write
 from models.export import DEFAULT_OPSET, DEFAULT_TOLERANCE, ExportReport, export_and_check
 from models.latency import DEFAULT_MIN_SECONDS, DEFAULT_REPEATS, DEFAULT_WARMUP, LatencyResult
 from recipes.plumbing.config import arg, parse_config
 from recipes.plumbing.errors import run_main
+from recipes.plumbing.report import write_json
 
 
 @dataclass
@@ -64,7 +64,7 @@ def main(argv: list[str] | None = None) -> ExportReport:
             "params": complexity.params, "normalisation": {k: meta[k] for k in ("mean", "std") if k in meta},
             "config": dataclasses.asdict(cfg)}
     json_path = out.with_suffix(".export.json")
-    atomic_write(json_path, lambda tmp: Path(tmp).write_text(json.dumps(body, indent=2) + "\n"))
+    write_json(json_path, body)
     print(f"\nwrote {out} and {json_path}")
     if not report.passed:
         raise ValueError(f"the ONNX file differs from PyTorch by {report.max_abs_diff:.3g}, more than --tolerance "
