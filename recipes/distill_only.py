@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 from kd import HintLoss
 from models import create_model, list_models, save_model
-from recipes.plumbing.config import KDConfig, arg, parse_config
+from recipes.plumbing.config import KDConfig, NON_NEGATIVE, arg, parse_config
 from recipes.plumbing.checks import model_args
 from recipes.plumbing.errors import run_main
 from recipes.plumbing.report import ModelReport
@@ -28,7 +28,7 @@ class DistillConfig(KDConfig):
                           "arguments")
     hint_student_layer: str | None = arg(None, "FitNet hint: student layer (e.g. features.conv3); off by default")
     hint_teacher_layer: str | None = arg(None, "FitNet hint: teacher layer matched to --hint-student-layer")
-    hint_weight: float = arg(1.0, "weight of the FitNet hint loss")
+    hint_weight: float = arg(1.0, "weight of the FitNet hint loss", limit=NON_NEGATIVE)
     out: str = arg("runs/distill", "output folder")
 
 

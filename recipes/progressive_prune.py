@@ -25,7 +25,9 @@ from models import save_model
 from models.checkpoint import atomic_write_text
 from pruning.importance import IMPORTANCES
 from pruning.progressive import STEP_HEADER, ProgressiveResult, progressive_prune
-from recipes.plumbing.config import KDConfig, arg, parse_config, resolve_device
+from recipes.plumbing.config import (
+    BUDGET, COUNT, KDConfig, Limit, NON_NEGATIVE, POSITIVE, VAL_SIZE, arg, parse_config, resolve_device,
+)
 from recipes.plumbing.errors import run_main
 from recipes.plumbing.report import ModelReport
 from recipes.plumbing.run import finish_run, start_kd_run
@@ -34,21 +36,24 @@ from recipes.plumbing.training import fit_stage, score
 
 @dataclass
 class ProgressiveConfig(KDConfig):
-    budget: float = arg(0.25, "FLOPs target as a fraction of the teacher's FLOPs")
-    target_flops: int | None = arg(None, "FLOPs target in thop MACs (overrides --budget)")
-    target_params: int | None = arg(None, "parameter-count target instead of a FLOPs target")
-    step_ratio: float = arg(0.2, "fraction of each layer's channels removed per step")
-    num_steps: int | None = arg(None, "instead of --step-ratio: reach the target in this many even FLOPs steps")
+    budget: float = arg(0.25, "FLOPs target as a fraction of the teacher's FLOPs", limit=BUDGET)
+    target_flops: int | None = arg(None, "FLOPs target in thop MACs (overrides --budget)", limit=COUNT)
+    target_params: int | None = arg(None, "parameter-count target instead of a FLOPs target", limit=COUNT)
+    step_ratio: float = arg(0.2, "fraction of each layer's channels removed per step",
+                            limit=Limit(lambda v: 0.0 < v < 1.0, "in (0, 1)"))
+    num_steps: int | None = arg(None, "instead of --step-ratio: reach the target in this many even FLOPs steps",
+                                limit=COUNT)
     importance: str = arg("l1", f"channel importance (pruning.importance): {', '.join(IMPORTANCES)}; l1 is the "
                           "filter L1 norm, activation the mean |activation| over calibration batches",
                           tuple(IMPORTANCES))
-    epochs: int = arg(2, "fine-tuning epochs after each pruning step")
-    lr: float = arg(0.01, "fine-tuning learning rate (smaller than training from scratch)")
+    epochs: int = arg(2, "fine-tuning epochs after each pruning step", limit=COUNT)
+    lr: float = arg(0.01, "fine-tuning learning rate (smaller than training from scratch)", limit=POSITIVE)
     distill: bool = arg(True, "distil from the teacher while fine-tuning (--no-distill: cross-entropy)")
-    max_drop: float | None = arg(None, "stop when validation accuracy falls more than this many points")
-    max_steps: int = arg(20, "at most this many steps")
-    val_size: float = arg(0.1, "fraction of the training images held out to score the steps")
-    calibration_batches: int = arg(4, "training batches for the activation importance")
+    max_drop: float | None = arg(None, "stop when validation accuracy falls more than this many points",
+                                 limit=NON_NEGATIVE)
+    max_steps: int = arg(20, "at most this many steps", limit=COUNT)
+    val_size: float = arg(0.1, "fraction of the training images held out to score the steps", limit=VAL_SIZE)
+    calibration_batches: int = arg(4, "training batches for the activation importance", limit=COUNT)
     out: str = arg("runs/progressive", "output folder")
 
 

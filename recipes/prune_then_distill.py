@@ -25,7 +25,9 @@ import pruning
 from kd import HintLoss
 from kd.data import BatchIterator, DataSplits, subset
 from pruning.importance import calibrated_names, needs_calibration
-from recipes.plumbing.config import KDConfig, arg, kd_loss_arg, parse_config, resolve_device
+from recipes.plumbing.config import (
+    COUNT, KDConfig, Limit, NON_NEGATIVE, POSITIVE, arg, kd_loss_arg, parse_config, resolve_device,
+)
 from recipes.plumbing.errors import run_main
 from recipes.plumbing.report import ModelReport
 from recipes.plumbing.run import finish_run, start_kd_run
@@ -37,26 +39,27 @@ LAB_TARGET_FLOPS = 31_269_888  # the lab's student budget (thop MACs of one 32×
 @dataclass
 class PruneThenDistillConfig(KDConfig):
     target_flops: int | None = arg(None, f"prune the student to at most this many flops (thop MACs of one input); "
-                                   f"{LAB_TARGET_FLOPS} when no target is given")
-    target_params: int | None = arg(None, "prune the student to at most this many parameters instead")
-    ratio: float | None = arg(None, "remove this fraction of every prunable layer's channels instead")
+                                   f"{LAB_TARGET_FLOPS} when no target is given", limit=COUNT)
+    target_params: int | None = arg(None, "prune the student to at most this many parameters instead", limit=COUNT)
+    ratio: float | None = arg(None, "remove this fraction of every prunable layer's channels instead",
+                              limit=Limit(lambda v: 0.0 <= v < 1.0, "in [0, 1) (the fraction of channels removed)"))
     importance: str = arg("l1", f"channel criterion (pruning.importance): {', '.join(pruning.IMPORTANCES)}; l1 is "
                           f"the group L1 magnitude, random a control, {' and '.join(calibrated_names())} read "
                           "--calibration-images training images", tuple(pruning.IMPORTANCES))
     global_pruning: bool = arg(False, "rank channels across layers instead of within each layer")
-    round_to: int | None = arg(None, "keep channel counts multiples of this")
+    round_to: int | None = arg(None, "keep channel counts multiples of this", limit=COUNT)
     calibration_images: int = arg(1024, "training images (unaugmented) that re-estimate the pruned student's "
-                                  "BatchNorm statistics and that the taylor and activation criteria read")
+                                  "BatchNorm statistics and that the taylor and activation criteria read", limit=COUNT)
     recalibrate_bn: bool = arg(True, "re-estimate BatchNorm statistics right after pruning (--no-recalibrate-bn: "
                                "keep the teacher's)")
     kd_loss: str = kd_loss_arg("kd-ls", "; kd-ls for the fine-tuning was chosen by the sweep in BENCHMARKS.md")
     finetune_lr: float = arg(0.01, "peak learning rate of the pruned student's fine-tuning (--lr is the teacher's, "
                              "when one is trained here); chosen with the loss by the sweep in BENCHMARKS.md: at 0.02 "
                              "kd-ls lost 3 points to cross-entropy from a weak teacher, at 0.05 it diverged; with "
-                             "--alpha 0, 0.05 was better")
+                             "--alpha 0, 0.05 was better", limit=POSITIVE)
     hint_layer: str | None = arg(None, "FitNet hint on this layer of student and teacher (e.g. features.conv3), its "
                                  "regressor started from the channels pruning kept; off by default")
-    hint_weight: float = arg(1.0, "weight of the FitNet hint loss")
+    hint_weight: float = arg(1.0, "weight of the FitNet hint loss", limit=NON_NEGATIVE)
     out: str = arg("runs/prune_then_distill", "output folder")
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from models import list_models
-from recipes.plumbing.config import RunConfig, arg, parse_config
+from recipes.plumbing.config import Limit, RunConfig, arg, parse_config
 from recipes.plumbing.checks import model_args
 from recipes.plumbing.errors import run_main
 from recipes.plumbing.report import ModelReport
@@ -22,7 +22,8 @@ from recipes.plumbing.training import fit_teacher
 class TeacherConfig(RunConfig):
     arch: str = arg("wide_cnn", f"architecture: {', '.join(list_models())} or timm:<name>")
     model_args: str = arg("{}", "JSON of architecture arguments, e.g. '{\"widths\": [32, 64, 128, 128]}'")
-    label_smoothing: float = arg(0.0, "label smoothing of the cross-entropy")
+    label_smoothing: float = arg(0.0, "label smoothing of the cross-entropy",
+                                 limit=Limit(lambda v: 0.0 <= v < 1.0, "in [0, 1)"))
     out: str = arg("runs/teacher", "output folder")
 
 
