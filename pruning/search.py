@@ -1,9 +1,9 @@
 """``find_ratio``: the least pruning ratio whose pruned model is at or below a FLOPs or parameter target.
 
 The size of a pruned model falls in steps as the ratio grows (channel counts are whole numbers). The search keeps a
-bracket — the largest ratio known to be above the target and the smallest known to be at or below it — and picks the
-next ratio by interpolating √size (nearly linear in the ratio: FLOPs ∝ (1 − r)² when every layer loses r), falling
-back to bisection when the same end of the bracket moved twice running. It stops once a new model lands within
+bracket (the largest ratio known to be above the target, the smallest known to be at or below it) and picks the next
+ratio by interpolating √size (nearly linear in the ratio: FLOPs ∝ (1 − r)² when every layer loses r), falling back
+to bisection when the same end of the bracket moved twice running. It stops once a new model lands within
 ``tolerance`` of the target, when the gains become tiny (creeping up to a jump in size), or when the bracket closes.
 """
 from __future__ import annotations
