@@ -1,11 +1,13 @@
 """Every recipe trains through one path (``recipes.plumbing.training.fit_stage``): the shared speed and logging
-options reach every Trainer a recipe builds, or are refused in one line where they cannot apply."""
+options (--precision, the memory format, --compile, --tensorboard, --teacher-cache) reach every Trainer a recipe
+builds, or are refused in one line where they cannot apply."""
 from __future__ import annotations
 
 import importlib.util
 from pathlib import Path
 
 import pytest
+import torch
 
 import kd.trainer
 import recipes.plumbing.checks
@@ -23,7 +25,7 @@ SYNTHETIC = ["--dataset", "synthetic", "--limit-train", "64", "--limit-test", "3
 PRECISION = "fp32" if resolve_precision("auto", "cpu") == "bf16" else "bf16"
 CHANNELS_LAST = not prefers_channels_last(PRECISION, "cpu")
 OPTIONS = ["--device", "cpu", "--precision", PRECISION, "--channels-last" if CHANNELS_LAST else "--no-channels-last",
-           "--tensorboard"]
+           "--tensorboard", "--compile"]
 
 # recipe → its own arguments; "{teacher}" is a trained teacher file. Every one of them distils except train_teacher.
 RECIPES = {
@@ -36,6 +38,17 @@ RECIPES = {
 }
 
 pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+class CompiledStandIn(torch.nn.Module):
+    """What ``torch.compile`` returns, without compiling: a wrapper that calls the model."""
+
+    def __init__(self, model: torch.nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(x)
 
 
 class FakeTensorBoard(Callback):
@@ -63,11 +76,13 @@ def trainers(monkeypatch) -> list[dict]:
 
     def spy(self, train, val=None, **kwargs):
         seen.append({"precision": self.precision, "channels_last": self.channels_last, "teacher": self.teacher,
+                     "compiled": self._forward is not self.student,
                      "distils": getattr(self.loss, "needs_teacher", False), "batches": train,
                      "callbacks": [type(cb) for cb in self.callbacks]})
         return fit(self, train, val, **kwargs)
 
     monkeypatch.setattr(kd.trainer.Trainer, "fit", spy)
+    monkeypatch.setattr(torch, "compile", lambda model, **options: CompiledStandIn(model))  # no minutes of compiling
     monkeypatch.setattr(recipes.plumbing.training, "TensorBoardLogger", FakeTensorBoard)
     monkeypatch.setattr(recipes.plumbing.checks, "tensorboard_available", lambda: True)
     FakeTensorBoard.folders = []
@@ -83,7 +98,7 @@ def test_shared_options_reach_every_trainer(name, teacher, trainers, tmp_path, c
     recipe.main(argv)
     assert trainers, f"{name} trained nothing"
     for seen in trainers:
-        assert seen["precision"] == PRECISION and seen["channels_last"] is CHANNELS_LAST
+        assert seen["precision"] == PRECISION and seen["channels_last"] is CHANNELS_LAST and seen["compiled"]
         assert FakeTensorBoard in seen["callbacks"]
         if seen["distils"]:  # the teacher's logits come from the cache: the teacher itself is never run
             assert seen["teacher"] is None and isinstance(seen["batches"], CachedBatchIterator)
@@ -96,8 +111,8 @@ def test_shared_options_reach_every_trainer(name, teacher, trainers, tmp_path, c
 @pytest.mark.slow
 def test_train_teacher_honours_the_options_and_refuses_a_teacher_cache(trainers, tmp_path, capsys):
     train_teacher.main([*SYNTHETIC[:-1], *OPTIONS, "--model-args", TINY, "--out", str(tmp_path / "out")])
-    assert [(s["precision"], s["channels_last"], FakeTensorBoard in s["callbacks"]) for s in trainers] == \
-        [(PRECISION, CHANNELS_LAST, True)]
+    assert [(s["precision"], s["channels_last"], s["compiled"], FakeTensorBoard in s["callbacks"]) for s in trainers] \
+        == [(PRECISION, CHANNELS_LAST, True, True)]
     with pytest.raises(SystemExit) as info:  # a teacher has no teacher to cache: not an option of this recipe
         run_main(train_teacher.main, [*SYNTHETIC[:-1], "--teacher-cache", "2", "--out", str(tmp_path / "other")])
     assert info.value.code == 2

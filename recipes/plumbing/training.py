@@ -18,8 +18,8 @@ from kd.metrics import MetricsLogger, TensorBoardLogger
 from kd.precision import Hardware
 from kd.teacher_cache import CachedBatchIterator, load_or_build
 from kd.trainer import FitResult, evaluate, fit_model
-from models.common import Batches
 from models import create_model, load_model, save_model
+from models.common import Batches
 from recipes.plumbing.checks import check_teacher_fits, json_object, model_args
 from recipes.plumbing.config import KDConfig, RunConfig, check_values, resolve_device
 from recipes.plumbing.report import ModelReport
