@@ -15,9 +15,10 @@ from typing import Any
 
 import torch
 
+from models.common import PRECISIONS as COMPUTE_PRECISIONS
 from models.common import autocast  # noqa: F401  (kd.precision.autocast: the one bf16 autocast, kept here for kd)
 
-PRECISIONS = ("auto", "fp32", "bf16")
+PRECISIONS = ("auto", *COMPUTE_PRECISIONS)
 _NATIVE_BF16_FLAGS = ("amx_bf16", "avx512_bf16")
 
 

@@ -9,6 +9,9 @@ from collections.abc import Iterable, Iterator
 import torch
 from torch import nn
 
+# The precisions a forward pass runs in: fp32, or bf16 autocast (kd.precision adds "auto", chosen by hardware).
+PRECISIONS = ("fp32", "bf16")
+
 # (x, y) batches: x (B, C, H, W) images, y (B,) labels; batches from a teacher cache add the teacher's logits (B, K).
 Batches = Iterable[tuple[torch.Tensor, ...]]
 

@@ -18,9 +18,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from models.common import autocast, model_device, num_threads
+from models.common import PRECISIONS, autocast, model_device, num_threads
 
-PRECISIONS = ("fp32", "bf16")
 DEFAULT_WARMUP = 5
 DEFAULT_REPEATS = 20
 DEFAULT_MIN_SECONDS = 1.0
