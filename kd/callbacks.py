@@ -1,6 +1,7 @@
 """Callbacks: subclass :class:`Callback` and override what you need; set ``trainer.should_stop = True`` to stop."""
 from __future__ import annotations
 
+import math
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -40,11 +41,16 @@ class EarlyStopping(Callback):
 
 
 class EpochPrinter(Callback):
-    """Prints one line per epoch as it ends (train loss and accuracy, test accuracy, images/s, seconds)."""
+    """Prints one line per epoch as it ends: train loss and accuracy, the accuracy on the batches ``fit`` scored
+    after the epoch (its ``val`` argument, labelled ``split``: ``test`` where a recipe scores the test split; left out
+    when nothing was scored), images/s, seconds."""
 
     main_only = True
 
+    def __init__(self, split: str = "val") -> None:
+        self.split = split
+
     def on_epoch_end(self, trainer: Any, record: Any) -> None:
+        scored = "" if math.isnan(record.val_accuracy) else f"{self.split} acc {record.val_accuracy:6.2f} %  "
         print(f"  epoch {record.epoch:3d}: train loss {record.train_loss:.4f}  train acc {record.train_accuracy:6.2f} %  "
-              f"test acc {record.val_accuracy:6.2f} %  {record.images_per_s:7.1f} img/s  {record.seconds:7.1f} s",
-              flush=True)
+              f"{scored}{record.images_per_s:7.1f} img/s  {record.seconds:7.1f} s", flush=True)

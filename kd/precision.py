@@ -7,7 +7,6 @@ measured no faster (see BENCHMARKS.md). Losses and metrics are always computed i
 """
 from __future__ import annotations
 
-import contextlib
 import platform
 from dataclasses import asdict, dataclass
 from functools import lru_cache
@@ -16,7 +15,10 @@ from typing import Any
 
 import torch
 
-PRECISIONS = ("auto", "fp32", "bf16")
+from models.common import PRECISIONS as COMPUTE_PRECISIONS
+from models.common import autocast  # noqa: F401  (kd.precision.autocast: the one bf16 autocast, kept here for kd)
+
+PRECISIONS = ("auto", *COMPUTE_PRECISIONS)
 _NATIVE_BF16_FLAGS = ("amx_bf16", "avx512_bf16")
 
 
@@ -69,13 +71,6 @@ def resolve_precision(precision: str, device: str | torch.device) -> str:
 def prefers_channels_last(precision: str, device: str | torch.device) -> bool:
     """Whether conv models should run channels-last: on CUDA, and on CPUs in bf16 (measured 1.2-1.5× on AMX)."""
     return torch.device(device).type == "cuda" or precision == "bf16"
-
-
-def autocast(precision: str, device: str | torch.device) -> contextlib.AbstractContextManager:
-    """bf16 autocast on ``device`` for ``precision == "bf16"``, a no-op context for ``fp32``."""
-    if precision == "bf16":
-        return torch.autocast(device_type=torch.device(device).type, dtype=torch.bfloat16)
-    return contextlib.nullcontext()
 
 
 @dataclass

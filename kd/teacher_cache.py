@@ -25,12 +25,12 @@ from typing import Any
 
 import torch
 from torch import nn
-from tqdm import tqdm
 
 from kd.data.batches import BatchIterator, apply_crop_flip, draw_crop_flip
 from kd.data.sources import default_cache_dir
 from kd.distributed import shard
 from kd.precision import Hardware, autocast
+from kd.progress import progress_bar
 from models.checkpoint import atomic_save
 from models.common import eval_mode
 
@@ -156,7 +156,7 @@ def build_teacher_cache(teacher: nn.Module, images: torch.Tensor, *, views: int,
     start = time.perf_counter()
     steps = [(k, i) for k in range(views) for i in range(0, n, batch_size)]
     with eval_mode(teacher):
-        for k, i in tqdm(steps, desc="teacher cache", disable=not progress, leave=False, unit="batch"):
+        for k, i in progress_bar(steps, desc="teacher cache", enabled=progress, leave=False, unit="batch"):
             x = apply_crop_flip(images[i:i + batch_size].to(device), pad, augment[k, i:i + batch_size].long())
             x = (x.float().div_(255) - mean_t) / std_t
             if hw.channels_last:

@@ -18,13 +18,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from timm.utils.model_ema import ModelEmaV3
-from tqdm import tqdm
 
 from kd import distributed
 from kd.callbacks import Callback
 from kd.losses import CrossEntropy, DistillLoss, TrainState, create_loss, total_loss
 from kd.optim import make_optimizer, make_scheduler, param_groups
 from kd.precision import Hardware, autocast, resolve_precision
+from kd.progress import progress_bar
 from kd.tta import TTA_MODES, tta_logits
 from models.checkpoint import atomic_save, check_finite
 from models.common import Batches, eval_mode
@@ -97,7 +97,7 @@ class Trainer:
             or ``bf16``. Losses and metrics stay fp32.
         channels_last: run student, teacher and batches channels-last; None picks by hardware and precision.
         compile: train through ``torch.compile(student)`` (checkpoints still hold the plain module's weights).
-        progress: show tqdm bars (on rank 0 only under torchrun).
+        progress: show tqdm bars (on a terminal only, :mod:`kd.progress`; on rank 0 only under torchrun).
         grad_clip: clip the gradient norm to this value when given.
         sync_bn: under torchrun, BatchNorm statistics over the global batch (SyncBatchNorm, CUDA only) instead of
             each rank's slice; the student gets its BatchNorm layers back after ``fit``.
@@ -240,8 +240,8 @@ class Trainer:
         parts_sum: dict[str, float] = {}
         loss_sum, correct, seen, start = 0.0, 0, 0, time.perf_counter()
         steps = _len(train)
-        bar = tqdm(train, total=steps, desc=f"epoch {self.epoch}/{self.epochs}", disable=not self.progress,
-                   leave=False, unit="batch")
+        bar = progress_bar(train, total=steps, desc=f"epoch {self.epoch}/{self.epochs}", enabled=self.progress,
+                           leave=False, unit="batch")
         for step, batch in enumerate(bar):
             x, y = batch[0].to(self.device, non_blocking=True), batch[1].to(self.device, non_blocking=True)
             cached = batch[2].to(self.device, non_blocking=True) if len(batch) > 2 else None
@@ -463,7 +463,7 @@ def evaluate(model: nn.Module, data: Batches, device: str | torch.device = "cpu"
     loss_sum, correct, seen = 0.0, 0, 0
     precision = resolve_precision(precision, device)
     with eval_mode(model):
-        for batch in tqdm(data, total=_len(data), desc="eval", disable=not progress, leave=False, unit="batch"):
+        for batch in progress_bar(data, total=_len(data), desc="eval", enabled=progress, leave=False, unit="batch"):
             x, y = batch[0].to(device), batch[1].to(device)
             if channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)

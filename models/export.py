@@ -24,7 +24,7 @@ import torch
 from torch import nn
 
 from models.checkpoint import atomic_write
-from models.common import eval_mode
+from models.common import eval_mode, model_device
 from models.latency import (
     DEFAULT_MIN_SECONDS, DEFAULT_REPEATS, DEFAULT_WARMUP, LatencyResult, measure_latency, time_callable,
 )
@@ -70,7 +70,7 @@ def export_onnx(model: nn.Module, path: str | os.PathLike, input_size: Sequence[
     onnx = _require("onnx")
     if dynamo:
         _require("onnxscript")
-    device = next(iter(model.parameters()), torch.empty(0)).device
+    device = model_device(model)
     example = torch.zeros((2, *input_size), device=device)  # (2, C, H, W): a batch of 1 invites specialisation
     with eval_mode(model):
         path = atomic_write(path, lambda tmp: _export(model, example, tmp, opset, dynamo))
@@ -98,7 +98,7 @@ def verify_onnx(path: str | os.PathLike, model: nn.Module, inputs: torch.Tensor)
     """Largest absolute difference between the logits of the ONNX file (ONNX Runtime, CPU) and of ``model`` (eval
     mode, on its device, mode restored afterwards) on ``inputs`` (B, C, H, W)."""
     session = _session(path, threads=None)
-    device = next(iter(model.parameters()), torch.empty(0)).device
+    device = model_device(model)
     with eval_mode(model), torch.inference_mode():
         expected = model(inputs.to(device)).float().cpu()  # (B, K)
     got = torch.from_numpy(session.run(None, {session.get_inputs()[0].name: _numpy(inputs)})[0])

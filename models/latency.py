@@ -11,15 +11,15 @@ and the 10th / 90th percentiles of the per-call times and ``images_per_s = batch
 """
 from __future__ import annotations
 
-import contextlib
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
 from torch import nn
 
-PRECISIONS = ("fp32", "bf16")
+from models.common import PRECISIONS, autocast, model_device, num_threads
+
 DEFAULT_WARMUP = 5
 DEFAULT_REPEATS = 20
 DEFAULT_MIN_SECONDS = 1.0
@@ -98,7 +98,7 @@ def measure_latency(model: nn.Module, input_size: Sequence[int] = (3, 32, 32), b
         raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
     if not batch_sizes or min(batch_sizes) < 1:
         raise ValueError(f"batch_sizes must be positive integers, got {list(batch_sizes)}")
-    home = next(iter(model.parameters()), torch.empty(0)).device
+    home = model_device(model)
     target = torch.device(device) if device is not None else home
     was_training = model.training
     generator = torch.Generator().manual_seed(0)
@@ -117,29 +117,11 @@ def measure_latency(model: nn.Module, input_size: Sequence[int] = (3, 32, 32), b
     return results
 
 
-@contextlib.contextmanager
-def num_threads(threads: int | None) -> Iterator[None]:
-    """``torch.set_num_threads(threads)`` inside the block, the previous number after it; None changes nothing."""
-    if threads is None:
-        yield
-        return
-    if threads < 1:
-        raise ValueError(f"threads must be >= 1, got {threads}")
-    previous = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(previous)
-
-
 def _forward(model: nn.Module, x: torch.Tensor, precision: str) -> Callable[[], None]:
     cuda = x.device.type == "cuda"
 
     def call() -> None:
-        ctx = (torch.autocast(x.device.type, dtype=torch.bfloat16) if precision == "bf16"
-               else contextlib.nullcontext())
-        with ctx:
+        with autocast(precision, x.device):
             model(x)
         if cuda:
             torch.cuda.synchronize(x.device)

@@ -11,6 +11,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from models.common import model_device
+
 DEFAULT_INPUT_SIZE = (1, 3, 32, 32)
 
 
@@ -32,7 +34,7 @@ def profile(model: nn.Module, input_size: tuple[int, ...] = DEFAULT_INPUT_SIZE) 
     from thop import profile as thop_profile  # thop prints on import in some versions; keep it out of start-up
 
     probe = copy.deepcopy(model).eval()
-    device = next(iter(probe.parameters()), torch.empty(0)).device
+    device = model_device(probe)
     with torch.no_grad():
         macs, _ = thop_profile(probe, inputs=(torch.zeros(input_size, device=device),), verbose=False)
     params = sum(p.numel() for p in model.parameters())

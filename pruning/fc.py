@@ -9,6 +9,7 @@ Importance of a unit:
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
@@ -17,7 +18,6 @@ from torch import nn
 from models import Complexity, profile
 from models.common import Batches, eval_mode
 from pruning.wide_config import build_wide, check_wide_cnn, wide_config
-FC_IMPORTANCES = ("l1", "activation")
 
 
 @dataclass
@@ -30,18 +30,12 @@ class FCPruneResult:
     kept: list[int] = field(default_factory=list)
 
 
-@torch.no_grad()
-def unit_importance(model: nn.Module, importance: str = "l1", calibration: Batches | None = None,
-                    device: str | torch.device = "cpu") -> torch.Tensor:
-    """(hidden,) importance of each hidden FC unit; see the module docstring for the criteria."""
-    check_wide_cnn(model, "FC reduction")
-    if not isinstance(model.fc, nn.Sequential):
-        raise ValueError("this wide_cnn has no hidden FC layer (hidden=0); there are no FC units to prune")
-    linear = model.fc[0]
-    if importance == "l1":
-        return linear.weight.abs().sum(dim=1)
-    if importance != "activation":
-        raise ValueError(f"unknown FC importance {importance!r}; choose one of {', '.join(FC_IMPORTANCES)}")
+def _l1(model: nn.Module, linear: nn.Linear, calibration: Batches | None, device: torch.device) -> torch.Tensor:
+    return linear.weight.abs().sum(dim=1)  # (hidden,)
+
+
+def _activation(model: nn.Module, linear: nn.Linear, calibration: Batches | None,
+                device: torch.device) -> torch.Tensor:
     if calibration is None:
         raise ValueError("importance='activation' needs calibration batches")
     total, count = torch.zeros(linear.out_features, device=device), 0
@@ -56,7 +50,26 @@ def unit_importance(model: nn.Module, importance: str = "l1", calibration: Batch
     return total / count
 
 
+# The criteria for hidden FC units by name (module docstring): FC units are not Torch-Pruning channel groups, so
+# they have their own small registry beside pruning.IMPORTANCES.
+FC_IMPORTANCES: dict[str, Callable[[nn.Module, nn.Linear, Batches | None, torch.device], torch.Tensor]] = {
+    "l1": _l1,
+    "activation": _activation,
+}
+
+
 @torch.no_grad()
+def unit_importance(model: nn.Module, importance: str = "l1", calibration: Batches | None = None,
+                    device: str | torch.device = "cpu") -> torch.Tensor:
+    """(hidden,) importance of each hidden FC unit by a criterion of :data:`FC_IMPORTANCES`."""
+    check_wide_cnn(model, "FC reduction")
+    if not isinstance(model.fc, nn.Sequential):
+        raise ValueError("this wide_cnn has no hidden FC layer (hidden=0); there are no FC units to prune")
+    if importance not in FC_IMPORTANCES:
+        raise ValueError(f"unknown FC importance {importance!r}; choose one of {', '.join(FC_IMPORTANCES)}")
+    return FC_IMPORTANCES[importance](model, model.fc[0], calibration, torch.device(device))
+
+
 def prune_fc(model: nn.Module, *, keep: int | None = None, ratio: float | None = None, importance: str = "l1",
              calibration: Batches | None = None, input_size: tuple[int, ...] = (1, 3, 32, 32),
              device: str | torch.device = "cpu") -> FCPruneResult:

@@ -27,7 +27,7 @@ import torch_pruning as tp
 from torch import nn
 from torch_pruning.pruner import function
 
-from models.common import Batches, eval_mode
+from models.common import Batches, eval_mode, model_device
 
 T = TypeVar("T", bound=type)
 
@@ -173,10 +173,6 @@ def _batches(calibration: Batches, max_batches: int, device: torch.device):
         yield x.to(device), y.to(device)
 
 
-def _device(model: nn.Module) -> torch.device:
-    return next(iter(model.parameters()), torch.empty(0)).device
-
-
 def record_activations(model: nn.Module, calibration: Batches, max_batches: int = 16) -> int:
     """Runs ``model`` (in eval mode) on up to ``max_batches`` calibration batches and stores on every conv/linear
     layer the mean ``|input|`` per input channel, and on every BatchNorm the mean ``|output|`` per channel.
@@ -202,7 +198,7 @@ def record_activations(model: nn.Module, calibration: Batches, max_batches: int 
     n = 0
     try:
         with eval_mode(model), torch.no_grad():
-            for x, _ in _batches(calibration, max_batches, _device(model)):
+            for x, _ in _batches(calibration, max_batches, model_device(model)):
                 model(x)
                 n += 1
     finally:
@@ -231,7 +227,7 @@ def accumulate_gradients(model: nn.Module, calibration: Batches, max_batches: in
         p.requires_grad_(True)
     try:
         with eval_mode(model):
-            for x, y in _batches(calibration, max_batches, _device(model)):
+            for x, y in _batches(calibration, max_batches, model_device(model)):
                 nn.functional.cross_entropy(model(x), y).backward()  # gradients add up over the batches
                 n += 1
         if n == 0:

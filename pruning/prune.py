@@ -5,18 +5,16 @@ ratio ``r`` then fixes how many channels each dependency group loses: ``r`` of i
 default) or the channels under one threshold that removes ``r`` of all prunable channels (``global_pruning``); every
 group keeps at least one channel (``round_to`` channels when given). Torch-Pruning's ``BasePruner`` prunes a copy of
 the model with these per-group counts (``pruning_ratio_dict``), the copy is profiled with :func:`models.profile`, and a
-search over ``r`` (interpolation on √FLOPs, which is nearly linear in ``r``, safeguarded by bisection) keeps the least
+search over ``r`` (:mod:`pruning.search`: interpolation on √FLOPs, safeguarded by bisection) keeps the least
 pruned copy at or below the target, stopping once it is within ``tolerance`` of it. Counts only grow with ``r``, so
 FLOPs and parameters only fall, and ``r = 1`` — every group at its minimum — is the smallest reachable model.
 """
 from __future__ import annotations
 
-import contextlib
 import copy
 import itertools
-import math
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -24,10 +22,11 @@ import torch
 import torch_pruning as tp
 from torch import nn
 
-from models.common import Batches
+from models.common import Batches, num_threads
 from models.profile import Complexity, profile
 from pruning.importance import calibrate, calibrated_names, clear_calibration, make_importance, needs_calibration
 from pruning.fitting import recalibrate_bn as recalibrate
+from pruning.search import Trial, UnreachableTarget, find_ratio
 from pruning.units import Unit, find_units
 
 _PRUNABLE = (nn.modules.conv._ConvNd, nn.Linear)
@@ -125,7 +124,9 @@ def prune(model: nn.Module, example_inputs: torch.Tensor, *, target_flops: int |
         ignored = _ignored_names(model, ignored_layers) | {_classifier_name(model)}
         if needs_calibration(imp):
             calibrate(imp, work, calibration, calibration_batches)
-        with _single_thread():
+        # tracing, pruning and profiling run thousands of tiny ops on one or two images: extra intra-op threads only
+        # add overhead (ten times slower on a busy two-core machine)
+        with num_threads(1):
             plan = _Plan(work, find_units(work, example_inputs), imp, ignored, global_pruning, round_to or 1)
             before = profile(work, input_size)
             if kind == "ratio":
@@ -157,18 +158,6 @@ def _restore(model: nn.Module, training: bool, trainable: dict[str, bool]) -> No
     model.train(training)
     for n, p in model.named_parameters():
         p.requires_grad_(trainable.get(n, True))
-
-
-@contextlib.contextmanager
-def _single_thread() -> Iterator[None]:
-    """Tracing, pruning and profiling run thousands of tiny ops on one or two images: extra intra-op threads only
-    add overhead (ten times slower on a busy two-core machine), so they run on one thread."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(threads)
 
 
 def _check_target(target_flops: int | None, target_params: int | None, ratio: float | None, tolerance: float,
@@ -323,54 +312,35 @@ def _record_kept(group: Any, dg: tp.DependencyGraph, prefix: str, kept: dict[str
 
 def _search(plan: _Plan, work: nn.Module, kind: str, target: int, before: Complexity,
             input_size: tuple[int, ...], tolerance: float) -> tuple[nn.Module, dict[str, list[int]], float, list]:
-    """The least pruned copy of ``work`` with ``kind`` (flops | params) at or below ``target`` (module docstring)."""
+    """The least pruned copy of ``work`` with ``kind`` (flops | params) at or below ``target``
+    (:func:`pruning.search.find_ratio`); every copy tried is a :class:`PruneStep`."""
     steps: list[PruneStep] = []
-    seen: dict[tuple[int, ...], int] = {}
+    sizes: dict[tuple[int, ...], int] = {}  # channel counts → size: the same counts give the same model
+    kept_copy: dict[tuple[int, ...], tuple[nn.Module, dict[str, list[int]]]] = {}  # the latest copy within target
 
-    def trial(r: float) -> tuple[nn.Module | None, dict[str, list[int]] | None, int]:
-        counts = tuple(plan.counts(r))
-        if counts in seen:  # the same channel counts give the same model: no need to build it again
-            return None, None, seen[counts]
+    def measure(ratio: float) -> Trial:
+        counts = tuple(plan.counts(ratio))
+        if counts in sizes:  # no need to build it again
+            return Trial(ratio, sizes[counts], new=False)
         model = _copy(work)
-        kept = plan.apply(model, r)
+        kept = plan.apply(model, ratio)
         c = profile(model, input_size)
-        steps.append(PruneStep(r, c.flops, c.params))
-        seen[counts] = getattr(c, kind)
-        return model, kept, seen[counts]
+        steps.append(PruneStep(ratio, c.flops, c.params))
+        sizes[counts] = getattr(c, kind)
+        if sizes[counts] <= target:
+            kept_copy.clear()  # a later copy within the target is less pruned: only it can be the answer
+            kept_copy[counts] = (model, kept)
+        return Trial(ratio, sizes[counts])
 
     start = getattr(before, kind)
     if start <= target:
         return _copy(work), {n: list(range(w)) for n, w in plan.widths.items()}, 0.0, steps
-    aim, floor = target * (1 - tolerance / 2), target * (1 - tolerance)
-    lo, hi, best, stuck = (0.0, start), None, None, ("", 0)
-    r = min(max(1 - math.sqrt(aim / start), 0.01), 0.99)  # FLOPs ∝ (1 − r)² when every layer loses r
-    for _ in range(40):
-        model, kept, value = trial(r)
-        if value <= target:
-            gain = value - hi[1] if hi is not None else math.inf
-            hi = (r, value)
-            if model is not None:
-                best = (model, kept)
-                if value >= floor or gain < tolerance / 8 * target:  # on target, or creeping up to a jump
-                    break
-        elif r == 1.0:
-            noun = "flops" if kind == "flops" else "parameters"
-            raise ValueError(f"target_{kind}={target:,} is below the smallest reachable value: pruning every layer "
-                             f"down to {plan.min_channels} channel(s) leaves {value:,} {noun} (from {start:,}); "
-                             f"ask for at least {value:,}")
-        else:
-            lo = (r, value)
-        side = "hi" if value <= target else "lo"
-        stuck = (side, stuck[1] + 1 if stuck[0] == side else 1)
-        if hi is None:
-            r = 1.0  # still above the target: bracket it with the smallest model (and check it is reachable)
-            continue
-        width = hi[0] - lo[0]
-        if width < 1e-4:
-            break
-        s_lo, s_hi = math.sqrt(lo[1]), math.sqrt(hi[1])
-        r = lo[0] + width * (s_lo - math.sqrt(aim)) / (s_lo - s_hi) if s_lo > s_hi else lo[0] + width / 2
-        if stuck[1] >= 2:  # the same side moved twice running: bisect instead
-            r = lo[0] + width / 2
-        r = min(max(r, lo[0] + 0.01 * width), hi[0] - 0.01 * width)
-    return best[0], best[1], hi[0], steps
+    try:
+        ratio = find_ratio(measure, start, target, tolerance)
+    except UnreachableTarget as err:
+        noun = "flops" if kind == "flops" else "parameters"
+        raise ValueError(f"target_{kind}={target:,} is below the smallest reachable value: pruning every layer down "
+                         f"to {plan.min_channels} channel(s) leaves {err.smallest:,} {noun} (from {start:,}); ask for "
+                         f"at least {err.smallest:,}") from None
+    model, kept = kept_copy[tuple(plan.counts(ratio))]
+    return model, kept, ratio, steps

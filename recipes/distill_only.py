@@ -9,18 +9,17 @@ cross-entropy alone. Writes OUT/student.pt (pickle-free), OUT/report.json, OUT/c
 """
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
 
 from kd import HintLoss
 from models import create_model, list_models, save_model
-from recipes.plumbing.config import KDConfig, arg, parse_config
-from recipes.plumbing.report import ModelReport, print_reports, write_report
-from recipes.plumbing.run import (
-    deployment, init_model, loaders, make_loss, model_args, obtain_teacher, run_main, seed_everything, start_run,
-    train,
-)
+from recipes.plumbing.config import KDConfig, NON_NEGATIVE, arg, parse_config
+from recipes.plumbing.checks import model_args
+from recipes.plumbing.errors import run_main
+from recipes.plumbing.report import ModelReport
+from recipes.plumbing.run import finish_run, start_kd_run
 from recipes.plumbing.teachers import use_committed_teacher
+from recipes.plumbing.training import fit_stage, init_model, loaders, seed_everything
 
 
 @dataclass
@@ -30,38 +29,32 @@ class DistillConfig(KDConfig):
                           "arguments")
     hint_student_layer: str | None = arg(None, "FitNet hint: student layer (e.g. features.conv3); off by default")
     hint_teacher_layer: str | None = arg(None, "FitNet hint: teacher layer matched to --hint-student-layer")
-    hint_weight: float = arg(1.0, "weight of the FitNet hint loss")
+    hint_weight: float = arg(1.0, "weight of the FitNet hint loss", limit=NON_NEGATIVE)
     out: str = arg("runs/distill", "output folder")
 
 
 def main(argv: list[str] | None = None) -> list[ModelReport]:
     cfg = parse_config(DistillConfig, argv, description=__doc__.split("\n")[0])
     use_committed_teacher(cfg)
-    loss = make_loss(cfg)
-    data, out = start_run(cfg)
-    teacher, teacher_report = obtain_teacher(cfg, data, out)
+    run = start_kd_run(cfg)
+    data, out, loss = run.data, run.out, run.loss
     train_batches, test_batches = loaders(cfg, data)
     seed_everything(cfg.seed)  # the student's initial weights do not depend on how the teacher was obtained
     student = create_model(cfg.arch, data.num_classes, **model_args(cfg.model_args))
     init_model(cfg, student, train_batches)
     hint = None
-    if cfg.hint_student_layer or cfg.hint_teacher_layer:
-        if not (cfg.hint_student_layer and cfg.hint_teacher_layer):
-            raise ValueError("a FitNet hint needs both --hint-student-layer and --hint-teacher-layer")
-        hint = HintLoss(student, teacher, cfg.hint_student_layer, cfg.hint_teacher_layer, weight=cfg.hint_weight)
-    uses_teacher = loss.needs_teacher or hint is not None  # cross-entropy without a hint: the teacher is not run
+    if cfg.hint_student_layer is not None:  # start_run checked that both layers are given and exist
+        hint = HintLoss(student, run.teacher, cfg.hint_student_layer, cfg.hint_teacher_layer, weight=cfg.hint_weight)
     print(f"student {cfg.arch}: " + (f"distilling with {loss}" if loss.needs_teacher else "cross-entropy only"))
-    result = train(student, cfg, train_batches, test_batches, out_dir=out / "student_train",
-                   teacher=teacher if uses_teacher else None, loss=loss, feature_loss=hint)
+    result = fit_stage(student, cfg, train_batches, test_batches, out_dir=out / "student_train", teacher=run.teacher,
+                       loss=loss, feature_loss=hint)
     if hint is not None:
         hint.remove()
     student_report = ModelReport.measure("student", student, result.last_accuracy, data.input_size)
     save_model(student, out / "student.pt", meta={"accuracy": student_report.accuracy, **data.meta()})
-    reports = [teacher_report, student_report]
-    print_reports(reports)
-    deployed = deployment(cfg, teacher, student, data.input_size, out)
-    write_report(out / "report.json", reports, dataclasses.asdict(cfg),
-                 {"history": result.to_dict()["history"], **deployed})
+    reports = [run.teacher_report, student_report]
+    finish_run(cfg, out, reports, teacher=run.teacher, student=student, input_size=data.input_size,
+               extra={"history": result.to_dict()["history"]})
     print(f"\nstudent saved to {out / 'student.pt'}")
     return reports
 

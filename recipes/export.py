@@ -11,7 +11,6 @@ Needs the deploy packages: pip install -e ".[deploy]".
 from __future__ import annotations
 
 import dataclasses
-import json
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,30 +19,36 @@ from torch import nn
 
 import pruning
 from models import profile
-from models.checkpoint import atomic_write
 from models.export import DEFAULT_OPSET, DEFAULT_TOLERANCE, ExportReport, export_and_check
 from models.latency import DEFAULT_MIN_SECONDS, DEFAULT_REPEATS, DEFAULT_WARMUP, LatencyResult
-from recipes.plumbing.config import arg, parse_config
-from recipes.plumbing.run import run_main
+from recipes.plumbing.config import (
+    COUNT, NON_NEGATIVE, NON_NEGATIVE_COUNT, POSITIVE, Limit, arg, check_values, parse_config,
+)
+from recipes.plumbing.errors import run_main
+from recipes.plumbing.report import write_json
 
 
 @dataclass
 class ExportConfig:
     student: str | None = arg(None, "model file to export: student.pt (pruning.save) or teacher.pt (models.save_model)")
     out: str | None = arg(None, "ONNX file to write (default: the model file with .onnx)")
-    batch_sizes: tuple[int, ...] = arg((1, 64), "batch sizes to check and time")
-    threads: int | None = arg(None, "CPU threads of both runtimes (default: torch's current number)")
-    image_size: int | None = arg(None, "input height and width (default: the model file's image_size, else 32)")
-    opset: int = arg(DEFAULT_OPSET, "ONNX opset version")
+    batch_sizes: tuple[int, ...] = arg((1, 64), "batch sizes to check and time", limit=COUNT)
+    threads: int | None = arg(None, "CPU threads of both runtimes (default: torch's current number)", limit=COUNT)
+    image_size: int | None = arg(None, "input height and width (default: the model file's image_size, else 32)",
+                                 limit=Limit(lambda v: v >= 8, ">= 8 (pixels)"))
+    opset: int = arg(DEFAULT_OPSET, "ONNX opset version", limit=COUNT)
     dynamo: bool = arg(True, "torch.export-based exporter; --no-dynamo uses the deprecated TorchScript one")
-    tolerance: float = arg(DEFAULT_TOLERANCE, "largest accepted absolute difference between the two runtimes' logits")
-    warmup: int = arg(DEFAULT_WARMUP, "untimed calls before timing each batch size")
-    repeats: int = arg(DEFAULT_REPEATS, "at least this many timed calls per batch size")
-    min_seconds: float = arg(DEFAULT_MIN_SECONDS, "and at least this many seconds of timed calls per batch size")
+    tolerance: float = arg(DEFAULT_TOLERANCE, "largest accepted absolute difference between the two runtimes' logits",
+                           limit=POSITIVE)
+    warmup: int = arg(DEFAULT_WARMUP, "untimed calls before timing each batch size", limit=NON_NEGATIVE_COUNT)
+    repeats: int = arg(DEFAULT_REPEATS, "at least this many timed calls per batch size", limit=COUNT)
+    min_seconds: float = arg(DEFAULT_MIN_SECONDS, "and at least this many seconds of timed calls per batch size",
+                             limit=NON_NEGATIVE)
 
 
 def main(argv: list[str] | None = None) -> ExportReport:
     cfg = parse_config(ExportConfig, argv, description=__doc__.split("\n")[0])
+    check_values(cfg)
     if cfg.student is None:
         raise ValueError("--student FILE is required: a model file written by pruning.save or models.save_model")
     model = pruning.load(cfg.student)
@@ -64,7 +69,7 @@ def main(argv: list[str] | None = None) -> ExportReport:
             "params": complexity.params, "normalisation": {k: meta[k] for k in ("mean", "std") if k in meta},
             "config": dataclasses.asdict(cfg)}
     json_path = out.with_suffix(".export.json")
-    atomic_write(json_path, lambda tmp: Path(tmp).write_text(json.dumps(body, indent=2) + "\n"))
+    write_json(json_path, body)
     print(f"\nwrote {out} and {json_path}")
     if not report.passed:
         raise ValueError(f"the ONNX file differs from PyTorch by {report.max_abs_diff:.3g}, more than --tolerance "

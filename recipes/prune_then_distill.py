@@ -22,15 +22,17 @@ import torch
 from torch import nn
 
 import pruning
-from kd import HintLoss, evaluate
+from kd import HintLoss
 from kd.data import BatchIterator, DataSplits, subset
 from pruning.importance import calibrated_names, needs_calibration
-from recipes.plumbing.config import KDConfig, arg, kd_loss_arg, parse_config, resolve_device
-from recipes.plumbing.report import ModelReport, print_reports, write_report
-from recipes.plumbing.run import (
-    deployment, loaders, make_loss, obtain_teacher, run_main, seed_everything, start_run, train,
+from recipes.plumbing.config import (
+    COUNT, KDConfig, Limit, NON_NEGATIVE, POSITIVE, arg, kd_loss_arg, parse_config, resolve_device,
 )
+from recipes.plumbing.errors import run_main
+from recipes.plumbing.report import ModelReport
+from recipes.plumbing.run import finish_run, start_kd_run
 from recipes.plumbing.teachers import use_committed_teacher
+from recipes.plumbing.training import fit_stage, loaders, score, seed_everything
 
 LAB_TARGET_FLOPS = 31_269_888  # the lab's student budget (thop MACs of one 32×32 image)
 
@@ -38,26 +40,27 @@ LAB_TARGET_FLOPS = 31_269_888  # the lab's student budget (thop MACs of one 32×
 @dataclass
 class PruneThenDistillConfig(KDConfig):
     target_flops: int | None = arg(None, f"prune the student to at most this many flops (thop MACs of one input); "
-                                   f"{LAB_TARGET_FLOPS} when no target is given")
-    target_params: int | None = arg(None, "prune the student to at most this many parameters instead")
-    ratio: float | None = arg(None, "remove this fraction of every prunable layer's channels instead")
+                                   f"{LAB_TARGET_FLOPS} when no target is given", limit=COUNT)
+    target_params: int | None = arg(None, "prune the student to at most this many parameters instead", limit=COUNT)
+    ratio: float | None = arg(None, "remove this fraction of every prunable layer's channels instead",
+                              limit=Limit(lambda v: 0.0 <= v < 1.0, "in [0, 1) (the fraction of channels removed)"))
     importance: str = arg("l1", f"channel criterion (pruning.importance): {', '.join(pruning.IMPORTANCES)}; l1 is "
                           f"the group L1 magnitude, random a control, {' and '.join(calibrated_names())} read "
                           "--calibration-images training images", tuple(pruning.IMPORTANCES))
     global_pruning: bool = arg(False, "rank channels across layers instead of within each layer")
-    round_to: int | None = arg(None, "keep channel counts multiples of this")
+    round_to: int | None = arg(None, "keep channel counts multiples of this", limit=COUNT)
     calibration_images: int = arg(1024, "training images (unaugmented) that re-estimate the pruned student's "
-                                  "BatchNorm statistics and that the taylor and activation criteria read")
+                                  "BatchNorm statistics and that the taylor and activation criteria read", limit=COUNT)
     recalibrate_bn: bool = arg(True, "re-estimate BatchNorm statistics right after pruning (--no-recalibrate-bn: "
                                "keep the teacher's)")
     kd_loss: str = kd_loss_arg("kd-ls", "; kd-ls for the fine-tuning was chosen by the sweep in BENCHMARKS.md")
     finetune_lr: float | None = arg(None, "(default: from --recipe) peak learning rate of the pruned student's fine-tuning (--lr is the teacher's, "
                              "when one is trained here); chosen with the loss by the sweep in BENCHMARKS.md: at 0.02 "
                              "kd-ls lost 3 points to cross-entropy from a weak teacher, at 0.05 it diverged; with "
-                             "--alpha 0, 0.05 was better")
+                             "--alpha 0, 0.05 was better", limit=POSITIVE)
     hint_layer: str | None = arg(None, "FitNet hint on this layer of student and teacher (e.g. features.conv3), its "
                                  "regressor started from the channels pruning kept; off by default")
-    hint_weight: float = arg(1.0, "weight of the FitNet hint loss")
+    hint_weight: float = arg(1.0, "weight of the FitNet hint loss", limit=NON_NEGATIVE)
     out: str = arg("runs/prune_then_distill", "output folder")
 
 
@@ -75,9 +78,8 @@ def main(argv: list[str] | None = None) -> PruneThenDistillResult:
     use_committed_teacher(cfg)
     if cfg.target_flops is None and cfg.target_params is None and cfg.ratio is None:
         cfg.target_flops = LAB_TARGET_FLOPS
-    loss = make_loss(cfg)  # a bad --kd-loss / --loss-args / --alpha stops the run before anything is written
-    data, out = start_run(cfg)
-    teacher, teacher_report = obtain_teacher(cfg, data, out)
+    run = start_kd_run(cfg)
+    data, out, loss, teacher = run.data, run.out, run.loss, run.teacher
     device = resolve_device(cfg.device)
     train_batches, test_batches = loaders(cfg, data)  # after obtain_teacher: a loaded teacher's normalisation
 
@@ -91,16 +93,15 @@ def main(argv: list[str] | None = None) -> PruneThenDistillResult:
     print_pruning(pruned)
     student = pruned.model
     pruned_report = ModelReport("student_pruned", pruned.after.flops, pruned.after.params, pruned.after.param_size_kb,
-                                evaluate(student, test_batches, device).accuracy)
+                                score(student, test_batches, cfg))
 
     seed_everything(cfg.seed)  # fine-tuning does not depend on how the teacher was obtained
     hint = _hint(cfg, student, teacher, pruned)
-    uses_teacher = loss.needs_teacher or hint is not None
     print(f"\nfine-tuning the pruned student for {cfg.epochs} epochs: "
           + (f"distilling with {loss}" if loss.needs_teacher else "cross-entropy only")
           + (f" + FitNet hint on {cfg.hint_layer}" if hint is not None else ""))
-    result = train(student, cfg, train_batches, test_batches, out_dir=out / "student_train", lr=cfg.finetune_lr,
-                   teacher=teacher if uses_teacher else None, loss=loss, feature_loss=hint)
+    result = fit_stage(student, cfg, train_batches, test_batches, out_dir=out / "student_train", lr=cfg.finetune_lr,
+                       teacher=teacher, loss=loss, feature_loss=hint)
     if hint is not None:
         hint.remove()
     student_report = ModelReport.measure("student", student, result.last_accuracy, data.input_size)
@@ -108,11 +109,9 @@ def main(argv: list[str] | None = None) -> PruneThenDistillResult:
         "accuracy": student_report.accuracy, **data.meta(), "importance": pruned.importance,
         "pruning_ratio": pruned.ratio})
 
-    reports = [teacher_report, pruned_report, student_report]
-    print_reports(reports)
-    deployed = deployment(cfg, teacher, student, data.input_size, out)
-    write_report(out / "report.json", reports, dataclasses.asdict(cfg),
-                 {"pruning": _pruning_summary(pruned), "history": result.to_dict()["history"], **deployed})
+    reports = [run.teacher_report, pruned_report, student_report]
+    finish_run(cfg, out, reports, teacher=teacher, student=student, input_size=data.input_size,
+               extra={"pruning": _pruning_summary(pruned), "history": result.to_dict()["history"]})
     print(f"\nstudent saved to {out / 'student.pt'} (load it with pruning.load)")
     return PruneThenDistillResult(reports, student, pruned)
 

@@ -1,6 +1,6 @@
 """Train a teacher (any registry model) with cross-entropy and write its report block and model file.
 
-    python recipes/train_teacher.py --dataset imagefolder --data-dir ../shared/data/cifar10 --epochs 30
+    python recipes/train_teacher.py --dataset cifar10 --epochs 30
     python recipes/train_teacher.py --dataset cifar10 --arch fast_cnn --recipe fast   # airbench94's recipe
 
 Writes OUT/teacher.pt (pickle-free, read by --teacher of the other recipes), OUT/report.json, OUT/config.json and
@@ -8,13 +8,15 @@ OUT/teacher_train/{last,best}.pt (resume with --resume).
 """
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
 
 from models import list_models
 from recipes.plumbing.config import RunConfig, arg, parse_config
-from recipes.plumbing.report import ModelReport, print_reports, write_report
-from recipes.plumbing.run import fit_teacher, model_args, run_main, start_run
+from recipes.plumbing.checks import model_args
+from recipes.plumbing.errors import run_main
+from recipes.plumbing.report import ModelReport
+from recipes.plumbing.run import finish_run, start_run
+from recipes.plumbing.training import fit_teacher
 
 
 @dataclass
@@ -28,8 +30,7 @@ def main(argv: list[str] | None = None) -> ModelReport:
     cfg = parse_config(TeacherConfig, argv, description=__doc__.split("\n")[0])
     data, out = start_run(cfg)
     _, report = fit_teacher(cfg, data, cfg.arch, model_args(cfg.model_args), out)
-    print_reports([report])
-    write_report(out / "report.json", [report], dataclasses.asdict(cfg))
+    finish_run(cfg, out, [report])
     print(f"\nteacher saved to {out / 'teacher.pt'}")
     return report
 

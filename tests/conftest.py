@@ -1,4 +1,4 @@
-"""Shared fixtures: tiny synthetic data, the real CIFAR-10 JPEGs shipped beside the repo, a private cache."""
+"""Shared fixtures: tiny synthetic data, the real CIFAR-10 JPEGs shipped with the tests, a private cache."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -10,7 +10,8 @@ from kd.data import load_dataset
 from models.latency import num_threads
 
 REPO = Path(__file__).resolve().parents[1]
-CIFAR10_DIR = REPO.parent / "shared" / "data" / "cifar10"
+# 600 real CIFAR-10 JPEGs: 40 training and 20 test images per class (tests/data/cifar10/README.md)
+CIFAR10_DIR = REPO / "tests" / "data" / "cifar10"
 
 
 @pytest.fixture(autouse=True)
@@ -21,8 +22,7 @@ def _seed_and_cache(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytes
 
 @pytest.fixture(scope="session")
 def cifar10_dir() -> Path:
-    """The real CIFAR-10 images (ImageFolder layout); the suite needs them, so their absence is an error."""
-    assert (CIFAR10_DIR / "train").is_dir(), f"real CIFAR-10 images expected at {CIFAR10_DIR}"
+    """The real CIFAR-10 images shipped with the suite (ImageFolder layout: 400 training, 200 test images)."""
     return CIFAR10_DIR
 
 

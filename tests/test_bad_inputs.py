@@ -17,7 +17,7 @@ import pytest
 import torch
 
 import pruning
-import recipes.plumbing.run
+import recipes.plumbing.training
 from kd.data import BadImageError, CacheWarning, DataUnavailableError, load_dataset
 from kd.data.sources import imagefolder_classes, load_imagefolder
 from kd.losses import CrossEntropy
@@ -29,7 +29,8 @@ from recipes.plumbing.config import (
     RunConfig, apply_recipe, check_values, config_differences, parse_config, resolve_device,
 )
 from recipes.plumbing.report import ModelReport, write_report
-from recipes.plumbing.run import build_model, error_message, run_main
+from recipes.plumbing.checks import build_model
+from recipes.plumbing.errors import error_message, run_main
 
 RECIPES = {"train_teacher": train_teacher, "distill_only": distill_only, "prune_then_distill": prune_then_distill}
 TINY = '{"widths": [8, 8, 8, 8], "hidden": 16}'
@@ -170,6 +171,7 @@ def earlier_run(tmp_path) -> tuple[Path, dict[str, bytes]]:
     return out, files(out)
 
 
+@pytest.mark.slow
 def test_a_second_run_into_the_same_out_is_refused(earlier_run, capsys):
     out, before = earlier_run
     line = fail(train_teacher, [*SYNTHETIC, "--model-args", TINY, "--out", str(out)], capsys)
@@ -177,6 +179,7 @@ def test_a_second_run_into_the_same_out_is_refused(earlier_run, capsys):
     assert files(out) == before
 
 
+@pytest.mark.slow
 def test_failed_validation_leaves_an_earlier_run_untouched(earlier_run, capsys):
     out, before = earlier_run
     fail(train_teacher, [*SYNTHETIC, "--model-args", TINY, "--out", str(out), "--overwrite", "--lr", "-1"], capsys)
@@ -184,6 +187,7 @@ def test_failed_validation_leaves_an_earlier_run_untouched(earlier_run, capsys):
     assert files(out) == before
 
 
+@pytest.mark.slow
 def test_resume_refuses_changed_options_naming_them(earlier_run, capsys):
     out, before = earlier_run
     line = fail(train_teacher, [*SYNTHETIC, "--model-args", TINY, "--out", str(out), "--resume", "--epochs", "3",
@@ -193,6 +197,7 @@ def test_resume_refuses_changed_options_naming_them(earlier_run, capsys):
     assert files(out) == before
 
 
+@pytest.mark.slow
 def test_resume_with_another_ratio_is_refused_before_any_size_mismatch(teacher, tmp_path, capsys):
     out = tmp_path / "student"
     argv = [*SYNTHETIC, "--teacher", str(teacher), "--out", str(out), "--ratio", "0.5"]
@@ -203,6 +208,7 @@ def test_resume_with_another_ratio_is_refused_before_any_size_mismatch(teacher, 
     assert files(out) == before
 
 
+@pytest.mark.slow
 def test_resume_without_a_checkpoint_is_refused(earlier_run, capsys):
     out, _ = earlier_run
     shutil.rmtree(out / "teacher_train")
@@ -210,6 +216,7 @@ def test_resume_without_a_checkpoint_is_refused(earlier_run, capsys):
     assert "no checkpoint (*/last.pt)" in line
 
 
+@pytest.mark.slow
 def test_resume_refuses_a_damaged_checkpoint(earlier_run, capsys):
     out, _ = earlier_run
     last = out / "teacher_train" / "last.pt"
@@ -218,6 +225,7 @@ def test_resume_refuses_a_damaged_checkpoint(earlier_run, capsys):
     assert "checkpoint" in line and "truncated, corrupt" in line and "last.pt" in line
 
 
+@pytest.mark.slow
 def test_resume_cleans_stale_temp_files_and_keeps_the_results(earlier_run, capsys):
     out, before = earlier_run
     stale = [out / ".teacher.pt.x1y2.tmp", out / "teacher_train" / ".last.pt.abc.tmp", out / "report.json.tmp",
@@ -230,6 +238,7 @@ def test_resume_cleans_stale_temp_files_and_keeps_the_results(earlier_run, capsy
     assert files(out)["teacher_train/last.pt"] == before["teacher_train/last.pt"]  # nothing was left to train
 
 
+@pytest.mark.slow
 def test_overwrite_replaces_the_earlier_run_and_its_checkpoints(earlier_run, teacher, capsys):
     out, before = earlier_run
     (out / "student_train").mkdir()
@@ -243,6 +252,7 @@ def test_overwrite_replaces_the_earlier_run_and_its_checkpoints(earlier_run, tea
         "models"]
 
 
+@pytest.mark.slow
 def test_overwrite_never_removes_the_teacher_it_reads(earlier_run, capsys):
     out, _ = earlier_run
     prune_then_distill.main([*SYNTHETIC, "--teacher", str(out / "teacher.pt"), "--ratio", "0.5", "--out", str(out),
@@ -265,20 +275,27 @@ def test_the_trainers_non_finite_error_is_one_line(tmp_path, monkeypatch, capsys
     def diverge(*args, **kwargs):
         raise NonFiniteError("the loss is nan at epoch 1, step 2")
 
-    monkeypatch.setattr(recipes.plumbing.run, "fit_model", diverge)
+    monkeypatch.setattr(recipes.plumbing.training, "fit_model", diverge)
     line = fail(train_teacher, [*SYNTHETIC, "--model-args", TINY, "--out", str(tmp_path / "run")], capsys)
     assert line == ("error: the loss is nan at epoch 1, step 2; nothing non-finite was saved (a lower --lr usually "
                     "helps)")
 
 
-def test_a_diverged_run_leaves_no_non_finite_checkpoint(tmp_path, monkeypatch, capsys):
-    monkeypatch.setattr(CrossEntropy, "_parts", lambda self, s, t, y, state: {"ce": s.sum() * float("nan")})
+def test_a_diverged_run_keeps_the_last_finite_checkpoint(tmp_path, monkeypatch, capsys):
+    finite = CrossEntropy._parts
+
+    def diverge_in_epoch_2(self, s, t, y, state):
+        parts = finite(self, s, t, y, state)
+        return {k: v * float("nan") for k, v in parts.items()} if state.epoch == 2 else parts
+
+    monkeypatch.setattr(CrossEntropy, "_parts", diverge_in_epoch_2)
     out = tmp_path / "run"
-    fail(train_teacher, [*SYNTHETIC, "--model-args", TINY, "--out", str(out)], capsys)
-    for name in ("best.pt", "last.pt"):
-        path = out / "teacher_train" / name
-        if path.exists():
-            check_finite(torch.load(path, weights_only=True)["student"], str(path))
+    line = fail(train_teacher, [*SYNTHETIC, "--model-args", TINY, "--out", str(out), "--epochs", "3"], capsys)
+    assert "loss became nan at epoch 2, step 3" in line  # two steps per epoch
+    last = torch.load(out / "teacher_train" / "last.pt", weights_only=True)
+    assert last["epoch"] == 1  # epoch 1's checkpoint is kept; the diverged epoch wrote none
+    check_finite(last["student"], "last.pt")
+    check_finite(torch.load(out / "teacher_train" / "best.pt", weights_only=True)["student"], "best.pt")
 
 
 # -------------------------------------------------------------------------------------- full or read-only disk
@@ -347,6 +364,7 @@ def test_a_bad_image_names_its_file_and_can_be_skipped(damage, reason, cifar10_d
     assert report.accuracy >= 0 and json.loads((tmp_path / "skip" / "config.json").read_text())["skip_bad_images"]
 
 
+@pytest.mark.slow
 def test_no_progress_keeps_stderr_clean_and_the_cache_is_only_an_optimisation(cifar10_dir, tmp_path, monkeypatch,
                                                                               capsys):
     root = image_folder(tmp_path / "data", cifar10_dir, {"cat": 3, "dog": 3}, {"cat": 2, "dog": 2})
@@ -375,6 +393,7 @@ def test_no_progress_keeps_stderr_clean_and_the_cache_is_only_an_optimisation(ci
 # ------------------------------------------------------------------------------------------ pruning nothing
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("target", [["--ratio", "0"], ["--target-flops", "10000000000"]])
 def test_pruning_nothing_says_so_in_one_line(target, teacher, tmp_path, capsys):
     capsys.readouterr()
@@ -589,6 +608,7 @@ def test_parse_errors_are_one_line(capsys):
     assert len(err) == 1 and err[0].startswith("error: argument --optimizer: invalid choice: 'adam'")
 
 
+@pytest.mark.slow
 def test_ctrl_c_is_one_line_and_resume_goes_on(tmp_path, capsys, monkeypatch):
     """Ctrl-C in epoch 2 prints one ``interrupted:`` line (exit 130, no traceback) and leaves epoch 1's checkpoint,
     from which ``--resume`` finishes with the same weights as a run that was never interrupted."""

@@ -29,6 +29,7 @@ def teacher_file(tmp_path_factory):
 METHODS = "l1+kd,l1+ce,random+kd,activation-progressive,layer-removal+kd,1x1+kd,scratch+kd,scratch+ce"
 
 
+@pytest.mark.slow
 def test_compare_recipe_writes_table_and_plot(teacher_file, tmp_path):
     out = tmp_path / "cmp"
     rows = compare_methods.main(["--dataset", "synthetic", "--limit-train", "80", "--limit-test", "32", "--image-size",

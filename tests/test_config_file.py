@@ -2,15 +2,17 @@
 command-line options override the file; a bad file is one error line; list options parse with their element type."""
 from __future__ import annotations
 
+import dataclasses
 import json
+import typing
 from dataclasses import dataclass
 
 import pytest
 import torch
 
-from recipes import train_teacher
-from recipes.plumbing.config import arg, parse_config
-from recipes.plumbing.run import run_main
+from recipes import compare_methods, distill_only, export, progressive_prune, prune_then_distill, train_teacher
+from recipes.plumbing.config import POSITIVE, RunConfig, arg, check_values, parse_config
+from recipes.plumbing.errors import run_main
 
 TINY = '{"widths": [8, 8, 8, 8], "hidden": 16}'
 SYNTHETIC = ["--dataset", "synthetic", "--limit-train", "64", "--limit-test", "32", "--image-size", "16",
@@ -20,6 +22,7 @@ SYNTHETIC = ["--dataset", "synthetic", "--limit-train", "64", "--limit-test", "3
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
+@pytest.mark.slow
 def test_a_run_repeats_from_its_config_file(tmp_path, capsys):
     first = train_teacher.main([*SYNTHETIC, "--model-args", TINY, "--seed", "3", "--out", str(tmp_path / "a")])
     again = train_teacher.main(["--config", str(tmp_path / "a" / "config.json"), "--out", str(tmp_path / "b")])
@@ -74,3 +77,33 @@ def test_list_options_parse_with_their_element_type(tmp_path):
     assert parse_config(_Lists, ["--config", str(path)]) == _Lists((1.0, 0.5), ("a",), (4,))
     with pytest.raises(SystemExit):
         parse_config(_Lists, ["--sizes", "0.5"])
+
+
+RECIPE_CONFIGS = [train_teacher.TeacherConfig, distill_only.DistillConfig, prune_then_distill.PruneThenDistillConfig,
+                  progressive_prune.ProgressiveConfig, compare_methods.CompareConfig, export.ExportConfig]
+
+
+@pytest.mark.parametrize("cls", RECIPE_CONFIGS, ids=lambda c: c.__name__)
+def test_every_numeric_option_declares_its_limit(cls):
+    hints = typing.get_type_hints(cls)
+    numeric = [f for f in dataclasses.fields(cls) if _is_number(hints[f.name])]
+    assert numeric and [f.name for f in numeric if f.metadata.get("limit") is None] == []
+
+
+def test_a_limit_belongs_to_its_field_not_to_its_name():
+    @dataclasses.dataclass
+    class Other(RunConfig):
+        ratio: float = arg(2.0, "a ratio of another kind", limit=POSITIVE)  # prune_then_distill's is in [0, 1)
+
+    check_values(Other())  # accepted: this recipe's ratio has its own range
+    with pytest.raises(ValueError, match=r"--ratio must be in \[0, 1\) \(the fraction of channels removed\), got 2.0"):
+        check_values(prune_then_distill.PruneThenDistillConfig(ratio=2.0))
+    with pytest.raises(ValueError, match="--latency-batch-sizes must be a whole number >= 1, got 0"):
+        check_values(distill_only.DistillConfig(latency_batch_sizes=(1, 0)))
+
+
+def _is_number(hint) -> bool:
+    """int or float, also optional or as the elements of a tuple (bool is not a number option)."""
+    if hint in (int, float):
+        return True
+    return any(_is_number(a) for a in typing.get_args(hint) if a is not Ellipsis)

@@ -6,6 +6,8 @@ import torch
 
 from kd.data import BatchIterator, FileSplit, StreamBatchIterator, choose_data_mode, load_dataset, make_loaders
 
+pytestmark = pytest.mark.slow  # decodes real images in DataLoader worker processes
+
 
 @pytest.fixture(scope="module")
 def both(cifar10_dir, tmp_path_factory):

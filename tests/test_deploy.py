@@ -21,7 +21,7 @@ from models import LatencyResult, create_model, measure_latency, time_callable
 from models.export import export_and_check, export_onnx, verify_onnx
 from models.latency import num_threads
 from recipes import export as export_recipe
-from recipes.plumbing.run import run_main
+from recipes.plumbing.errors import run_main
 
 FAST = {"warmup": 1, "repeats": 5, "min_seconds": 0.0}  # few calls: these tests check behaviour, not speed
 
@@ -125,6 +125,7 @@ def pruned_wide_cnn():
     return pruning.prune(teacher, torch.zeros(1, 3, 32, 32), ratio=0.5).model
 
 
+@pytest.mark.slow
 @pytest.mark.filterwarnings("ignore::DeprecationWarning", "ignore::FutureWarning", "ignore::UserWarning")
 @pytest.mark.parametrize("dynamo", [True, False], ids=["dynamo", "torchscript"])
 def test_onnx_export_of_pruned_wide_cnn_matches_pytorch_on_batch_1_and_5(pruned_wide_cnn, dynamo, tmp_path):
@@ -148,12 +149,14 @@ def test_onnx_export_of_pruned_wide_cnn_matches_pytorch_on_batch_1_and_5(pruned_
         assert verify_onnx(path, model, x) < 1e-4
 
 
+@pytest.mark.slow
 def test_verify_onnx_sees_a_different_model(tmp_path):
     path = export_onnx(tiny_cnn(), tmp_path / "a.onnx", (3, 16, 16))
     other = tiny_cnn()  # same architecture, other weights
     assert verify_onnx(path, other, torch.randn(2, 3, 16, 16)) > 1e-3
 
 
+@pytest.mark.slow
 def test_failed_export_keeps_the_previous_file(tmp_path):
     class Untraceable(nn.Module):
         def forward(self, x):
@@ -172,6 +175,7 @@ def test_missing_onnxruntime_is_one_sentence_naming_the_extra(monkeypatch, tmp_p
         verify_onnx(tmp_path / "x.onnx", tiny_cnn(), torch.zeros(1, 3, 16, 16))
 
 
+@pytest.mark.slow
 def test_export_and_check_reports_both_runtimes(tmp_path):
     model = randomise_batchnorm(tiny_cnn())
     report = export_and_check(model, tmp_path / "m.onnx", (3, 16, 16), (1, 3), threads=1, **FAST)
@@ -197,6 +201,7 @@ def saved_student(tmp_path):
 RECIPE_FAST = ["--batch-sizes", "1", "3", "--threads", "1", "--warmup", "1", "--repeats", "3", "--min-seconds", "0"]
 
 
+@pytest.mark.slow
 def test_export_recipe_end_to_end(saved_student, capsys):
     path, student = saved_student
     report = export_recipe.main(["--student", str(path), *RECIPE_FAST])
@@ -298,6 +303,7 @@ def test_metrics_logger_replaces_rows_after_a_simulated_resume(tmp_path):
     assert [float(row["train_loss"]) for row in rows] == [1.0, 2.0 / 2, 2.0 / 3, 2.0 / 4]
 
 
+@pytest.mark.slow
 def test_metrics_logger_with_a_resumed_trainer(tiny, tmp_path):
     train, test = make_loaders(tiny, batch_size=64)
     ckpt = tmp_path / "ckpt"
@@ -322,6 +328,7 @@ def test_metrics_logger_with_a_resumed_trainer(tiny, tmp_path):
     assert (tmp_path / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+@pytest.mark.slow
 def test_metrics_logger_draws_curves_png(tmp_path):
     logger = MetricsLogger(tmp_path)
     logger.log(record(1))

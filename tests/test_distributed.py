@@ -77,6 +77,7 @@ def _worker(rank: int, tmp: str) -> None:
         dist.destroy_process_group()
 
 
+@pytest.mark.slow
 def test_two_gloo_ranks_equal_one_process_on_the_same_global_batches(tmp_path, one_thread):
     single, single_history = _fit(tmp_path / "single")
     mp.spawn(_worker, args=(str(tmp_path),), nprocs=WORLD, join=True)
@@ -131,6 +132,7 @@ def test_batch_size_must_divide_among_ranks(tiny):
     assert not distributed.initialized() and distributed.is_main() and distributed.all_reduce_sum([1.0, 2.0]) == [1, 2]
 
 
+@pytest.mark.slow
 def test_torchrun_recipe_prints_and_writes_once(tmp_path):
     """Every recipe goes through recipes.plumbing.run: under torchrun rank 0 alone prints and writes, the others stay silent."""
     out = tmp_path / "run"

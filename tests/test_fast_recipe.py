@@ -229,6 +229,7 @@ def test_label_smoothing_reaches_every_loss():
         assert type(loss).__name__ == kind and loss.label_smoothing == 0.1
 
 
+@pytest.mark.slow
 def test_fast_recipe_trains_a_teacher_end_to_end(cifar10_dir, tmp_path):
     """``--recipe fast`` on real images: the whitening init, alternating flips, EMA and TTA all run, the report has
     both accuracies, config.json holds the resolved recipe, and the teacher beats chance (10 %) clearly."""

@@ -12,7 +12,7 @@ from kd.data import BatchIterator, load_dataset, make_loaders
 from kd.sweep import set_dropout, sweep_dropout, validation_split
 from kd.trainer import evaluate, fine_tuner
 from models import create_model, load_model, profile, save_model
-from pruning.fc import prune_fc
+from pruning.fc import FC_IMPORTANCES, prune_fc
 from pruning.kernels import compress_kernels
 from pruning.layer_removal import rank_blocks, remove_block, remove_layers
 from pruning.progressive import progressive_prune
@@ -146,6 +146,12 @@ def test_prune_fc_keeps_strongest_units(batches):
     assert act.model(x).shape == (x.shape[0], 10)
     with pytest.raises(ValueError, match="calibration"):
         prune_fc(model, keep=3, importance="activation")
+
+
+@pytest.mark.parametrize("importance", list(FC_IMPORTANCES))
+def test_every_fc_criterion_keeps_the_asked_units(importance, batches):
+    res = prune_fc(tiny(), keep=3, importance=importance, calibration=batches[2], input_size=SIZE)
+    assert len(res.kept) == 3 == res.model.fc[0].out_features and res.after.params < res.before.params
 
 
 # ----------------------------------------------------------------------------------------------- progressive

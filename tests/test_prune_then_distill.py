@@ -19,7 +19,7 @@ TEACHER_ARGS = {"widths": [8, 16, 16, 16], "hidden": 32, "dropout": 0.0}
 SMALL = ["--limit-train", "300", "--limit-test", "200", "--batch-size", "50", "--no-progress"]
 
 
-pytestmark = pytest.mark.usefixtures("one_thread")
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("one_thread")]  # end to end
 
 
 def _data_args(cifar10_dir: Path, cache: Path) -> list[str]:

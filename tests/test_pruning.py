@@ -29,7 +29,7 @@ def _snapshot(model: nn.Module) -> dict[str, torch.Tensor]:
     return {k: v.clone() for k, v in model.state_dict().items()}
 
 
-@pytest.fixture(scope="module", params=list_models() + TIMM_MODELS)
+@pytest.fixture(scope="module", params=list_models() + [pytest.param(n, marks=pytest.mark.slow) for n in TIMM_MODELS])
 def halved(request):
     """(name, input model, its state before pruning, PruneResult at half the FLOPs)."""
     torch.manual_seed(0)
@@ -155,7 +155,8 @@ def _with_dead_channels(dead: list[int]) -> nn.Module:
     return model
 
 
-@pytest.mark.parametrize("importance", ["l1", "l2", "taylor", "activation"])
+# every registered criterion but the random control, which by design does not rank dead channels first
+@pytest.mark.parametrize("importance", [name for name in pruning.IMPORTANCES if name != "random"])
 def test_each_criterion_prunes_dead_channels_first(importance):
     dead = [1, 4, 6]
     model = _with_dead_channels(dead)

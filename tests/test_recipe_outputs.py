@@ -12,6 +12,8 @@ import torch
 import pruning
 from recipes import distill_only, prune_then_distill
 
+pytestmark = pytest.mark.slow  # end to end: see setup.cfg
+
 TEACHER = ["--teacher-model-args", '{"widths": [8, 8, 8, 8], "hidden": 16}', "--teacher-epochs", "1"]
 DATA = ["--dataset", "synthetic", "--limit-train", "96", "--limit-test", "32", "--image-size", "16", "--epochs", "2",
         "--batch-size", "32", "--no-progress", "--latency-batch-sizes", "1", "4"]

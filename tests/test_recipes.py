@@ -8,14 +8,17 @@ import torch
 from models import load_model
 from recipes import distill_only, train_teacher
 
+pytestmark = pytest.mark.slow  # end to end: see setup.cfg
+
 BLOCK = re.compile(r"flops = (\d+)\nModel parameter size = (\d+\.\d{3}) kB\nAccuracy = (\d+\.\d{2}) %")
-SMALL = ["--limit-train", "600", "--limit-test", "300", "--batch-size", "32", "--no-progress"]
+# all 400 training / 200 test images shipped with the suite; fp32, so that what is learnt does not depend on the CPU
+SMALL = ["--limit-train", "400", "--limit-test", "200", "--batch-size", "32", "--no-progress", "--precision", "fp32"]
 
 
 @pytest.fixture(scope="module")
 def teacher_run(cifar10_dir, tmp_path_factory):
     out = tmp_path_factory.mktemp("teacher")
-    argv = ["--dataset", "imagefolder", "--data-dir", str(cifar10_dir), "--epochs", "4", "--out", str(out),
+    argv = ["--dataset", "imagefolder", "--data-dir", str(cifar10_dir), "--epochs", "8", "--out", str(out),
             "--cache-dir", str(out / "cache"), "--model-args", '{"widths": [16, 32, 32, 32], "hidden": 64, '
             '"dropout": 0.0}', *SMALL]
     return out, train_teacher.main(argv)
@@ -23,11 +26,11 @@ def teacher_run(cifar10_dir, tmp_path_factory):
 
 def test_teacher_recipe_learns_real_images(teacher_run, capsys):
     out, report = teacher_run
-    assert report.accuracy > 20.0  # chance is 10 % on the 300 balanced test images
+    assert report.accuracy > 20.0  # chance is 10 % on the 200 balanced test images
     saved = json.loads((out / "report.json").read_text())
     assert saved["accuracy"] == report.accuracy and saved["flops"] == report.flops
     assert saved["param_size_kb"] == pytest.approx(saved["params"] * 4 / 1024)
-    assert saved["config"]["limit_train"] == 600
+    assert saved["config"]["limit_train"] == 400
     payload = torch.load(out / "teacher.pt", weights_only=True)
     assert payload["meta"]["classes"][0] == "airplane" and len(payload["meta"]["mean"]) == 3
     assert (out / "teacher_train" / "last.pt").is_file() and (out / "config.json").is_file()
@@ -35,11 +38,11 @@ def test_teacher_recipe_learns_real_images(teacher_run, capsys):
 
 def test_teacher_resume_continues_after_the_last_epoch(teacher_run, cifar10_dir, capsys):
     out, report = teacher_run
-    argv = ["--dataset", "imagefolder", "--data-dir", str(cifar10_dir), "--epochs", "4", "--out", str(out),
+    argv = ["--dataset", "imagefolder", "--data-dir", str(cifar10_dir), "--epochs", "8", "--out", str(out),
             "--cache-dir", str(out / "cache"), "--model-args", '{"widths": [16, 32, 32, 32], "hidden": 64, '
             '"dropout": 0.0}', "--resume", *SMALL]
     capsys.readouterr()
-    again = train_teacher.main(argv)  # all 4 epochs are done: nothing is trained, the same model is reported
+    again = train_teacher.main(argv)  # all 8 epochs are done: nothing is trained, the same model is reported
     out_text = capsys.readouterr().out
     assert "resuming from" in out_text and "epoch   1:" not in out_text and again.accuracy == report.accuracy
 
@@ -47,13 +50,13 @@ def test_teacher_resume_continues_after_the_last_epoch(teacher_run, cifar10_dir,
 def test_distill_only_reports_teacher_and_student(teacher_run, cifar10_dir, tmp_path, capsys):
     teacher_dir, teacher_report = teacher_run
     argv = ["--dataset", "imagefolder", "--data-dir", str(cifar10_dir), "--teacher", str(teacher_dir / "teacher.pt"),
-            "--epochs", "2", "--model-args", '{"widths": [8, 16, 16, 16], "hidden": 32}', "--out", str(tmp_path),
+            "--epochs", "6", "--model-args", '{"widths": [8, 16, 16, 16], "hidden": 32}', "--out", str(tmp_path),
             "--cache-dir", str(teacher_dir / "cache"), *SMALL]
     teacher, student = distill_only.main(argv)
     blocks = BLOCK.findall(capsys.readouterr().out)
     assert len(blocks) == 2 and int(blocks[1][0]) == student.flops < teacher.flops
     assert teacher.accuracy == pytest.approx(teacher_report.accuracy)  # scored on the same test split
-    assert student.accuracy > 10.0
+    assert student.accuracy > 18.0  # chance is 10 % (± 2.1 points on 200 images): the student learnt
     saved = json.loads((tmp_path / "report.json").read_text())
     assert set(saved["models"]) == {"teacher", "student"} and saved["config"]["kd_loss"] == "kd"
     model = load_model(tmp_path / "student.pt")

@@ -25,7 +25,7 @@ def _student():
 def test_cached_loss_equals_the_live_teacher_loss_on_the_same_views(tiny, tmp_path):
     train, _ = make_loaders(tiny, 32, seed=0)
     teacher, student = _teacher(), _student()
-    cache, reused = load_or_build(teacher, train, views=3, cache_dir=tmp_path, progress=False)
+    cache, reused = load_or_build(teacher, train, views=3, cache_dir=tmp_path, precision="fp32", progress=False)
     assert not reused and cache.views == 3 and cache.logits.dtype == torch.float16
     loss = create_loss("kd")
     for x, y, cached in CachedBatchIterator(cache, train):

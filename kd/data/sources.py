@@ -16,8 +16,8 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from tqdm import tqdm
 
+from kd.progress import progress_bar
 from models.checkpoint import atomic_save, safe_load
 
 DATASETS = ("cifar10", "cifar100", "imagefolder", "synthetic")
@@ -217,8 +217,8 @@ def _decode_all(files: list[Path], size: int, desc: str, progress: bool
     skipped: list[tuple[int, str]] = []
     with ThreadPoolExecutor(max_workers=max(2, os.cpu_count() or 2)) as pool:  # PIL releases the GIL while decoding
         decoded = pool.map(lambda f: _try_decode(f, size), files)
-        for i, array in enumerate(tqdm(decoded, total=len(files), desc=desc, unit="img", leave=False,
-                                       disable=not progress)):
+        for i, array in enumerate(progress_bar(decoded, total=len(files), desc=desc, unit="img", leave=False,
+                                               enabled=progress)):
             if isinstance(array, str):
                 skipped.append((i, f"{str(files[i])!r} ({array})"))
             else:

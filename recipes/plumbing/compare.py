@@ -25,16 +25,18 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Protocol
 
 import torch
 from torch import nn
 
 from kd.data import BatchIterator, DataSplits
-from kd.losses import create_loss
+from kd.losses import CrossEntropy, create_loss
 from kd.sweep import validation_split
 from kd.teacher_cache import CachedBatchIterator, TeacherCache
-from kd.trainer import evaluate, fine_tuner
+from kd.trainer import evaluate, fit_model
 from models import create_model, profile
+from models.common import Batches
 from models.checkpoint import atomic_write
 from models.shufflenet import STAGE_CHANNELS
 from pruning.kernels import compress_kernels
@@ -42,6 +44,24 @@ from pruning.layer_removal import remove_layers
 from pruning.progressive import progressive_prune
 from pruning.prune import prune
 from pruning.wide_config import scaled_wide_cnn, wide_config
+
+
+class StageFit(Protocol):
+    """Trains ``model`` in place on ``batches``; ``stage`` names the training (a folder for its checkpoints)."""
+
+    def __call__(self, model: nn.Module, batches: Batches, *, epochs: int, lr: float, teacher: nn.Module | None,
+                 loss: nn.Module, stage: str) -> None: ...
+
+
+def plain_fit(device: torch.device) -> StageFit:
+    """:func:`kd.trainer.fit_model` with its defaults (SGD, cosine, fp32 or the hardware's precision) on ``device``,
+    no checkpoints and no progress bar: the harness without a recipe config (benchmarks, tests)."""
+
+    def fit(model: nn.Module, batches: Batches, *, epochs: int, lr: float, teacher: nn.Module | None,
+            loss: nn.Module, stage: str) -> None:
+        fit_model(model, batches, epochs=epochs, lr=lr, teacher=teacher, loss=loss, device=device, progress=False)
+
+    return fit
 
 
 @dataclass
@@ -62,6 +82,10 @@ class CompareSetup:
     progressive_steps: int = 2
     seed: int = 0
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+    fit: StageFit | None = None  # how a student trains (a recipe's: every option of its config); None: plain_fit
+
+    def fitter(self) -> StageFit:
+        return self.fit or plain_fit(self.device)
 
     @property
     def input_size(self) -> tuple[int, ...]:
@@ -113,20 +137,16 @@ class MethodResult:
         return {k: v for k, v in self.__dict__.items() if k != "model"}
 
 
-def fine_tune(setup: CompareSetup, *, distill: bool, lr: float, epochs: int | None = None
-              ) -> Callable[[nn.Module], None]:
-    """The methods' ``fine_tune``: ``epochs`` (default: the budget) of SGD + cosine at ``lr`` on the training batches,
-    distilling with ``setup.loss`` (default ``kd``) when ``distill`` (from the teacher cache when there is one)."""
+def fit_student(student: nn.Module, setup: CompareSetup, *, distill: bool, lr: float, stage: str,
+                epochs: int | None = None) -> None:
+    """How every method trains its student: ``epochs`` (default: the budget) at ``lr`` on the training batches
+    through ``setup``'s fitter, distilling with ``setup.loss`` (default ``kd``) when ``distill`` (from
+    ``setup.cache`` when there is one), else with cross-entropy."""
     cached = distill and setup.cache is not None
     batches = CachedBatchIterator(setup.cache, setup.train) if cached else setup.train
-    return fine_tuner(batches, epochs=epochs or setup.epochs, lr=lr,
-                      teacher=setup.teacher if distill and not cached else None,
-                      loss=(setup.loss or create_loss("kd")) if distill else None, device=setup.device)
-
-
-def recover(student: nn.Module, setup: CompareSetup, *, distill: bool, lr: float, epochs: int | None = None) -> None:
-    """Trains ``student`` for ``epochs`` (default: the budget) with :func:`fine_tune`."""
-    fine_tune(setup, distill=distill, lr=lr, epochs=epochs)(student)
+    setup.fitter()(student, batches, epochs=epochs or setup.epochs, lr=lr,
+                   teacher=setup.teacher if distill and not cached else None,
+                   loss=(setup.loss or create_loss("kd")) if distill else CrossEntropy(), stage=stage)
 
 
 def _one_shot(importance: str, distill: bool) -> Callable[[CompareSetup], tuple[nn.Module, str]]:
@@ -134,15 +154,23 @@ def _one_shot(importance: str, distill: bool) -> Callable[[CompareSetup], tuple[
         example = torch.zeros(setup.input_size, device=setup.device)
         student = prune(setup.teacher_copy(), example, target_flops=setup.target_flops, importance=importance,
                         calibration=setup.calibration, seed=setup.seed).model
-        recover(student, setup, distill=distill, lr=setup.finetune_lr)
+        fit_student(student, setup, distill=distill, lr=setup.finetune_lr, stage=_stage(importance, distill, setup))
         return student, f"one-shot {importance} prune"
     return method
 
 
+def _stage(importance: str, distill: bool, setup: CompareSetup) -> str:
+    return f"{importance}+{'kd' if distill else 'ce'}_seed{setup.seed}"
+
+
 def _progressive(setup: CompareSetup) -> tuple[nn.Module, str]:
     steps = max(1, min(setup.progressive_steps, setup.epochs))
-    each = fine_tuner(setup.train, epochs=max(1, setup.epochs // steps), lr=setup.finetune_lr, teacher=setup.teacher,
-                      loss=setup.loss, device=setup.device)
+    done = iter(range(1, steps + 1))
+
+    def each(model: nn.Module) -> None:
+        fit_student(model, setup, distill=True, lr=setup.finetune_lr, epochs=max(1, setup.epochs // steps),
+                    stage=f"activation-progressive_seed{setup.seed}_step{next(done)}")
+
     res = progressive_prune(setup.teacher_copy(), torch.zeros(setup.input_size), each, setup.val,
                             target_flops=setup.target_flops, num_steps=steps, importance="activation",
                             calibration=setup.calibration, max_steps=steps, device=setup.device)
@@ -153,21 +181,22 @@ def _progressive(setup: CompareSetup) -> tuple[nn.Module, str]:
 def _layer_removal(setup: CompareSetup) -> tuple[nn.Module, str]:
     res = remove_layers(setup.teacher_copy(), setup.calibration, setup.val, target_flops=setup.target_flops,
                         device=setup.device)
-    recover(res.model, setup, distill=True, lr=setup.finetune_lr)
+    fit_student(res.model, setup, distill=True, lr=setup.finetune_lr, stage=f"layer-removal+kd_seed{setup.seed}")
     return res.model, f"removed {', '.join(res.removed) or 'nothing'}"
 
 
 def _kernels(setup: CompareSetup) -> tuple[nn.Module, str]:
     res = compress_kernels(setup.teacher_copy(), target_flops=setup.target_flops, calibration=setup.calibration,
                            device=setup.device)
-    recover(res.model, setup, distill=True, lr=setup.finetune_lr)
+    fit_student(res.model, setup, distill=True, lr=setup.finetune_lr, stage=f"1x1+kd_seed{setup.seed}")
     return res.model, f"1×1: {', '.join(res.converted)}"
 
 
 def _scratch(distill: bool) -> Callable[[CompareSetup], tuple[nn.Module, str]]:
     def method(setup: CompareSetup) -> tuple[nn.Module, str]:
         student = scaled_wide_cnn(setup.teacher, setup.target_flops, setup.input_size).to(setup.device)
-        recover(student, setup, distill=distill, lr=setup.lr)
+        fit_student(student, setup, distill=distill, lr=setup.lr,
+                    stage=f"scratch+{'kd' if distill else 'ce'}_seed{setup.seed}")
         return student, f"widths {wide_config(student)['widths']}"
     return method
 
@@ -178,7 +207,7 @@ def _shufflenet(setup: CompareSetup) -> tuple[nn.Module, str]:
     fits = [w for w, f in sizes.items() if f <= setup.target_flops]
     width = max(fits) if fits else min(sizes)
     student = create_model("shufflenet_v2", setup.num_classes, width_mult=width).to(setup.device)
-    recover(student, setup, distill=True, lr=setup.lr)
+    fit_student(student, setup, distill=True, lr=setup.lr, stage=f"shufflenet+kd_seed{setup.seed}")
     return student, f"width_mult {width}"
 
 

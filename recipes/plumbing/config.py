@@ -28,6 +28,33 @@ from recipes.plumbing.report import json_ready, write_json
 
 C = TypeVar("C")
 
+
+@dataclass(frozen=True)
+class Limit:
+    """The values a numeric option accepts: those for which ``test`` is true, described by ``accepted``."""
+
+    test: Callable[[Any], bool]
+    accepted: str
+
+    def check(self, flag: str, value: Any) -> None:
+        """Raises ValueError ``--flag must be <accepted>, got <value>`` when ``value`` is not accepted."""
+        if not self.test(value):
+            raise ValueError(f"{flag} must be {self.accepted}, got {value}")
+
+
+def _whole(minimum: int) -> Limit:
+    return Limit(lambda v: v == int(v) and v >= minimum, f"a whole number >= {minimum}")
+
+
+POSITIVE = Limit(lambda v: v > 0, "> 0")
+NON_NEGATIVE = Limit(lambda v: v >= 0, ">= 0")
+COUNT = _whole(1)  # epochs, batch sizes, image counts, targets
+NON_NEGATIVE_COUNT = _whole(0)
+ANY_NUMBER = Limit(lambda v: True, "a number")  # e.g. --seed: every finite value is accepted
+BUDGET = Limit(lambda v: 0.0 < v <= 1.0, "in (0, 1] (a fraction of the teacher's FLOPs)")
+VAL_SIZE = Limit(lambda v: 0.0 < v < 1.0, "in (0, 1) (a fraction of the training images)")
+FRACTION = Limit(lambda v: 0.0 <= v < 1.0, "in [0, 1)")
+
 INITS = ("default", "whiten-dirac")
 
 # The training recipes: defaults of the options marked "from --recipe". classic is the recipe every measurement before
@@ -46,13 +73,13 @@ RECIPES: dict[str, dict[str, Any]] = {
              "label_smoothing": 0.2, "ema": 0.99, "tta": "flip-translate", "pad": 2, "flip": "alternating",
              "init": "whiten-dirac"},
 }
-RECIPES_NAMES = tuple(RECIPES)
 _BATCH_SCALED = frozenset({"lr", "finetune_lr"})  # rates a recipe with "lr_batch" gives per lr_batch images
 
 
-def arg(default: Any, help: str, choices: tuple | None = None) -> Any:  # noqa: A002 (mirrors argparse)
-    """A dataclass field with its command-line help."""
-    return field(default=default, metadata={"help": help, "choices": choices})
+def arg(default: Any, help: str, choices: tuple | None = None, limit: Limit | None = None) -> Any:  # noqa: A002
+    """A dataclass field with its command-line help, its choices and, for a number, the :class:`Limit` of the values
+    it accepts (checked by :func:`check_values` before any work; every numeric option of a recipe declares one)."""
+    return field(default=default, metadata={"help": help, "choices": choices, "limit": limit})
 
 
 @dataclass
@@ -62,45 +89,49 @@ class RunConfig:
     dataset: str = arg("cifar100", "data set: cifar10, cifar100 (torchvision download), imagefolder (--data-dir with "
                        "train/ and test/ or val/ of class folders) or synthetic", DATASETS)
     data_dir: str | None = arg(None, "where the data set is (imagefolder) or goes (cifar)")
-    image_size: int = arg(32, "images are resized to this square size")
-    limit_train: int | None = arg(None, "use a class-balanced subset of this many training images")
-    limit_test: int | None = arg(None, "use a class-balanced subset of this many test images")
+    image_size: int = arg(32, "images are resized to this square size",
+                          limit=Limit(lambda v: v >= 8, ">= 8 (pixels)"))
+    limit_train: int | None = arg(None, "use a class-balanced subset of this many training images", limit=COUNT)
+    limit_test: int | None = arg(None, "use a class-balanced subset of this many test images", limit=COUNT)
     cache_dir: str | None = arg(None, "where decoded images are cached (default $PTD_CACHE_DIR or "
                                 "~/.cache/prune-then-distill)")
     recipe: str = arg("classic", "training recipe: the defaults of every option below marked 'from --recipe'. "
                       "classic: SGD 0.9, lr 0.05, batch 128, cosine, 30 epochs, pad-4 crop + random flip; fast: "
                       "airbench94's pieces (batch 1024, lr 1.5 scaled to the batch, Nesterov 0.85, triangular "
-                      "schedule, no decay on BatchNorm/biases, BatchNorm-bias lr ×64, label smoothing 0.2, pad-2 "
+                      "schedule, no decay on BatchNorm/biases, BatchNorm-bias lr x64, label smoothing 0.2, pad-2 "
                       "crop + alternating flip, weight EMA, whitening + identity init of new models, 10 epochs); "
-                      "see RECIPES in recipes/plumbing/config.py and BENCHMARKS.md", tuple(RECIPES_NAMES))
-    epochs: int | None = arg(None, "training epochs (default: from --recipe)")
-    batch_size: int | None = arg(None, "images per batch (default: from --recipe)")
-    lr: float | None = arg(None, "peak learning rate (default: from --recipe; fast: 1.5 × batch / 1024)")
-    weight_decay: float | None = arg(None, "weight decay (default: from --recipe)")
+                      "see RECIPES in recipes/plumbing/config.py and BENCHMARKS.md", tuple(RECIPES))
+    epochs: int | None = arg(None, "training epochs (default: from --recipe)", limit=COUNT)
+    batch_size: int | None = arg(None, "images per batch (default: from --recipe)", limit=COUNT)
+    lr: float | None = arg(None, "peak learning rate (default: from --recipe; fast: 1.5 x batch / 1024)",
+                           limit=POSITIVE)
+    weight_decay: float | None = arg(None, "weight decay (default: from --recipe)", limit=NON_NEGATIVE)
     optimizer: str = arg("sgd", "sgd (Nesterov momentum) or adamw", OPTIMIZERS)
     schedule: str | None = arg(None, "per-step learning-rate schedule (default: from --recipe)", SCHEDULES)
-    momentum: float | None = arg(None, "SGD's Nesterov momentum (default: from --recipe)")
+    momentum: float | None = arg(None, "SGD's Nesterov momentum (default: from --recipe)", limit=FRACTION)
     warmup: float | None = arg(None, "fraction of the steps the triangular schedule warms up over (default: from "
-                               "--recipe)")
+                               "--recipe)", limit=FRACTION)
     decay_norm_and_bias: bool | None = arg(None, "weight decay on BatchNorm parameters and biases too (default: from "
                                            "--recipe; fast: no)")
-    bn_bias_lr_scale: float | None = arg(None, "learning-rate multiplier of BatchNorm biases (default: from --recipe)")
+    bn_bias_lr_scale: float | None = arg(None, "learning-rate multiplier of BatchNorm biases (default: from "
+                                         "--recipe)", limit=NON_NEGATIVE)
     bn_weight_lr_scale: float | None = arg(None, "learning-rate multiplier of BatchNorm scales; 0 keeps them at 1 "
-                                           "(default: from --recipe)")
+                                           "(default: from --recipe)", limit=NON_NEGATIVE)
     label_smoothing: float | None = arg(None, "label smoothing of the cross-entropy part of the loss (default: from "
-                                        "--recipe)")
+                                        "--recipe)", limit=FRACTION)
     ema: float | None = arg(None, "decay of an exponential moving average of the weights, evaluated and saved as the "
-                            "model; 0 = off (default: from --recipe)")
-    tta: str | None = arg(None, "test-time augmentation of each model's final score, reported beside the single-view "
-                          "accuracy, which stays the reported figure (default: from --recipe)", TTA_MODES)
-    pad: int | None = arg(None, "random-crop padding in pixels; 0 = no crop and no flip (default: from --recipe)")
+                            "model; 0 = off (default: from --recipe)", limit=FRACTION)
+    tta: str | None = arg(None, "test-time augmentation of a trained teacher's extra score, reported beside the "
+                          "single-view accuracy, which stays the reported figure (default: from --recipe)", TTA_MODES)
+    pad: int | None = arg(None, "random-crop padding in pixels; 0 = no crop and no flip (default: from --recipe)",
+                          limit=NON_NEGATIVE_COUNT)
     flip: str | None = arg(None, "random: each image flipped with probability 1/2 each epoch; alternating: one "
                            "random flip per image, all mirrored every other epoch (default: from --recipe)", FLIPS)
     init: str | None = arg(None, "initialisation of models built here: default (PyTorch's), or whiten-dirac (first "
                            "conv whitens 5,000 training images' patches, identity init of the other convs; "
                            "models.init) (default: from --recipe)", INITS)
     out: str = arg("runs/run", "output folder: checkpoints, model file, report.json, config.json")
-    seed: int = arg(0, "random seed (weights, shuffling, augmentation, subsets)")
+    seed: int = arg(0, "random seed (weights, shuffling, augmentation, subsets)", limit=ANY_NUMBER)
     device: str = arg("auto", "cpu, cuda, cuda:N, or auto (cuda when available)")
     resume: bool = arg(False, "continue an interrupted run from OUT/.../last.pt (with the options it was started "
                        "with)")
@@ -122,8 +153,9 @@ class RunConfig:
                          "when the decoded images (N·3·H·W bytes) fit in --memory-budget, else stream (imagefolder "
                          "only; the choice is printed)", DATA_MODES)
     memory_budget: float | None = arg(None, "GiB the decoded images may take in memory mode (default: half the "
-                                      "available memory)")
-    workers: int = arg(4, "DataLoader worker processes per training process in stream mode")
+                                      "available memory)", limit=Limit(lambda v: v > 0, "> 0 (GiB)"))
+    workers: int = arg(4, "DataLoader worker processes per training process in stream mode",
+                       limit=NON_NEGATIVE_COUNT)
     sync_bn: bool = arg(False, "under torchrun: BatchNorm statistics over the global batch (SyncBatchNorm, CUDA "
                         "only) instead of each process's slice")
 
@@ -298,58 +330,24 @@ def resolve_device(name: str) -> torch.device:
 
 # --------------------------------------------------------------------------------------------- checking values
 
-def _positive_int(v: Any) -> bool:
-    return v == int(v) and v >= 1
-
-
-# Accepted values of options by field name, wherever a recipe config has them: (test, what is accepted).
-LIMITS: dict[str, tuple[Callable[[Any], bool], str]] = {
-    "alpha": (lambda v: 0.0 <= v <= 1.0, "in [0, 1]"),
-    "momentum": (lambda v: 0.0 <= v < 1.0, "in [0, 1)"),
-    "warmup": (lambda v: 0.0 <= v < 1.0, "in [0, 1) (a fraction of the steps)"),
-    "ema": (lambda v: 0.0 <= v < 1.0, "in [0, 1) (0 = off)"),
-    "bn_bias_lr_scale": (lambda v: v >= 0, ">= 0"),
-    "bn_weight_lr_scale": (lambda v: v >= 0, ">= 0"),
-    "pad": (lambda v: v == int(v) and v >= 0, "a whole number >= 0"),
-    "temperature": (lambda v: v > 0, "> 0"),
-    "lr": (lambda v: v > 0, "> 0"),
-    "finetune_lr": (lambda v: v > 0, "> 0"),
-    "weight_decay": (lambda v: v >= 0, ">= 0"),
-    "label_smoothing": (lambda v: 0.0 <= v < 1.0, "in [0, 1)"),
-    "hint_weight": (lambda v: v >= 0, ">= 0"),
-    "ratio": (lambda v: 0.0 <= v < 1.0, "in [0, 1) (the fraction of channels removed)"),
-    "budget": (lambda v: 0.0 < v <= 1.0, "in (0, 1] (a fraction of the teacher's FLOPs)"),
-    "step_ratio": (lambda v: 0.0 < v < 1.0, "in (0, 1)"),
-    "val_size": (lambda v: 0.0 < v < 1.0, "in (0, 1) (a fraction of the training images)"),
-    "max_drop": (lambda v: v >= 0, ">= 0"),
-    "memory_budget": (lambda v: v > 0, "> 0 (GiB)"),
-    "workers": (lambda v: v == int(v) and v >= 0, "a whole number >= 0"),
-    "image_size": (lambda v: v >= 8, ">= 8 (pixels)"),
-    **{name: (_positive_int, "a whole number >= 1") for name in (
-        "epochs", "teacher_epochs", "batch_size", "limit_train", "limit_test", "calibration_images",
-        "calibration_batches", "seeds", "progressive_steps", "num_steps", "max_steps", "round_to", "target_flops",
-        "target_params")},
-}
-
-
 def check_values(cfg: Any) -> None:
-    """Checks the values of ``cfg`` before any work: every number finite, and each option named in :data:`LIMITS`
-    in its range (None means "not given" and passes).
+    """Checks the values of ``cfg`` before any work: every number finite and within the :class:`Limit` its field
+    declares (each element of a list option; None means "not given" and passes).
 
     Raises:
         ValueError: naming the first bad option, its value and what is accepted.
     """
     for f in dataclasses.fields(cfg):
-        value = getattr(cfg, f.name)
-        if value is None or isinstance(value, (bool, str, tuple, list)):
-            continue
+        value, limit = getattr(cfg, f.name), f.metadata.get("limit")
+        values = value if isinstance(value, (tuple, list)) else (value,)
         flag = "--" + f.name.replace("_", "-")
-        if isinstance(value, float) and not math.isfinite(value):
-            raise ValueError(f"{flag} must be a finite number, got {value}")
-        if f.name in LIMITS:
-            test, accepted = LIMITS[f.name]
-            if not test(value):
-                raise ValueError(f"{flag} must be {accepted}, got {value}")
+        for v in values:
+            if v is None or isinstance(v, (bool, str)):
+                continue
+            if isinstance(v, float) and not math.isfinite(v):
+                raise ValueError(f"{flag} must be a finite number, got {v}")
+            if limit is not None:
+                limit.check(flag, v)
 
 
 # Options that may differ when a run is resumed: they do not change what is computed (``out`` is the folder the
@@ -381,9 +379,20 @@ def _shown(value: Any) -> str:
 
 
 def kd_loss_arg(default: str, why: str = "") -> Any:
-    """The ``--kd-loss`` field of a distillation recipe, defaulting to ``default`` (``why`` says why it was chosen)."""
-    return arg(default, f"distillation loss (kd.losses.LOSSES): kd (Hinton), dkd (decoupled KD), dist (DIST), kd-ls "
-                        f"(logit-standardised KD), ce (no teacher){why}", tuple(LOSSES))
+    """The ``--kd-loss`` field of a distillation recipe, defaulting to ``default`` (``why`` says why it was chosen);
+    its choices and their descriptions are read from the loss registry."""
+    return arg(default, f"distillation loss (kd.losses.LOSSES): {loss_descriptions()}{why}", tuple(LOSSES))
+
+
+def loss_descriptions() -> str:
+    """``name (what it is), ...`` for every registered loss, from the first words of each class's docstring."""
+    return ", ".join(f"{name} ({_summary(cls)})" for name, cls in LOSSES.items())
+
+
+def _summary(cls: type) -> str:
+    """A class docstring's first line up to its first parenthesis or full stop: ``Decoupled Knowledge Distillation``."""
+    first = (cls.__doc__ or cls.__name__).strip().splitlines()[0]
+    return first.split(" (")[0].split(". ")[0].rstrip(".").strip()
 
 
 @dataclass
@@ -397,15 +406,18 @@ class KDConfig(RunConfig):
     teacher_arch: str = arg("wide_cnn", "architecture of the teacher trained when --teacher is not given")
     teacher_model_args: str = arg("{}", "JSON of the teacher's architecture arguments")
     teacher_epochs: int | None = arg(None, "epochs of the teacher trained when --teacher is not given (default: from "
-                                     "--recipe)")
+                                     "--recipe)", limit=COUNT)
     kd_loss: str = kd_loss_arg("kd")
     loss_args: str = arg("{}", "JSON of the loss's arguments, e.g. '{\"beta\": 6}' for dkd")
-    temperature: float | None = arg(None, "softening temperature T of kd / dkd / kd-ls (default: the loss's own)")
+    temperature: float | None = arg(None, "softening temperature T of kd / dkd / kd-ls (default: the loss's own)",
+                                    limit=POSITIVE)
     alpha: float | None = arg(None, "kd's soft-target weight in [0, 1] (default: the loss's own); 0 = plain "
-                              "cross-entropy, whatever --kd-loss says")
+                              "cross-entropy, whatever --kd-loss says",
+                              limit=Limit(lambda v: 0.0 <= v <= 1.0, "in [0, 1]"))
     latency: bool = arg(True, "measure teacher and student forward latency after training (report.json)")
-    latency_batch_sizes: tuple[int, ...] = arg((1, 64), "batch sizes of the latency measurement")
+    latency_batch_sizes: tuple[int, ...] = arg((1, 64), "batch sizes of the latency measurement", limit=COUNT)
     export: str | None = arg(None, "onnx: also write OUT/student.onnx (dynamic batch), checked against PyTorch with "
                              "onnxruntime and timed beside it", ("onnx",))
     teacher_cache: int = arg(0, "K > 0: run the teacher once over K augmented views of every training image, keep "
-                             "the logits on disk (--cache-dir) and train from them, never running the teacher again")
+                             "the logits on disk (--cache-dir) and train from them, never running the teacher again",
+                             limit=NON_NEGATIVE_COUNT)

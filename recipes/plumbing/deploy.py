@@ -1,0 +1,50 @@
+"""After training: teacher and student latency side by side and, with ``--export onnx``, the checked ONNX student."""
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Any
+
+from torch import nn
+
+from kd import distributed
+from models import measure_latency
+from models.export import export_and_check
+from recipes.plumbing.config import KDConfig
+from recipes.plumbing.training import hardware
+
+
+def deployment(cfg: KDConfig, teacher: nn.Module, student: nn.Module, input_size: tuple[int, ...],
+               out: Path) -> dict[str, Any]:
+    """Measured forward latency of teacher and student (``--latency-batch-sizes``, this run's precision and threads)
+    and, with ``--export onnx``, ``OUT/student.onnx`` checked against PyTorch with onnxruntime; prints both after the
+    report blocks and returns them for report.json. FLOPs are not speed: this is what users prune for.
+
+    Raises:
+        ValueError: when the ONNX model's outputs differ from PyTorch's by more than the tolerance.
+    """
+    found: dict[str, Any] = {}
+    if not distributed.is_main():
+        return found  # rank 0 measures and writes; the others would only compete for the cores
+    shape = tuple(input_size[1:])
+    if cfg.latency:
+        precision = hardware(cfg).precision
+        timing = {"batch_sizes": cfg.latency_batch_sizes, "precision": precision, "repeats": 10, "min_seconds": 0.2}
+        rows = {name: measure_latency(m, shape, **timing) for name, m in (("teacher", teacher), ("student", student))}
+        print(f"\nlatency ({precision}, {rows['student'][0].threads} threads, median of >= 10 forward passes):")
+        for t, s in zip(rows["teacher"], rows["student"]):
+            print(f"  batch {t.batch_size:3d}: teacher {t.median_ms:9.2f} ms  student {s.median_ms:9.2f} ms  "
+                  f"{t.median_ms / s.median_ms:5.2f}x faster  ({s.images_per_s:,.0f} images/s)")
+        found["latency"] = {name: [dataclasses.asdict(r) for r in res] for name, res in rows.items()}
+        found["latency"]["speedup"] = {t.batch_size: t.median_ms / s.median_ms for t, s in zip(*rows.values())}
+    if cfg.export == "onnx":
+        rep = export_and_check(student, out / "student.onnx", shape, cfg.latency_batch_sizes, repeats=10,
+                               min_seconds=0.5)
+        if not rep.passed:
+            raise ValueError(f"{rep.path} differs from the PyTorch student by {rep.max_abs_diff:.3g} (tolerance "
+                             f"{rep.tolerance:g}); the ONNX file is not trustworthy")
+        print(f"\nONNX: {rep.path} (max abs difference to PyTorch {rep.max_abs_diff:.2e})")
+        for t, o in zip(rep.torch_latency, rep.onnx_latency):
+            print(f"  batch {t.batch_size:3d}: PyTorch {t.median_ms:9.2f} ms  onnxruntime {o.median_ms:9.2f} ms")
+        found["onnx"] = rep.to_dict()
+    return found

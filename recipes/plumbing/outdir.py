@@ -1,0 +1,98 @@
+"""The ``--out`` folder: refused when it holds an earlier run (unless ``--resume`` with the same options and a
+checkpoint, or ``--overwrite``), and cleaned of stale temporary files and, on ``--overwrite``, of the earlier run."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from kd.data import default_cache_dir
+from models.checkpoint import check_finite, safe_load, stale_temp_files
+from models.errors import FileFormatError
+from recipes.plumbing.config import RunConfig, config_differences
+
+
+def _cache_dir(cfg: RunConfig) -> Path:
+    return Path(cfg.cache_dir) if cfg.cache_dir else default_cache_dir()
+
+
+def _earlier_entries(cfg: RunConfig, out: Path) -> list[str]:
+    """What ``out`` holds besides stale temporary files and the decoded-image cache (when it lives inside)."""
+    if not out.is_dir():
+        return []
+    stale, cache = set(stale_temp_files(out)), _cache_dir(cfg).resolve()
+    return sorted(p.name for p in out.iterdir()
+                  if p not in stale and not (p.resolve() == cache or p.resolve() in cache.parents))
+
+
+def check_out(cfg: RunConfig) -> Path:
+    """The output folder, checked: not a file; when it holds an earlier run, ``--resume`` (same options, a readable
+    finite checkpoint) or ``--overwrite`` is required.
+
+    Raises:
+        ValueError: naming what is wrong and what to pass.
+    """
+    out = Path(cfg.out)
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"--out {cfg.out!r} is a file; pass a folder (it is created when missing)")
+    if cfg.resume and cfg.overwrite:
+        raise ValueError("--resume continues the earlier run in --out and --overwrite replaces it; pass only one")
+    if cfg.resume:
+        check_resume(cfg, out)
+        return out
+    earlier = _earlier_entries(cfg, out)
+    if earlier and not cfg.overwrite:
+        shown = ", ".join(earlier[:4]) + (", ..." if len(earlier) > 4 else "")
+        raise ValueError(f"--out {cfg.out!r} already holds an earlier run ({shown}); pass --resume to continue it, "
+                         "--overwrite to replace it, or choose another --out")
+    return out
+
+
+def check_resume(cfg: RunConfig, out: Path) -> None:
+    """``--resume`` needs the earlier run's ``config.json`` with the same options (:func:`config_differences`) and at
+    least one readable, finite ``*/last.pt`` checkpoint."""
+    config = out / "config.json"
+    if not config.is_file():
+        raise ValueError(f"--resume: {cfg.out!r} holds no earlier run to continue (no config.json); run without "
+                         "--resume")
+    try:
+        earlier = json.loads(config.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise ValueError(f"--resume: {str(config)!r} is not valid JSON, so the options of the earlier run are "
+                         "unknown; start afresh with --overwrite") from None
+    if not isinstance(earlier, dict):
+        raise ValueError(f"--resume: {str(config)!r} does not hold the options of a run; start afresh with "
+                         "--overwrite")
+    diffs = config_differences(earlier, cfg)
+    if diffs:
+        raise ValueError(f"--resume: the options differ from the earlier run in {cfg.out!r}: {'; '.join(diffs)}; "
+                         "resume with the earlier options, or start afresh with --overwrite or another --out")
+    checkpoints = sorted(out.glob("*/last.pt"))
+    if not checkpoints:
+        raise ValueError(f"--resume: {cfg.out!r} has no checkpoint (*/last.pt) to continue from; start afresh with "
+                         "--overwrite")
+    for path in checkpoints:
+        state = safe_load(path, "checkpoint")
+        if not isinstance(state, dict) or not isinstance(state.get("student"), dict):
+            raise FileFormatError(f"checkpoint {str(path)!r} is not a kd.Trainer last.pt; start afresh with "
+                                  "--overwrite")
+        check_finite(state["student"], f"checkpoint {str(path)!r}")
+
+
+def prepare_out(cfg: RunConfig, out: Path) -> None:
+    """Removes temporary files a killed write left in ``out`` (and old ones in the cache folder), and on
+    ``--overwrite`` the earlier run's options, report and checkpoints, so nothing of it is mixed into this run or
+    resumed later. A ``--teacher`` file is never removed."""
+    for path in stale_temp_files(out) if out.is_dir() else []:
+        path.unlink(missing_ok=True)
+    cache = _cache_dir(cfg)
+    try:
+        for path in stale_temp_files(cache, older_than_s=3600) if cache.is_dir() else []:
+            path.unlink(missing_ok=True)  # only old ones: another run may be writing the cache right now
+    except OSError:
+        pass  # the cache is an optimisation; a folder we may not clean is not an error
+    if not cfg.overwrite or not out.is_dir():
+        return
+    keep = Path(cfg.teacher).resolve() if getattr(cfg, "teacher", None) else None
+    for path in [out / "config.json", out / "report.json", *out.glob("*/last.pt"), *out.glob("*/best.pt")]:
+        if path.is_file() and path.resolve() != keep:
+            path.unlink()

@@ -1,0 +1,207 @@
+"""Training stages from a recipe config: the loss, iterators and hardware a config names, one fitting function that
+every recipe trains through (:func:`fit_stage`, so an option added once acts everywhere) and the teacher a
+distillation recipe starts from."""
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from kd import distributed
+from kd.callbacks import Callback, EpochPrinter
+from kd.data import BatchIterator, DataSplits, make_loaders
+from kd.losses import CrossEntropy, DistillLoss, create_loss, loss_arguments
+from kd.metrics import MetricsLogger, TensorBoardLogger
+from kd.precision import Hardware
+from kd.teacher_cache import CachedBatchIterator, load_or_build
+from kd.trainer import FitResult, evaluate, fit_model
+from models import create_model, load_model, save_model
+from models.common import Batches
+from models.init import init_for_small_images
+from recipes.plumbing.checks import check_teacher_fits, json_object, model_args
+from recipes.plumbing.config import KDConfig, RunConfig, check_values, resolve_device
+from recipes.plumbing.report import ModelReport
+
+
+def loaders(cfg: RunConfig, data: DataSplits) -> tuple[BatchIterator, BatchIterator]:
+    """Training and test iterators on ``cfg.device``."""
+    return make_loaders(data, cfg.batch_size, resolve_device(cfg.device), seed=cfg.seed, workers=cfg.workers,
+                        pad=cfg.pad, flip=cfg.flip)
+
+
+def hardware(cfg: RunConfig) -> Hardware:
+    """The CPU, device, precision and memory format this run trains with (``--precision --channels-last``)."""
+    return Hardware.detect(cfg.precision, resolve_device(cfg.device), cfg.channels_last)
+
+
+def make_loss(cfg: KDConfig) -> DistillLoss:
+    """The loss of ``--kd-loss`` with ``--loss-args``. ``--temperature`` fills the ``temperature`` argument of the
+    losses that have one and ``--alpha`` the soft-target weight of ``kd``, unless ``--loss-args`` sets them;
+    ``--alpha 0`` is plain cross-entropy whatever the loss.
+
+    Raises:
+        ValueError: unknown loss, malformed ``--loss-args``, an argument the loss does not take, a bad value.
+    """
+    check_values(cfg)  # option ranges first, so their message names the option
+    if cfg.alpha == 0:
+        return CrossEntropy(label_smoothing=cfg.label_smoothing)
+    kwargs = json_object(cfg.loss_args, "--loss-args", '{"beta": 6}')
+    if "label_smoothing" in loss_arguments(cfg.kd_loss):
+        kwargs.setdefault("label_smoothing", cfg.label_smoothing)
+    if cfg.alpha is not None and cfg.kd_loss != "kd":
+        raise ValueError(f"--alpha is the soft-target weight of --kd-loss kd; set the weights of {cfg.kd_loss} with "
+                         f"--loss-args (or --alpha 0 for plain cross-entropy)")
+    if cfg.temperature is not None and "temperature" in loss_arguments(cfg.kd_loss):
+        kwargs.setdefault("temperature", cfg.temperature)
+    elif cfg.temperature is not None:
+        raise ValueError(f"--kd-loss {cfg.kd_loss} has no temperature argument; set its arguments with --loss-args")
+    if cfg.alpha is not None:
+        kwargs.setdefault("alpha", cfg.alpha)
+    return create_loss(cfg.kd_loss, **kwargs)
+
+
+def fit_stage(model: nn.Module, cfg: RunConfig, train_batches: Batches, eval_batches: Batches | None = None, *,
+              out_dir: str | Path, teacher: nn.Module | None = None, loss: nn.Module | None = None,
+              epochs: int | None = None, lr: float | None = None, feature_loss: nn.Module | None = None,
+              eval_split: str = "test", tta: str = "none") -> FitResult:
+    """The one way a recipe trains: fits ``model`` with the optimizer, schedule, precision, memory format, compile,
+    sync-BN and progress options of ``cfg`` (``epochs``/``lr`` override it), checkpointing to ``out_dir`` (with
+    ``metrics.csv``, ``curves.png`` and, with ``--tensorboard``, TensorBoard logs) and resuming from it when
+    ``cfg.resume`` and a ``last.pt`` is there. ``eval_batches`` (the ``eval_split`` split) is scored after each
+    epoch; the teacher is only run when the loss or ``feature_loss`` needs it (:func:`kd.trainer.fit_model`).
+    ``tta``: the test-time augmentation of a final extra score (a teacher's; a student's figure is single-view).
+
+    With ``--teacher-cache K`` (and a loss that reads only the teacher's logits), the teacher's outputs on K views of
+    every training image are taken from the cache (built first when missing) and the teacher is not run again.
+
+    Raises:
+        ValueError: ``--teacher-cache`` with a feature loss (which needs the teacher's features).
+    """
+    resume = cfg.resume and (Path(out_dir) / "last.pt").is_file()
+    if resume:
+        print(f"  resuming from {Path(out_dir) / 'last.pt'}", flush=True)
+    views = getattr(cfg, "teacher_cache", 0)
+    if teacher is not None and views > 0 and getattr(loss, "needs_teacher", True):
+        train_batches, teacher = _cached(cfg, teacher, train_batches, views, feature_loss), None
+    return fit_model(model, train_batches, eval_batches, epochs=epochs if epochs is not None else cfg.epochs,
+                     lr=lr if lr is not None else cfg.lr, teacher=teacher, loss=loss, optimizer=cfg.optimizer,
+                     schedule=cfg.schedule, weight_decay=cfg.weight_decay, feature_loss=feature_loss, resume=resume,
+                     momentum=cfg.momentum, decay_norm_and_bias=cfg.decay_norm_and_bias,
+                     bn_bias_lr_scale=cfg.bn_bias_lr_scale, bn_weight_lr_scale=cfg.bn_weight_lr_scale,
+                     warmup=cfg.warmup, ema=cfg.ema or None, tta=tta, device=resolve_device(cfg.device), out_dir=out_dir, precision=cfg.precision,
+                     channels_last=cfg.channels_last, compile=cfg.compile, progress=cfg.progress,
+                     callbacks=stage_callbacks(cfg, Path(out_dir), eval_split), sync_bn=cfg.sync_bn)
+
+
+def _cached(cfg: RunConfig, teacher: nn.Module, train_batches: BatchIterator, views: int,
+            feature_loss: nn.Module | None) -> CachedBatchIterator:
+    """``train_batches`` served with the teacher's logits from the ``--teacher-cache`` (built when missing)."""
+    if feature_loss is not None:
+        raise ValueError("--teacher-cache keeps only the teacher's logits; a FitNet hint needs its features "
+                         "(drop --teacher-cache or the hint)")
+    with distributed.main_first():  # rank 0 builds and writes it, the others read it
+        cache, reused = load_or_build(teacher, train_batches, views, cache_dir=cfg.cache_dir, seed=cfg.seed,
+                                      precision=cfg.precision, progress=cfg.progress)
+    how = "reused" if reused else f"built in {cache.seconds:.0f} s"
+    print(f"  teacher cache: {views} views × {train_batches.num_samples} images, {cache.nbytes / 2**20:.1f} MiB, "
+          f"{how}", flush=True)
+    return CachedBatchIterator(cache, train_batches)
+
+
+def stage_fitter(cfg: RunConfig, root: Path) -> Callable[..., None]:
+    """:func:`fit_stage` for the harnesses that train many students (the method comparison): a
+    ``fit(model, batches, *, epochs, lr, teacher, loss, stage)`` that trains in ``root/stage`` with every option of
+    ``cfg``, without scoring after each epoch (the harness scores the result)."""
+
+    def fit(model: nn.Module, batches: Batches, *, epochs: int, lr: float, teacher: nn.Module | None,
+            loss: nn.Module | None, stage: str) -> None:
+        fit_stage(model, cfg, batches, out_dir=root / stage, teacher=teacher, loss=loss, epochs=epochs, lr=lr)
+
+    return fit
+
+
+def score(model: nn.Module, batches: Batches, cfg: RunConfig) -> float:
+    """Top-1 accuracy (percent) of ``model`` on ``batches`` at the precision and memory format ``cfg`` trains with,
+    as the training stages score their students."""
+    hw = hardware(cfg)
+    return evaluate(model, batches, resolve_device(cfg.device), precision=hw.precision,
+                    channels_last=hw.channels_last).accuracy
+
+
+def stage_callbacks(cfg: RunConfig, out_dir: Path, eval_split: str = "test") -> list[Callback]:
+    """What every training stage reports: a line per epoch (naming ``eval_split``, the split scored after each
+    epoch), ``metrics.csv`` + ``curves.png`` in ``out_dir``, and TensorBoard logs with ``--tensorboard``. None on the
+    ranks other than 0 under torchrun."""
+    if not distributed.is_main():
+        return []
+    callbacks: list[Callback] = [EpochPrinter(eval_split), MetricsLogger(out_dir)]
+    if cfg.tensorboard:
+        callbacks.append(TensorBoardLogger(out_dir / "tb"))
+    return callbacks
+
+
+def seed_everything(seed: int) -> None:
+    """Seeds torch's CPU and CUDA generators (weights, dropout)."""
+    torch.manual_seed(seed)
+
+
+def fit_teacher(cfg: RunConfig, data: DataSplits, arch: str, arch_args: dict[str, Any], out: Path, *,
+                epochs: int | None = None) -> tuple[nn.Module, ModelReport]:
+    """Trains ``arch`` with cross-entropy (``--label-smoothing``) on ``data``, saves it to ``out/teacher.pt``
+    (pickle-free, with the normalisation and classes in its meta) and returns it with its report (accuracy of the
+    last epoch on test; the test-time-augmented one beside it with ``--tta``)."""
+    train_batches, test_batches = loaders(cfg, data)
+    model = create_model(arch, data.num_classes, **arch_args)
+    print(f"teacher {arch}: {len(data.train)} training / {len(data.test)} test images, {data.num_classes} classes")
+    init_model(cfg, model, train_batches)
+    result = fit_stage(model, cfg, train_batches, test_batches, out_dir=out / "teacher_train", epochs=epochs,
+                       loss=CrossEntropy(label_smoothing=cfg.label_smoothing), tta=cfg.tta)
+    report = ModelReport.measure("teacher", model, result.last_accuracy, data.input_size,
+                                 tta_accuracy=result.tta_accuracy)
+    save_model(model, out / "teacher.pt", meta={"accuracy": report.accuracy, "tta_accuracy": result.tta_accuracy,
+                                                **data.meta(), "history": result.to_dict()["history"]})
+    return model, report
+
+
+WHITEN_IMAGES = 5000  # training images whose patches set the whitening conv (airbench's number)
+
+
+def init_model(cfg: RunConfig, model: nn.Module, train_batches: Any) -> None:
+    """``--init whiten-dirac``: :func:`models.init.init_for_small_images` on a freshly built ``model``, its whitening
+    from the first :data:`WHITEN_IMAGES` training images as the model sees them (normalised, unaugmented)."""
+    if cfg.init != "whiten-dirac":
+        return
+    images = getattr(train_batches, "images", None)
+    if images is None:
+        raise ValueError("--init whiten-dirac reads training images from memory; use --data-mode memory")
+    first = train_batches.normalize(images[:WHITEN_IMAGES].to(train_batches.device)).cpu()
+    done = init_for_small_images(model, first)
+    print(f"  init: {', '.join(done)} from {len(first)} training images", flush=True)
+
+
+def obtain_teacher(cfg: KDConfig, data: DataSplits, out: Path) -> tuple[nn.Module, ModelReport]:
+    """The teacher of a distillation recipe: ``--teacher FILE`` loaded (pickle-free) and scored on this test split,
+    or, without it, one trained first (``--teacher-arch --teacher-model-args --teacher-epochs``).
+
+    A loaded teacher's normalisation (``meta["mean"]``, ``meta["std"]``) replaces ``data.mean``/``data.std`` so the
+    student sees inputs exactly as the teacher was trained on them.
+
+    Raises:
+        ValueError: when the teacher's classes (number, or names and order where its file records them) or image size
+            differ from the data's (:func:`check_teacher_fits`). FileFormatError, NonFiniteError: an unreadable,
+            foreign or non-finite teacher file.
+    """
+    if cfg.teacher is None:
+        return fit_teacher(cfg, data, cfg.teacher_arch, model_args(cfg.teacher_model_args, "--teacher-model-args"),
+                           out, epochs=cfg.teacher_epochs)
+    teacher = load_model(cfg.teacher)
+    check_teacher_fits(cfg, teacher, data)
+    meta = getattr(teacher, "meta", {})
+    if "mean" in meta and "std" in meta:
+        data.mean, data.std = tuple(meta["mean"]), tuple(meta["std"])
+    _, test_batches = loaders(cfg, data)
+    accuracy = score(teacher, test_batches, cfg)  # as a teacher trained here was scored: same precision
+    return teacher, ModelReport.measure("teacher", teacher, accuracy, data.input_size)
