@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 from models.checkpoint import atomic_write_text
 from recipes.plumbing.compare import METHODS, Summary, make_setup, markdown_table, plot, run_method, summarize
+from recipes.plumbing import lock
 from recipes.plumbing.config import KDConfig, arg, parse_config, resolve_device
 from recipes.plumbing.report import write_json
 from recipes.plumbing.run import make_loss, obtain_teacher, run_main, start_run
@@ -33,6 +34,7 @@ class CompareConfig(KDConfig):
     out: str = arg("runs/compare", "output folder")
 
 
+@lock.releasing
 def main(argv: list[str] | None = None) -> list[Summary]:
     cfg = parse_config(CompareConfig, argv, description=__doc__.split("\n")[0])
     methods = [m.strip() for m in cfg.methods.split(",") if m.strip()]

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 from kd import HintLoss
 from models import create_model, list_models, save_model
+from recipes.plumbing import lock
 from recipes.plumbing.config import KDConfig, arg, parse_config
 from recipes.plumbing.report import ModelReport, print_reports, write_report
 from recipes.plumbing.run import (
@@ -33,6 +34,7 @@ class DistillConfig(KDConfig):
     out: str = arg("runs/distill", "output folder")
 
 
+@lock.releasing
 def main(argv: list[str] | None = None) -> list[ModelReport]:
     cfg = parse_config(DistillConfig, argv, description=__doc__.split("\n")[0])
     loss = make_loss(cfg)

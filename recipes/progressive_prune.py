@@ -21,6 +21,7 @@ from models import save_model
 from models.checkpoint import atomic_write_text
 from pruning.importance import IMPORTANCES
 from pruning.progressive import STEP_HEADER, ProgressiveResult, progressive_prune
+from recipes.plumbing import lock
 from recipes.plumbing.config import KDConfig, arg, parse_config, resolve_device
 from recipes.plumbing.report import ModelReport, print_reports, write_report
 from recipes.plumbing.run import deployment, make_loss, obtain_teacher, run_main, start_run
@@ -46,6 +47,7 @@ class ProgressiveConfig(KDConfig):
     out: str = arg("runs/progressive", "output folder")
 
 
+@lock.releasing
 def main(argv: list[str] | None = None) -> ProgressiveResult:
     cfg = parse_config(ProgressiveConfig, argv, description=__doc__.split("\n")[0])
     device = resolve_device(cfg.device)

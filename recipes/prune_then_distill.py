@@ -25,6 +25,7 @@ import pruning
 from kd import HintLoss, evaluate
 from kd.data import BatchIterator, DataSplits, subset
 from pruning.importance import calibrated_names, needs_calibration
+from recipes.plumbing import lock
 from recipes.plumbing.config import KDConfig, arg, kd_loss_arg, parse_config, resolve_device
 from recipes.plumbing.report import ModelReport, print_reports, write_report
 from recipes.plumbing.run import (
@@ -69,6 +70,7 @@ class PruneThenDistillResult:
     pruning: pruning.PruneResult
 
 
+@lock.releasing
 def main(argv: list[str] | None = None) -> PruneThenDistillResult:
     cfg = parse_config(PruneThenDistillConfig, argv, description=__doc__.split("\n")[0])
     if cfg.target_flops is None and cfg.target_params is None and cfg.ratio is None:

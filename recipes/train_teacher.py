@@ -12,6 +12,7 @@ import dataclasses
 from dataclasses import dataclass
 
 from models import list_models
+from recipes.plumbing import lock
 from recipes.plumbing.config import RunConfig, arg, parse_config
 from recipes.plumbing.report import ModelReport, print_reports, write_report
 from recipes.plumbing.run import fit_teacher, model_args, run_main, start_run
@@ -24,6 +25,7 @@ class TeacherConfig(RunConfig):
     out: str = arg("runs/teacher", "output folder")
 
 
+@lock.releasing
 def main(argv: list[str] | None = None) -> ModelReport:
     cfg = parse_config(TeacherConfig, argv, description=__doc__.split("\n")[0])
     data, out = start_run(cfg)

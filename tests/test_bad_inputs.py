@@ -9,6 +9,8 @@ import math
 import os
 import pickle
 import shutil
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -622,3 +624,51 @@ def test_ctrl_c_is_one_line_and_resume_goes_on(tmp_path, capsys, monkeypatch):
     for k in state_a:
         if torch.is_tensor(state_a[k]):
             assert torch.allclose(state_a[k].float(), state_b[k].float(), atol=1e-6), k
+
+
+# =================================================================== one run per --out: the lock on the folder
+
+REPO = Path(__file__).resolve().parents[1]
+HOLD = ("import sys, time\nfrom recipes.plumbing import lock\nlock.acquire(sys.argv[1])\nprint('held', flush=True)\n"
+        "time.sleep(120)\n")
+
+
+def _python(*args: str, **kwargs) -> subprocess.Popen:
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    return subprocess.Popen([sys.executable, *args], env=env, text=True, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, **kwargs)
+
+
+def test_a_busy_out_is_refused_naming_the_process_and_a_dead_ones_lock_is_stale(tmp_path, capsys):
+    out = tmp_path / "run"
+    holder = _python("-c", HOLD, str(out))
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        line = fail(train_teacher, [*SYNTHETIC, "--model-args", TINY, "--out", str(out)], capsys)
+        assert f"is in use by another run (pid {holder.pid}" in line and "choose another --out" in line
+        assert sorted(p.name for p in out.iterdir()) == [".lock"]  # the refused run wrote nothing
+    finally:
+        holder.kill()  # SIGKILL: its lock file stays behind, naming a dead process
+        holder.communicate()
+    assert (out / ".lock").is_file()
+    train_teacher.main([*SYNTHETIC, "--model-args", TINY, "--out", str(out)])  # the stale lock does not stop it
+    assert (out / "teacher.pt").is_file() and not (out / ".lock").exists()  # released when main returns
+
+
+def test_two_runs_started_together_leave_exactly_one_runs_files(tmp_path):
+    out = tmp_path / "run"
+    runs = [_python(str(REPO / "recipes" / "train_teacher.py"), *SYNTHETIC, "--model-args", TINY, "--epochs", "2",
+                    "--seed", str(seed), "--lr", str(lr), "--out", str(out), "--device", "cpu")
+            for seed, lr in ((1, 0.01), (2, 0.02))]
+    results = [(r, *r.communicate(timeout=300)) for r in runs]
+    assert sorted(r.returncode for r, _, _ in results) == [0, 2], [err[-1000:] for _, _, err in results]
+    loser = next(err for r, _, err in results if r.returncode == 2).strip().splitlines()
+    assert len(loser) == 1 and ("is in use by another run (pid" in loser[0] or "already holds an earlier run"
+                                in loser[0]), loser
+    config = json.loads((out / "config.json").read_text())
+    report = json.loads((out / "report.json").read_text())
+    assert report["config"] == config and config["seed"] in (1, 2)
+    rows = (out / "teacher_train" / "metrics.csv").read_text().splitlines()
+    assert len(rows) == 3  # header + 2 epochs of the one run
+    assert load_model(out / "teacher.pt").meta["accuracy"] == report["accuracy"]  # the model of that report
+    assert not (out / ".lock").exists()

@@ -31,6 +31,7 @@ from models.checkpoint import check_finite, safe_load, stale_temp_files
 from models.errors import FileFormatError, NonFiniteError
 from models.export import export_and_check
 from models.registry import model_arguments
+from recipes.plumbing import lock
 from recipes.plumbing.config import KDConfig, RunConfig, check_values, config_differences, resolve_device, save_config
 from recipes.plumbing.report import ModelReport
 
@@ -180,22 +181,26 @@ def _earlier_entries(cfg: RunConfig, out: Path) -> list[str]:
     if not out.is_dir():
         return []
     stale, cache = set(stale_temp_files(out)), _cache_dir(cfg).resolve()
-    return sorted(p.name for p in out.iterdir()
-                  if p not in stale and not (p.resolve() == cache or p.resolve() in cache.parents))
+    return sorted(p.name for p in out.iterdir() if p not in stale and p.name != lock.LOCK_NAME
+                  and not (p.resolve() == cache or p.resolve() in cache.parents))
 
 
 def check_out(cfg: RunConfig) -> Path:
-    """The output folder, checked: not a file; when it holds an earlier run, ``--resume`` (same options, a readable
-    finite checkpoint) or ``--overwrite`` is required.
+    """The output folder, checked and locked for this run (:mod:`recipes.plumbing.lock`): not a file, not in use
+    by another run; when it holds an earlier run, ``--resume`` (same options, a readable finite checkpoint) or
+    ``--overwrite`` is required.
 
     Raises:
-        ValueError: naming what is wrong and what to pass.
+        ValueError: naming what is wrong and what to pass (:class:`~recipes.plumbing.lock.OutBusyError` names the
+            process that holds the folder).
     """
     out = Path(cfg.out)
     if out.exists() and not out.is_dir():
         raise ValueError(f"--out {cfg.out!r} is a file; pass a folder (it is created when missing)")
     if cfg.resume and cfg.overwrite:
         raise ValueError("--resume continues the earlier run in --out and --overwrite replaces it; pass only one")
+    if distributed.is_main():
+        lock.acquire(out)  # before the folder is read or written: one run per folder (released by run_main)
     if cfg.resume:
         check_resume(cfg, out)
         return out
@@ -422,6 +427,7 @@ def run_main(main: Callable[[list[str] | None], Any], argv: list[str] | None = N
             print(f"error: {message}", file=sys.stderr, flush=True)
             raise SystemExit(2) from None
         finally:
+            lock.release()
             if distributed.DistEnv.from_env().distributed:
                 distributed.cleanup()
 
