@@ -672,3 +672,47 @@ def test_two_runs_started_together_leave_exactly_one_runs_files(tmp_path):
     assert len(rows) == 3  # header + 2 epochs of the one run
     assert load_model(out / "teacher.pt").meta["accuracy"] == report["accuracy"]  # the model of that report
     assert not (out / ".lock").exists()
+
+
+# ================================================== every check before the first write: combinations, targets
+
+
+LATE_CASES = [
+    ("prune_then_distill", ["--ratio", "0.5", "--target-flops", "1000"],
+     "--target-flops and --ratio are alternative targets; pass only one"),
+    ("progressive_prune", ["--target-flops", "1000", "--target-params", "100"], "pass only one"),
+    ("prune_then_distill", ["--target-flops", "1"], "--target-flops 1 is below the smallest reachable value"),
+    ("prune_then_distill", ["--target-params", "3"], "--target-params 3 is below the smallest reachable value"),
+    ("progressive_prune", ["--target-flops", "1"], "--target-flops 1 is below the smallest reachable value"),
+    ("compare_methods", ["--budget", "0.00001"], "--budget 1e-05 (2 flops) is below the smallest reachable value"),
+    ("distill_only", ["--teacher-cache", "-1"], "--teacher-cache must be a whole number >= 0"),
+    ("distill_only", ["--teacher-cache", "2", "--hint-student-layer", "features.conv1", "--hint-teacher-layer",
+                      "features.conv1"], "a FitNet hint needs its features"),
+    ("prune_then_distill", ["--teacher-cache", "2", "--hint-layer", "features.conv2"], "needs its features"),
+    ("distill_only", ["--teacher-cache", "2", "--data-mode", "stream"], "does not work with --data-mode stream"),
+    ("distill_only", ["--latency-batch-sizes", "0"], "--latency-batch-sizes must be whole numbers >= 1, got 0"),
+    ("prune_then_distill", ["--export", "onnx"], "--export onnx needs the onnxruntime package(s), which are not "
+                                                 "installed"),
+]
+
+
+@pytest.mark.parametrize("recipe, argv, expected", LATE_CASES, ids=[" ".join(c[1])[:40] for c in LATE_CASES])
+def test_checks_that_used_to_run_late_come_before_any_write(recipe, argv, expected, teacher, tmp_path, monkeypatch,
+                                                            capsys):
+    import recipes.plumbing.checks as checks
+    from recipes import compare_methods, progressive_prune
+
+    monkeypatch.setattr(checks, "missing_deploy_packages", lambda: ["onnxruntime"])
+    module = {**RECIPES, "progressive_prune": progressive_prune, "compare_methods": compare_methods}[recipe]
+    out = tmp_path / "out"
+    line = fail(module, [*SYNTHETIC, "--teacher", str(teacher), *argv, "--out", str(out)], capsys)
+    assert expected in line
+    assert not out.exists()
+
+
+def test_an_unreachable_target_is_refused_before_a_teacher_is_trained(tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(recipes.plumbing.run, "fit_model", lambda *a, **k: pytest.fail("nothing may be trained"))
+    out = tmp_path / "out"
+    line = fail(prune_then_distill, [*SYNTHETIC, "--teacher-model-args", TINY, "--target-flops", "1", "--out",
+                                     str(out)], capsys)
+    assert "--target-flops 1 is below the smallest reachable value" in line and not out.exists()

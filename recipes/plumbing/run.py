@@ -31,7 +31,7 @@ from models.checkpoint import check_finite, safe_load, stale_temp_files
 from models.errors import FileFormatError, NonFiniteError
 from models.export import export_and_check
 from models.registry import model_arguments
-from recipes.plumbing import lock
+from recipes.plumbing import checks, lock
 from recipes.plumbing.config import KDConfig, RunConfig, check_values, config_differences, resolve_device, save_config
 from recipes.plumbing.report import ModelReport
 
@@ -63,6 +63,7 @@ def start_run(cfg: RunConfig) -> tuple[DataSplits, Path]:
             each (:func:`run_main` prints it).
     """
     check_values(cfg)
+    checks.check_options(cfg)
     if cfg.sync_bn and resolve_device(cfg.device).type != "cuda":
         raise ValueError("--sync-bn needs CUDA (SyncBatchNorm trains on GPUs only); drop it on the CPU")
     info = distributed.init_distributed(resolve_device(cfg.device))
@@ -86,6 +87,7 @@ def start_run(cfg: RunConfig) -> tuple[DataSplits, Path]:
               f"the first: {data.skipped[0]}", file=sys.stderr, flush=True)
     if teacher is not None:
         check_teacher_fits(cfg, teacher, data)
+    checks.check_with_data(cfg, data, teacher)
     if distributed.is_main():
         prepare_out(cfg, out)
         save_config(cfg, out / "config.json")
