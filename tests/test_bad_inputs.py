@@ -426,7 +426,7 @@ def test_safe_load_names_the_file_and_never_suggests_unpickling(bad_teachers, tm
         load_model(tmp_path / "raw.pkl")
     torch.save({"format": 1, "arch": "wide_cnn", "num_classes": 10, "arch_kwargs": {"widths": [4]}, "widths": {},
                 "state_dict": {"classifier.weight": torch.ones(3, 3)}}, tmp_path / "misfit.pt")
-    with pytest.raises(FileFormatError, match="does not rebuild"):
+    with pytest.raises(FileFormatError, match="it lacks 'features.conv1.conv.weight'"):
         load_model(tmp_path / "misfit.pt")
 
 
@@ -716,3 +716,79 @@ def test_an_unreachable_target_is_refused_before_a_teacher_is_trained(tmp_path, 
     line = fail(prune_then_distill, [*SYNTHETIC, "--teacher-model-args", TINY, "--target-flops", "1", "--out",
                                      str(out)], capsys)
     assert "--target-flops 1 is below the smallest reachable value" in line and not out.exists()
+
+
+# ================================================== model files checked against the architecture they declare
+
+
+def _edit(payload: dict, change: str) -> None:
+    sd, widths = payload["state_dict"], payload["widths"]
+    if change == "5x5 kernel":
+        sd["features.conv1.conv.weight"] = torch.zeros(8, 3, 5, 5)
+    elif change == "11 outputs":
+        sd["classifier.weight"], sd["classifier.bias"] = torch.zeros(11, 16), torch.zeros(11)
+    elif change == "11 outputs, widths too":
+        sd["classifier.weight"], sd["classifier.bias"] = torch.zeros(11, 16), torch.zeros(11)
+        widths["classifier"]["out_features"] = 11
+    elif change == "bias (1,)":
+        sd["classifier.bias"] = torch.zeros(1)
+    elif change == "padding entry":
+        widths["features.conv1.conv"]["padding"] = 100
+    elif change == "unknown key":
+        sd["features.conv9.conv.weight"] = torch.zeros(8, 8, 3, 3)
+    elif change == "missing key":
+        del sd["features.conv2.bn.running_var"]
+    elif change == "unknown layer":
+        widths["features.conv9.conv"] = {"out_channels": 4}
+    elif change == "text width":
+        widths["features.conv1.conv"]["out_channels"] = "8"
+    elif change == "num_classes":
+        payload["num_classes"] = "ten"
+    elif change == "widths disagree":  # conv1 narrowed consistently, conv2 still reads 8 channels
+        widths["features.conv1.conv"]["out_channels"], widths["features.conv1.bn"]["num_features"] = 6, 6
+        sd["features.conv1.conv.weight"] = torch.zeros(6, 3, 3, 3)
+        for k in ("weight", "bias", "running_mean", "running_var"):
+            sd[f"features.conv1.bn.{k}"] = torch.zeros(6)
+
+
+MODEL_FILE_CASES = [
+    ("5x5 kernel", "'features.conv1.conv.weight' has shape (8, 3, 5, 5) but its layer, as the file declares it, "
+                   "needs (8, 3, 3, 3)"),
+    ("11 outputs", "'classifier.weight' has shape (11, 16) but its layer, as the file declares it, needs (10, 16)"),
+    ("11 outputs, widths too", "gives outputs of shape (1, 11) for one image, but declares num_classes 10"),
+    ("bias (1,)", "'classifier.bias' has shape (1,) but its layer, as the file declares it, needs (10,)"),
+    ("padding entry", "its stored widths give layer 'features.conv1.conv' an entry 'padding', which is not one of its widths"),
+    ("unknown key", "'features.conv9.conv.weight' is not a parameter or buffer of architecture 'wide_cnn'"),
+    ("missing key", "it lacks 'features.conv2.bn.running_var'"),
+    ("unknown layer", "its stored widths name layer 'features.conv9.conv', which architecture 'wide_cnn' does not"),
+    ("text width", "stored width features.conv1.conv.out_channels = '8' is not a positive whole number"),
+    ("num_classes", "its num_classes 'ten' is not a whole number >= 1"),
+    ("widths disagree", "its layers do not fit together"),
+]
+
+
+@pytest.mark.parametrize("change, expected", MODEL_FILE_CASES, ids=[c[0] for c in MODEL_FILE_CASES])
+def test_a_model_file_that_does_not_fit_its_architecture_is_refused_naming_the_mismatch(change, expected, teacher,
+                                                                                         tmp_path, capsys):
+    payload = torch.load(teacher, weights_only=True)
+    _edit(payload, change)
+    edited = tmp_path / "edited.pt"
+    torch.save(payload, edited)
+    with pytest.raises(FileFormatError, match="edited.pt") as info:
+        load_model(edited)
+    assert expected in str(info.value)
+    out = tmp_path / "out"
+    line = fail(prune_then_distill, [*SYNTHETIC, "--teacher", str(edited), "--ratio", "0.5", "--out", str(out)],
+                capsys)
+    assert expected in line and not out.exists()
+
+
+def test_export_names_the_mismatch_of_a_model_file_in_one_line(teacher, tmp_path, capsys):
+    from recipes import export
+
+    payload = torch.load(teacher, weights_only=True)
+    _edit(payload, "padding entry")
+    torch.save(payload, tmp_path / "edited.pt")
+    line = fail(export, ["--student", str(tmp_path / "edited.pt")], capsys)
+    assert "an entry 'padding', which is not one of its widths" in line
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["edited.pt"]
