@@ -792,3 +792,132 @@ def test_export_names_the_mismatch_of_a_model_file_in_one_line(teacher, tmp_path
     line = fail(export, ["--student", str(tmp_path / "edited.pt")], capsys)
     assert "an entry 'padding', which is not one of its widths" in line
     assert sorted(p.name for p in tmp_path.iterdir()) == ["edited.pt"]
+
+
+# ============================================= inputs: fingerprints for --resume, the cache key, decoding, listing
+
+
+def _pixels(seed: int, size: int = 16):
+    import numpy as np
+
+    return np.random.default_rng(seed).integers(0, 256, (size, size, 3), dtype=np.uint8)
+
+
+def made_folder(root: Path, train: dict[str, int], test: dict[str, int], ext: str = "png") -> Path:
+    """An imagefolder of small random images written here: ``{class: count}`` per split."""
+    from PIL import Image
+
+    seed = 0
+    for split, counts in (("train", train), ("test", test)):
+        for cls, n in counts.items():
+            (root / split / cls).mkdir(parents=True, exist_ok=True)
+            for i in range(n):
+                seed += 1
+                Image.fromarray(_pixels(seed)).save(root / split / cls / f"{i}.{ext}")
+    return root
+
+
+def test_resume_refuses_changed_training_images_naming_the_class_folder(tmp_path, capsys):
+    root = made_folder(tmp_path / "data", {"cat": 4, "dog": 4}, {"cat": 2, "dog": 2})
+    argv = [*imagefolder_args(root, tmp_path / "cache"), "--out", str(tmp_path / "run")]
+    train_teacher.main(argv)
+    before = files(tmp_path / "run")
+    (root / "train" / "dog" / "0.png").unlink()
+    line = fail(train_teacher, [*argv, "--resume"], capsys)
+    assert "--resume: the training images changed since the earlier run" in line
+    assert "class folder 'dog' had 4 files then and 3 now" in line and "--overwrite" in line
+    shutil.copy(root / "train" / "dog" / "1.png", root / "train" / "dog" / "0.png")  # back to 4, other pixels
+    line = fail(train_teacher, [*argv, "--resume"], capsys)
+    assert "files in class folder 'dog' were replaced or rewritten (4 files then and now)" in line
+    assert files(tmp_path / "run") == before
+
+
+def test_resume_refuses_a_replaced_teacher_file(teacher, tmp_path, capsys):
+    mine = tmp_path / "teacher.pt"
+    shutil.copy(teacher, mine)
+    argv = [*SYNTHETIC, "--teacher", str(mine), "--ratio", "0.5", "--out", str(tmp_path / "run")]
+    prune_then_distill.main(argv)
+    before = files(tmp_path / "run")
+    other = load_model(mine)
+    with torch.no_grad():
+        other.classifier.bias.add_(1.0)
+    save_model(other, mine, meta=other.meta)  # same path, same architecture, other weights
+    line = fail(prune_then_distill, [*argv, "--resume"], capsys)
+    assert f"--resume: the teacher file {str(mine)!r} changed since the earlier run" in line and "sha256" in line
+    assert files(tmp_path / "run") == before
+
+
+def test_the_image_cache_sees_a_same_size_replacement_that_keeps_its_mtime(tmp_path):
+    root = made_folder(tmp_path / "data", {"cat": 2, "dog": 2}, {"cat": 1, "dog": 1}, ext="ppm")
+    first = load_imagefolder(root, True, 16, cache_dir=tmp_path / "c", progress=False)
+    target = root / "train" / "cat" / "0.ppm"
+    stat = target.stat()
+    from PIL import Image
+
+    Image.fromarray(_pixels(99)).save(target)  # `cp -p`: same size (a 16×16 PPM), the old mtime put back
+    os.utime(target, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    assert target.stat().st_size == stat.st_size and target.stat().st_mtime_ns == stat.st_mtime_ns
+    again = load_imagefolder(root, True, 16, cache_dir=tmp_path / "c", progress=False)
+    assert torch.equal(again.images[0], torch.from_numpy(_pixels(99)).permute(2, 0, 1))
+    assert not torch.equal(again.images[0], first.images[0])
+
+
+def test_16_bit_images_are_scaled_and_float_images_refused_by_name(tmp_path):
+    import numpy as np
+    from PIL import Image
+
+    root = made_folder(tmp_path / "data", {"cat": 1, "dog": 1}, {"cat": 1, "dog": 1})
+    gray16 = Image.fromarray(np.full((16, 16), 32768, dtype=np.uint16))
+    assert gray16.mode == "I;16"
+    gray16.save(root / "train" / "cat" / "gray16.png")
+    data = load_imagefolder(root, True, 16, cache_dir=tmp_path / "c", progress=False)
+    index = [i for i, label in enumerate(data.labels.tolist()) if label == 0][1]  # cat/gray16.png (after 0.png)
+    assert int(data.images[index].min()) == int(data.images[index].max()) == 128  # 32768 / 65535 · 255, not 255
+    Image.fromarray(np.full((16, 16), 0.5, dtype=np.float32)).save(root / "train" / "dog" / "float.tif")
+    with pytest.raises(BadImageError, match=r"float.tif' \(ValueError: floating-point pixels \(PIL mode F\)"):
+        load_imagefolder(root, True, 16, cache_dir=tmp_path / "c", progress=False)
+
+
+def test_a_dangling_symlink_is_named_and_skippable(tmp_path, capsys):
+    root = made_folder(tmp_path / "data", {"cat": 3, "dog": 3}, {"cat": 1, "dog": 1})
+    link = root / "train" / "cat" / "gone.png"
+    link.symlink_to(root / "train" / "cat" / "missing.png")
+    args = imagefolder_args(root, tmp_path / "cache")
+    line = fail(train_teacher, [*args, "--out", str(tmp_path / "out")], capsys)
+    assert str(link) in line and "a symbolic link to" in line and "which does not exist" in line
+    assert "--skip-bad-images" in line and not (tmp_path / "out").exists()
+    capsys.readouterr()
+    run_main(train_teacher.main, [*args, "--out", str(tmp_path / "skip"), "--skip-bad-images"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("warning: left out 1 image file(s)") and "gone.png" in err[0]
+
+
+def test_hidden_folders_and_folder_symlinks_are_not_read(tmp_path):
+    root = made_folder(tmp_path / "data", {"cat": 2, "dog": 2}, {"cat": 1, "dog": 1})
+    hidden = made_folder(tmp_path / "more", {"x": 3}, {})
+    (root / "train" / "cat" / ".thumbnails").symlink_to(hidden / "train" / "x")  # hidden: skipped
+    shutil.copytree(hidden / "train" / "x", root / "train" / "dog" / ".cache")  # a hidden real folder: skipped
+    (root / "train" / "x").symlink_to(".")  # a link to the split itself: not an 11th class holding every image
+    (root / "train" / "cat" / "also").symlink_to(root / "train" / "dog")  # a linked folder inside: not entered
+    assert imagefolder_classes(root) == ["cat", "dog"]
+    data = load_imagefolder(root, True, 16, cache_dir=tmp_path / "c", progress=False)
+    assert len(data) == 4 and data.classes == ["cat", "dog"]
+
+
+def test_class_names_in_other_unicode_forms_are_shown_distinguishably(tmp_path):
+    nfc, nfd = "caf\u00e9", "cafe\u0301"
+    root = made_folder(tmp_path / "data", {nfc: 1, "dog": 1}, {nfd: 1, "dog": 1})
+    with pytest.raises(DataUnavailableError) as info:
+        imagefolder_classes(root)
+    text = str(info.value)
+    assert "only in train/: ['caf\\xe9']" in text and "only in test/: ['cafe\\u0301']" in text
+    assert "differ only in their Unicode normal form, NFC against NFD" in text
+
+
+def test_a_limit_that_drops_classes_warns(tmp_path, capsys):
+    capsys.readouterr()
+    run_main(train_teacher.main, [*SYNTHETIC, "--model-args", TINY, "--limit-train", "5", "--out",
+                                  str(tmp_path / "run")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["warning: --limit-train 5 leaves 5 of the 10 classes without training images; pass at least 10 "
+                   "to keep every class"]

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+import warnings
 from typing import Any
 
 import torch
@@ -72,6 +73,7 @@ def check_with_data(cfg: Any, data: DataSplits, teacher: nn.Module | None) -> No
     if getattr(cfg, "teacher_cache", 0) > 0 and data.mode == "stream":
         raise ValueError(f"--teacher-cache needs the training images in memory, but --data-mode {cfg.data_mode} "
                          f"streams them ({data.mode_reason}); pass --data-mode memory or drop --teacher-cache")
+    _warn_missing_classes(cfg, data)
     kind, target, flag = _target(cfg)
     if kind is None:
         return
@@ -87,6 +89,17 @@ def check_with_data(cfg: Any, data: DataSplits, teacher: nn.Module | None) -> No
     if target < floor:
         raise ValueError(f"{asked} is below the smallest reachable value: pruning every layer of the teacher down "
                          f"to its minimum leaves {floor:,} {kind}; ask for at least {least}")
+
+
+def _warn_missing_classes(cfg: Any, data: DataSplits) -> None:
+    """A warning for each split in which a limit (``--limit-train``, ``--limit-test``) left classes without images:
+    training on 5 of 10 classes is rarely what was meant."""
+    for split, flag in ((data.train, "--limit-train"), (data.test, "--limit-test")):
+        present = int(torch.unique(split.labels).numel())
+        if present < data.num_classes:
+            warnings.warn(f"{flag} {len(split)} leaves {data.num_classes - present} of the {data.num_classes} classes "
+                          f"without {'training' if split is data.train else 'test'} images; pass at least "
+                          f"{data.num_classes} to keep every class", stacklevel=2)
 
 
 def _target(cfg: Any) -> tuple[str | None, int, str]:

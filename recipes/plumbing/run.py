@@ -31,7 +31,7 @@ from models.checkpoint import check_finite, safe_load, stale_temp_files
 from models.errors import FileFormatError, NonFiniteError
 from models.export import export_and_check
 from models.registry import model_arguments
-from recipes.plumbing import checks, lock
+from recipes.plumbing import checks, inputs, lock
 from recipes.plumbing.config import KDConfig, RunConfig, check_values, config_differences, resolve_device, save_config
 from recipes.plumbing.report import ModelReport
 
@@ -88,9 +88,12 @@ def start_run(cfg: RunConfig) -> tuple[DataSplits, Path]:
     if teacher is not None:
         check_teacher_fits(cfg, teacher, data)
     checks.check_with_data(cfg, data, teacher)
+    if cfg.resume:
+        inputs.check_unchanged(cfg, data, out)
     if distributed.is_main():
         prepare_out(cfg, out)
         save_config(cfg, out / "config.json")
+        inputs.save(cfg, data, out)
     distributed.barrier()
     return data, out
 
