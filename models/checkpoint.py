@@ -86,10 +86,33 @@ def _writes_here() -> bool:
 
 
 def _through_file(name: str, mode: str, write: Callable[[IO], Any]) -> None:
-    # torch.save to a Python file object (not a path) lets a failed write surface as OSError with its errno; the
-    # C++ writer behind a path reports a full disk as "unexpected pos".
+    # torch.save's zip writer reports a failed write of a Python file object as RuntimeError("unexpected pos"),
+    # which would read as a corrupt file: the OSError behind it (ENOSPC of a full disk) is raised instead.
     with open(name, mode, **({"encoding": "utf-8"} if "b" not in mode else {})) as f:
-        write(f)
+        recorder = _WriteErrors(f)
+        try:
+            write(recorder)
+        except Exception:
+            if recorder.error is not None:
+                raise recorder.error from None
+            raise
+
+
+class _WriteErrors:
+    """A file object that keeps the first OSError its ``write`` raised (and raises it on)."""
+
+    def __init__(self, file: IO) -> None:
+        self.file, self.error = file, None
+
+    def write(self, data: Any) -> int:
+        try:
+            return self.file.write(data)
+        except OSError as err:
+            self.error = self.error or err
+            raise
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.file, name)
 
 
 def stale_temp_files(folder: str | os.PathLike, older_than_s: float = 0.0) -> list[Path]:

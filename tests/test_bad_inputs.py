@@ -921,3 +921,42 @@ def test_a_limit_that_drops_classes_warns(tmp_path, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert err == ["warning: --limit-train 5 leaves 5 of the 10 classes without training images; pass at least 10 "
                    "to keep every class"]
+
+
+# ============================================================================================== messages
+
+
+class _FullAfter:
+    """A file on a disk that fills up after ``room`` bytes: later writes fail with ENOSPC."""
+
+    def __init__(self, file, room: int) -> None:
+        self.file, self.room = file, room
+
+    def write(self, data) -> int:
+        if len(data) > self.room:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        self.room -= len(data)
+        return self.file.write(data)
+
+    def __getattr__(self, name):
+        return getattr(self.file, name)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.file.close()
+
+
+def test_a_disk_that_fills_up_during_a_checkpoint_says_no_space_left(tmp_path, monkeypatch, capsys):
+    import models.checkpoint as checkpoint
+
+    def filling(name, mode, **kwargs):  # text files fit; a checkpoint fills the disk after 4 kB
+        f = open(name, mode, **kwargs)
+        return _FullAfter(f, 4096) if "b" in mode else f
+
+    monkeypatch.setattr(checkpoint, "open", filling, raising=False)
+    out = tmp_path / "run"
+    line = fail(train_teacher, [*SYNTHETIC, "--model-args", TINY, "--out", str(out)], capsys)
+    assert line.startswith("error: no space left on device (ENOSPC) writing ") and "last.pt" in line, line
+    assert "corrupt" not in line and not list(out.rglob("*.tmp"))
