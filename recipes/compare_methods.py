@@ -8,6 +8,7 @@ OUT/report.json (every method × seed) and OUT/config.json.
 """
 from __future__ import annotations
 
+import recipes.plumbing.signals  # noqa: F401,I001 (first: Ctrl-C while torch loads is one line)
 import dataclasses
 import math
 from dataclasses import dataclass

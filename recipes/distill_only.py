@@ -9,6 +9,7 @@ cross-entropy alone. Writes OUT/student.pt (pickle-free), OUT/report.json, OUT/c
 """
 from __future__ import annotations
 
+import recipes.plumbing.signals  # noqa: F401,I001 (first: Ctrl-C while torch loads is one line)
 import dataclasses
 from dataclasses import dataclass
 

@@ -10,6 +10,7 @@ Needs the deploy packages: pip install -e ".[deploy]".
 """
 from __future__ import annotations
 
+import recipes.plumbing.signals  # noqa: F401,I001 (first: Ctrl-C while torch loads is one line)
 import dataclasses
 import json
 import sys

@@ -15,6 +15,7 @@ the final student; writes OUT/report.json, OUT/config.json and OUT/student.pt (p
 """
 from __future__ import annotations
 
+import recipes.plumbing.signals  # noqa: F401,I001 (first: Ctrl-C while torch loads is one line)
 import dataclasses
 from dataclasses import dataclass
 

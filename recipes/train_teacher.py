@@ -8,6 +8,7 @@ OUT/teacher_train/{last,best}.pt (resume with --resume).
 """
 from __future__ import annotations
 
+import recipes.plumbing.signals  # noqa: F401,I001 (first: Ctrl-C while torch loads is one line)
 import dataclasses
 from dataclasses import dataclass
 

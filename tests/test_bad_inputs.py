@@ -960,3 +960,53 @@ def test_a_disk_that_fills_up_during_a_checkpoint_says_no_space_left(tmp_path, m
     line = fail(train_teacher, [*SYNTHETIC, "--model-args", TINY, "--out", str(out)], capsys)
     assert line.startswith("error: no space left on device (ENOSPC) writing ") and "last.pt" in line, line
     assert "corrupt" not in line and not list(out.rglob("*.tmp"))
+
+
+def test_sigterm_is_one_line(tmp_path, capsys, monkeypatch):
+    import signal
+
+    from kd.trainer import Trainer
+
+    real, calls = Trainer._train_epoch, []
+
+    def terminated_in_epoch_2(self, train):
+        calls.append(1)
+        if len(calls) == 2:
+            os.kill(os.getpid(), signal.SIGTERM)  # `kill PID`, a batch scheduler's stop
+        return real(self, train)
+
+    monkeypatch.setattr(Trainer, "_train_epoch", terminated_in_epoch_2)
+    before = signal.getsignal(signal.SIGTERM)
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as info:
+        run_main(train_teacher.main, [*SYNTHETIC, "--model-args", TINY, "--epochs", "3", "--out",
+                                      str(tmp_path / "run")])
+    assert info.value.code == 143
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("terminated: ") and "--resume" in err[0]
+    assert (tmp_path / "run" / "teacher_train" / "last.pt").is_file()  # epoch 1, to resume from
+    assert signal.getsignal(signal.SIGTERM) == before
+
+
+def test_ctrl_c_while_torch_loads_is_one_line(tmp_path):
+    import signal
+
+    run = _python(str(REPO / "recipes" / "train_teacher.py"), *SYNTHETIC, "--out", str(tmp_path / "run"))
+    maps = Path(f"/proc/{run.pid}/maps")
+    while run.poll() is None and "libtorch" not in maps.read_text():  # torch's libraries are being loaded
+        time.sleep(0.005)
+    run.send_signal(signal.SIGINT)
+    _, err = run.communicate(timeout=120)
+    assert run.returncode == 130, err
+    assert len(err.strip().splitlines()) == 1 and err.strip().startswith("interrupted: "), err
+
+
+def test_under_torchrun_an_error_is_one_line_and_each_rank_exits_2(tmp_path):
+    cmd = ["-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", str(REPO / "recipes" /
+           "train_teacher.py"), "--dataset", "imagefolder", "--data-dir", str(tmp_path / "none"), "--device", "cpu",
+           "--no-progress", "--out", str(tmp_path / "run")]
+    _, err = _python(*cmd).communicate(timeout=240)
+    assert [ln for ln in err.splitlines() if "error:" in ln] == [
+        f"error: imagefolder data dir {str(tmp_path / 'none')!r} does not exist"], err[-3000:]
+    assert "exitcode  : 2" in err and "exitcode  : 1" not in err  # the ranks' status (torchrun's own is always 1)
+    assert not (tmp_path / "run").exists()

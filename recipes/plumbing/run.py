@@ -31,7 +31,7 @@ from models.checkpoint import check_finite, safe_load, stale_temp_files
 from models.errors import FileFormatError, NonFiniteError
 from models.export import export_and_check
 from models.registry import model_arguments
-from recipes.plumbing import checks, inputs, lock
+from recipes.plumbing import checks, inputs, lock, signals
 from recipes.plumbing.config import KDConfig, RunConfig, check_values, config_differences, resolve_device, save_config
 from recipes.plumbing.report import ModelReport
 
@@ -411,25 +411,34 @@ INTERRUPTED = ("every file written so far is complete (writes are atomic); once 
 
 def run_main(main: Callable[[list[str] | None], Any], argv: list[str] | None = None) -> Any:
     """Runs a recipe's ``main``. Every foreseeable error — bad options or inputs, missing, damaged or foreign files,
-    data problems, a diverged run, a full, read-only or forbidden disk, a checkpoint that does not fit — becomes one
-    line ``error: ...`` on stderr and exit status 2, never a traceback; warnings print as one ``warning: ...`` line.
-    An error nobody foresaw (a bug) keeps its traceback. Ctrl-C prints one ``interrupted: ...`` line and exits 130.
+    data problems, a diverged run, a full, read-only or forbidden disk, a checkpoint that does not fit, a busy
+    ``--out`` — becomes one line ``error: ...`` on stderr and exit status 2, never a traceback; warnings print as one
+    ``warning: ...`` line. An error nobody foresaw (a bug) keeps its traceback. Ctrl-C prints one
+    ``interrupted: ...`` line and exits 130, SIGTERM one ``terminated: ...`` line and exits 143. The lock on
+    ``--out`` is released on the way out.
 
-    Under torchrun the ranks other than 0 print nothing on stdout (errors and warnings still reach stderr), and the
-    process group :func:`start_run` joined is left at the end."""
-    quiet = distributed.DistEnv.from_env().rank != 0
-    with warnings.catch_warnings(), _devnull_stdout(quiet):
-        warnings.showwarning = _show_warning
+    Under torchrun the ranks other than 0 print nothing on stdout, and error, warning and interruption lines come
+    from the first process of each node (``LOCAL_RANK`` 0) only: every rank runs the same checks, so one line says
+    it; each rank still exits with the status above. The process group :func:`start_run` joined is left at the end.
+    """
+    env = distributed.DistEnv.from_env()
+    quiet = env.local_rank != 0
+    with warnings.catch_warnings(), _devnull_stdout(env.rank != 0), signals.interrupts():
+        warnings.showwarning = _show_warning if not quiet else _ignore_warning
         try:
             return main(argv)
-        except KeyboardInterrupt:
-            print(f"\ninterrupted: {INTERRUPTED}", file=sys.stderr, flush=True)
-            raise SystemExit(130) from None
+        except KeyboardInterrupt as err:
+            terminated = isinstance(err, signals.Terminated)
+            if not quiet:
+                print(f"\n{'terminated' if terminated else 'interrupted'}: {INTERRUPTED}", file=sys.stderr,
+                      flush=True)
+            raise SystemExit(143 if terminated else 130) from None
         except Exception as err:  # noqa: BLE001 (sorted by error_message; the unforeseen are raised again)
             message = error_message(err)
             if message is None:
                 raise
-            print(f"error: {message}", file=sys.stderr, flush=True)
+            if not quiet:
+                print(f"error: {message}", file=sys.stderr, flush=True)
             raise SystemExit(2) from None
         finally:
             lock.release()
@@ -497,6 +506,10 @@ def _one_line(err: BaseException | Warning | str) -> str:
 def _show_warning(message: Warning | str, category: type, filename: str, lineno: int, file: Any = None,
                   line: str | None = None) -> None:
     print(f"warning: {_one_line(message)}", file=sys.stderr, flush=True)
+
+
+def _ignore_warning(*args: Any, **kwargs: Any) -> None:
+    """Warnings of the ranks that leave the printing to local rank 0 (the same warning, said once)."""
 
 
 def seed_everything(seed: int) -> None:
