@@ -47,11 +47,14 @@ def load_data(cfg: RunConfig) -> DataSplits:
 
 
 def start_run(cfg: RunConfig) -> tuple[DataSplits, Path]:
-    """Checks everything that can be checked before any work or any write — option values, the device, the
-    architectures and their ``--model-args``, the teacher file, hint layers, the ``--out`` folder (refused when it
-    holds an earlier run, unless ``--resume`` with the same options and a checkpoint, or ``--overwrite``) — then
-    seeds, loads the data (checked too), checks the teacher fits it, removes stale temporary files, drops an earlier
-    run's results on ``--overwrite`` and writes ``OUT/config.json``. Returns the data and the output folder.
+    """Checks everything that can be checked before any work or any write — option values and combinations
+    (:mod:`~recipes.plumbing.checks`), the device, the architectures and their ``--model-args``, the teacher file,
+    hint layers, the ``--out`` folder (locked for this run; refused when another run holds it, or when it holds an
+    earlier run, unless ``--resume`` with the same options and a checkpoint, or ``--overwrite``) — then seeds, loads
+    the data (checked too), checks the teacher fits it and the target is reachable, on ``--resume`` that the inputs
+    did not change (:mod:`~recipes.plumbing.inputs`), removes stale temporary files, drops an earlier run's results
+    on ``--overwrite`` and writes ``OUT/config.json`` and ``OUT/inputs.json``. Returns the data and the output
+    folder.
 
     Under torchrun (``WORLD_SIZE`` > 1) it first joins the process group (gloo on the CPU, nccl on CUDA, each rank
     on GPU ``LOCAL_RANK``); every rank then runs the whole recipe — teacher training, pruning (deterministic: same
