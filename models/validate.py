@@ -74,7 +74,7 @@ def apply_widths(model: nn.Module, widths: Mapping[str, Mapping[str, Any]], stat
         for attr, value in attrs.items():
             _set_width(module, name, attr, value, where)
     for name, module in modules.items():
-        _resize(module)
+        _resize(module, f"{name}." if name else "", state_dict)
         _follow_pruned(module, f"{name}." if name else "", state_dict)
 
 
@@ -110,16 +110,18 @@ def _expected_shapes(module: nn.Module) -> dict[str, tuple[int, ...]]:
     return {}
 
 
-def _resize(module: nn.Module) -> None:
+def _resize(module: nn.Module, prefix: str, state_dict: Mapping[str, torch.Tensor]) -> None:
     for name, shape in _expected_shapes(module).items():
-        if name in module._parameters and module._parameters[name] is not None:
-            param = module._parameters[name]
-            if tuple(param.shape) != shape:
-                module._parameters[name] = nn.Parameter(param.new_empty(shape), requires_grad=param.requires_grad)
-        elif name in module._buffers and module._buffers[name] is not None:
-            buf = module._buffers[name]
-            if tuple(buf.shape) != shape:
-                module._buffers[name] = buf.new_empty(shape)
+        store = module._parameters if name in module._parameters else module._buffers
+        current = store.get(name)
+        if current is None or tuple(current.shape) == shape:
+            continue
+        saved = state_dict.get(prefix + name)
+        # the saved tensor's layout when it has the declared shape (a channels-last student loads bit-exactly)
+        empty = torch.empty_like(saved) if saved is not None and tuple(saved.shape) == shape else \
+            current.new_empty(shape)
+        store[name] = nn.Parameter(empty, requires_grad=current.requires_grad) \
+            if isinstance(current, nn.Parameter) else empty
 
 
 def _follow_pruned(module: nn.Module, prefix: str, state_dict: Mapping[str, torch.Tensor]) -> None:
