@@ -9,6 +9,7 @@ and the first mismatch, so a damaged or edited file never trains, reports wrong 
 """
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from typing import Any
 
@@ -50,6 +51,28 @@ def check_payload(payload: Mapping[str, Any], where: str) -> None:
     for name, value in payload["state_dict"].items():
         if not isinstance(name, str) or not isinstance(value, torch.Tensor):
             raise bad(f"its state dict entry {name!r} is not a tensor")
+    problem = _meta_problem(payload.get("meta", {}), int(payload.get("arch_kwargs", {}).get("in_chans", 3)))
+    if problem:
+        raise bad(problem)
+
+
+def _meta_problem(meta: Mapping[str, Any], channels: int) -> str | None:
+    """What is wrong with the meta entries the recipes read (normalisation, classes, image size), or None."""
+    for key in ("mean", "std"):
+        if key in meta:
+            value = meta[key]
+            if not isinstance(value, list) or len(value) != channels or not all(
+                    isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in value):
+                return f"its meta {key!r} {value!r} is not a list of {channels} finite numbers"
+    if "std" in meta and any(v <= 0 for v in meta["std"]):
+        return f"its meta 'std' {meta['std']!r} has a value <= 0"
+    classes = meta.get("classes")
+    if classes is not None and (not isinstance(classes, list) or not all(isinstance(c, str) for c in classes)):
+        return f"its meta 'classes' {classes!r} is not a list of class names"
+    size = meta.get("image_size")
+    if size is not None and (not isinstance(size, int) or isinstance(size, bool) or size < 1):
+        return f"its meta 'image_size' {size!r} is not a whole number >= 1"
+    return None
 
 
 def apply_widths(model: nn.Module, widths: Mapping[str, Mapping[str, Any]], state_dict: Mapping[str, torch.Tensor],

@@ -744,6 +744,8 @@ def _edit(payload: dict, change: str) -> None:
         widths["features.conv1.conv"]["out_channels"] = "8"
     elif change == "num_classes":
         payload["num_classes"] = "ten"
+    elif change == "meta mean":
+        payload["meta"]["mean"] = [0.5, 0.5]
     elif change == "widths disagree":  # conv1 narrowed consistently, conv2 still reads 8 channels
         widths["features.conv1.conv"]["out_channels"], widths["features.conv1.bn"]["num_features"] = 6, 6
         sd["features.conv1.conv.weight"] = torch.zeros(6, 3, 3, 3)
@@ -764,6 +766,7 @@ MODEL_FILE_CASES = [
     ("text width", "stored width features.conv1.conv.out_channels = '8' is not a positive whole number"),
     ("num_classes", "its num_classes 'ten' is not a whole number >= 1"),
     ("widths disagree", "its layers do not fit together"),
+    ("meta mean", "its meta 'mean' [0.5, 0.5] is not a list of 3 finite numbers"),
 ]
 
 

@@ -61,6 +61,19 @@ def acquire(folder: str | os.PathLike) -> OutLock:
     if key in _HELD:
         release(key)
     created = _make_folders(folder)
+    try:
+        fd = _locked_file(folder)
+        _write_owner(fd)
+    except BaseException:
+        _remove_empty(created)
+        raise
+    lock = OutLock(folder, fd, created)
+    _HELD[key] = lock
+    return lock
+
+
+def _locked_file(folder: Path) -> int:
+    """The descriptor of ``folder/.lock``, exclusively locked."""
     while True:
         fd = os.open(folder / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o644)
         try:
@@ -71,12 +84,8 @@ def acquire(folder: str | os.PathLike) -> OutLock:
                 raise OutBusyError(_busy_message(folder)) from None
             raise
         if _same_file(fd, folder / LOCK_NAME):
-            break
+            return fd
         os.close(fd)  # the holder removed the file between our open and our flock: lock the new one
-    _write_owner(fd)
-    lock = OutLock(folder, fd, created)
-    _HELD[key] = lock
-    return lock
 
 
 def release(folder: str | os.PathLike | None = None) -> None:
@@ -92,11 +101,16 @@ def release(folder: str | os.PathLike | None = None) -> None:
         except OSError:
             pass
         os.close(lock.fd)
-        for made in reversed(lock.created):
-            try:
-                made.rmdir()  # only when empty
-            except OSError:
-                break
+        _remove_empty(lock.created)
+
+
+def _remove_empty(created: list[Path]) -> None:
+    """Removes the folders :func:`acquire` created (innermost first) as long as they are empty."""
+    for made in reversed(created):
+        try:
+            made.rmdir()
+        except OSError:
+            break
 
 
 def releasing(main: F) -> F:
