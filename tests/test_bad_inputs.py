@@ -1013,3 +1013,20 @@ def test_under_torchrun_an_error_is_one_line_and_each_rank_exits_2(tmp_path):
         f"error: imagefolder data dir {str(tmp_path / 'none')!r} does not exist"], err[-3000:]
     assert "exitcode  : 2" in err and "exitcode  : 1" not in err  # the ranks' status (torchrun's own is always 1)
     assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("argv, expected", [
+    (["--batch-sizes", "0"], "--batch-sizes must be whole numbers >= 1, got 0"),
+    (["--threads", "0"], "--threads must be a whole number >= 1, got 0"),
+    (["--tolerance", "-1"], "--tolerance must be > 0, got -1.0"),
+    (["--repeats", "0"], "--repeats must be a whole number >= 1, got 0"),
+    (["--image-size", "2"], "--image-size must be >= 8 (pixels), got 2"),
+    ([], "ONNX export needs the onnxruntime package(s), which are not installed"),
+])
+def test_export_checks_its_options_before_reading_or_writing(argv, expected, teacher, tmp_path, monkeypatch, capsys):
+    import recipes.plumbing.checks as checks
+    from recipes import export
+
+    monkeypatch.setattr(checks, "missing_deploy_packages", lambda: ["onnxruntime"] if not argv else [])
+    line = fail(export, ["--student", str(teacher), "--out", str(tmp_path / "m.onnx"), *argv], capsys)
+    assert expected in line and list(tmp_path.iterdir()) == []

@@ -47,6 +47,35 @@ def check_options(cfg: Any) -> None:
                              "install them with pip install -e \".[deploy]\" or drop --export")
 
 
+# recipes/export.py's numbers: (test, what is accepted)
+EXPORT_LIMITS = {
+    "threads": (lambda v: v >= 1, "a whole number >= 1"),
+    "tolerance": (lambda v: v > 0, "> 0"),
+    "warmup": (lambda v: v >= 0, "a whole number >= 0"),
+    "repeats": (lambda v: v >= 1, "a whole number >= 1"),
+    "min_seconds": (lambda v: v >= 0, ">= 0"),
+    "opset": (lambda v: v >= 7, "an ONNX opset >= 7"),
+}
+
+
+def check_export(cfg: Any) -> None:
+    """``recipes/export.py``'s options and the deploy packages, before the model file is read or anything written.
+
+    Raises:
+        ValueError: naming the option, its value and what is accepted, or the missing packages.
+    """
+    if not cfg.batch_sizes or any(b < 1 for b in cfg.batch_sizes):
+        raise ValueError(f"--batch-sizes must be whole numbers >= 1, got {' '.join(map(str, cfg.batch_sizes))}")
+    for name, (test, accepted) in EXPORT_LIMITS.items():
+        value = getattr(cfg, name)
+        if value is not None and not test(value):
+            raise ValueError(f"{_flag(name)} must be {accepted}, got {value}")
+    missing = missing_deploy_packages()
+    if missing:
+        raise ValueError(f"ONNX export needs the {', '.join(missing)} package(s), which are not installed; install "
+                         "them with pip install -e \".[deploy]\"")
+
+
 def _check_teacher_cache(cfg: Any) -> None:
     views = getattr(cfg, "teacher_cache", 0)
     if views < 0:
