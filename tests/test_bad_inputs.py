@@ -1030,3 +1030,32 @@ def test_export_checks_its_options_before_reading_or_writing(argv, expected, tea
     monkeypatch.setattr(checks, "missing_deploy_packages", lambda: ["onnxruntime"] if not argv else [])
     line = fail(export, ["--student", str(teacher), "--out", str(tmp_path / "m.onnx"), *argv], capsys)
     assert expected in line and list(tmp_path.iterdir()) == []
+
+
+def test_without_flock_the_pid_in_the_lock_file_decides(tmp_path, monkeypatch):
+    import fcntl
+    import socket
+
+    from recipes.plumbing import lock
+
+    def no_flock(fd, op):
+        raise OSError(errno.ENOLCK, "No locks available")
+
+    monkeypatch.setattr(fcntl, "flock", no_flock)
+    out = tmp_path / "run"
+    out.mkdir()
+    sleeper = _python("-c", "import time; time.sleep(60)")
+    dead = _python("-c", "pass")
+    dead.communicate()
+    try:
+        (out / ".lock").write_text(json.dumps({"pid": sleeper.pid, "host": socket.gethostname(), "started": 0}))
+        with pytest.raises(lock.OutBusyError, match=f"pid {sleeper.pid}"):
+            lock.acquire(out)
+        (out / ".lock").write_text(json.dumps({"pid": dead.pid, "host": socket.gethostname(), "started": 0}))
+        lock.acquire(out)  # a dead process's lock is stale
+        assert lock.holder(out)["pid"] == os.getpid()
+        lock.release(out)
+        assert not (out / ".lock").exists() and out.is_dir()  # a folder it did not make stays
+    finally:
+        sleeper.kill()
+        sleeper.communicate()

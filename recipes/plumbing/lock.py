@@ -2,6 +2,8 @@
 
 The lock is ``OUT/.lock`` held with ``fcntl.flock``: the kernel releases it when the process ends, however it ends,
 so a lock left by a killed run is stale by construction (the next run takes it and overwrites the dead run's pid).
+Where the file system has no flock (some NFS mounts), the pid in the file is the lock, stale once that process is
+gone.
 The file holds the holder's pid, host and start time, which a refused run names. Released explicitly (the file
 removed, and ``OUT`` itself when this run created it and left it empty) by :func:`release`, which
 :func:`releasing` (around each recipe's ``main``) and :func:`recipes.plumbing.run.run_main` call on the way out, and
@@ -79,6 +81,8 @@ def _locked_file(folder: Path) -> int:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError as err:
+            if err.errno in _NO_FLOCK:
+                return _by_pid(folder, fd)
             os.close(fd)
             if err.errno in (errno.EAGAIN, errno.EWOULDBLOCK, errno.EACCES):
                 raise OutBusyError(_busy_message(folder)) from None
@@ -147,6 +151,30 @@ def _make_folders(folder: Path) -> list[Path]:
     missing = [p for p in [folder, *folder.parents] if not p.exists()]
     folder.mkdir(parents=True, exist_ok=True)
     return list(reversed(missing))
+
+
+_NO_FLOCK = (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL)  # file systems without flock (some NFS)
+
+
+def _by_pid(folder: Path, fd: int) -> int:
+    """Where the file system cannot flock: the lock is the file's pid, stale when that process is gone (on this
+    host; another host's is taken to be alive)."""
+    owner = holder(folder) or {}
+    pid, host = owner.get("pid"), owner.get("host")
+    if isinstance(pid, int) and pid != os.getpid() and (host != socket.gethostname() or _alive(pid)):
+        os.close(fd)
+        raise OutBusyError(_busy_message(folder))
+    return fd
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # someone else's process
+    return True
 
 
 def _same_file(fd: int, path: Path) -> bool:
