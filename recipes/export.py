@@ -25,7 +25,7 @@ from models.checkpoint import atomic_write
 from models.export import DEFAULT_OPSET, DEFAULT_TOLERANCE, ExportReport, export_and_check
 from models.latency import DEFAULT_MIN_SECONDS, DEFAULT_REPEATS, DEFAULT_WARMUP, LatencyResult
 from recipes.plumbing import checks
-from recipes.plumbing.config import arg, check_values, parse_config
+from recipes.plumbing.config import arg, parse_config
 from recipes.plumbing.run import run_main
 
 
@@ -48,7 +48,6 @@ def main(argv: list[str] | None = None) -> ExportReport:
     cfg = parse_config(ExportConfig, argv, description=__doc__.split("\n")[0])
     if cfg.student is None:
         raise ValueError("--student FILE is required: a model file written by pruning.save or models.save_model")
-    check_values(cfg)  # finite numbers, --image-size >= 8
     checks.check_export(cfg)  # before the model file is read or anything written
     model = pruning.load(cfg.student)
     out = Path(cfg.out) if cfg.out else Path(cfg.student).with_suffix(".onnx")

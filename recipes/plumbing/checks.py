@@ -55,6 +55,7 @@ EXPORT_LIMITS = {
     "repeats": (lambda v: v >= 1, "a whole number >= 1"),
     "min_seconds": (lambda v: v >= 0, ">= 0"),
     "opset": (lambda v: v >= 7, "an ONNX opset >= 7"),
+    "image_size": (lambda v: v >= 8, ">= 8 (pixels)"),
 }
 
 
@@ -68,6 +69,8 @@ def check_export(cfg: Any) -> None:
         raise ValueError(f"--batch-sizes must be whole numbers >= 1, got {' '.join(map(str, cfg.batch_sizes))}")
     for name, (test, accepted) in EXPORT_LIMITS.items():
         value = getattr(cfg, name)
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ValueError(f"{_flag(name)} must be a finite number, got {value}")
         if value is not None and not test(value):
             raise ValueError(f"{_flag(name)} must be {accepted}, got {value}")
     missing = missing_deploy_packages()
