@@ -29,14 +29,10 @@ from torch import nn
 
 from models.errors import FileFormatError, NonFiniteError
 from models.registry import create_model
+from models.validate import WIDTH_ATTRS, apply_widths, check_output, check_payload, check_state_dict, input_size
 
 FORMAT = 1
 TEMP_SUFFIX = ".tmp"  # atomic writes go through ".<name>.<random>.tmp" in the target's folder
-# Integer (or shape) attributes that pruning changes; recorded for every module that has one of them.
-_WIDTH_ATTRS = (
-    "in_channels", "out_channels", "groups", "in_features", "out_features",
-    "num_features", "num_channels", "num_groups", "normalized_shape",
-)
 
 
 def atomic_save(obj: Any, path: str | os.PathLike) -> None:
@@ -90,10 +86,33 @@ def _writes_here() -> bool:
 
 
 def _through_file(name: str, mode: str, write: Callable[[IO], Any]) -> None:
-    # torch.save to a Python file object (not a path) lets a failed write surface as OSError with its errno; the
-    # C++ writer behind a path reports a full disk as "unexpected pos".
+    # torch.save's zip writer reports a failed write of a Python file object as RuntimeError("unexpected pos"),
+    # which would read as a corrupt file: the OSError behind it (ENOSPC of a full disk) is raised instead.
     with open(name, mode, **({"encoding": "utf-8"} if "b" not in mode else {})) as f:
-        write(f)
+        recorder = _WriteErrors(f)
+        try:
+            write(recorder)
+        except Exception:
+            if recorder.error is not None:
+                raise recorder.error from None
+            raise
+
+
+class _WriteErrors:
+    """A file object that keeps the first OSError its ``write`` raised (and raises it on)."""
+
+    def __init__(self, file: IO) -> None:
+        self.file, self.error = file, None
+
+    def write(self, data: Any) -> int:
+        try:
+            return self.file.write(data)
+        except OSError as err:
+            self.error = self.error or err
+            raise
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.file, name)
 
 
 def stale_temp_files(folder: str | os.PathLike, older_than_s: float = 0.0) -> list[Path]:
@@ -177,7 +196,7 @@ def module_widths(model: nn.Module) -> dict[str, dict[str, Any]]:
     """
     widths: dict[str, dict[str, Any]] = {}
     for name, module in model.named_modules():
-        attrs = {a: _plain(v) for a in _WIDTH_ATTRS if isinstance(v := vars(module).get(a), (int, tuple))}
+        attrs = {a: _plain(v) for a in WIDTH_ATTRS if isinstance(v := vars(module).get(a), (int, tuple))}
         if attrs:
             widths[name] = attrs
     return widths
@@ -185,31 +204,6 @@ def module_widths(model: nn.Module) -> dict[str, dict[str, Any]]:
 
 def _plain(value: Any) -> Any:
     return list(value) if isinstance(value, tuple) else int(value)
-
-
-def apply_widths(model: nn.Module, widths: dict[str, dict[str, Any]], state_dict: dict[str, torch.Tensor]) -> None:
-    """Resizes ``model`` in place so that ``model.load_state_dict(state_dict)`` fits.
-
-    Width attributes come from ``widths``; each parameter or buffer whose shape differs from ``state_dict`` is
-    replaced by an empty tensor of the recorded shape (the weights themselves are loaded afterwards).
-    """
-    modules = dict(model.named_modules())
-    for name, attrs in widths.items():
-        module = modules.get(name)
-        if module is None:
-            raise ValueError(f"the file records widths for layer {name!r}, which the rebuilt architecture lacks")
-        for attr, value in attrs.items():
-            setattr(module, attr, tuple(value) if isinstance(value, list) else value)
-    for name, module in modules.items():
-        prefix = f"{name}." if name else ""
-        for pname, param in list(module.named_parameters(recurse=False)):
-            saved = state_dict.get(prefix + pname)
-            if saved is not None and saved.shape != param.shape:
-                setattr(module, pname, nn.Parameter(torch.empty_like(saved), requires_grad=param.requires_grad))
-        for bname, buf in list(module.named_buffers(recurse=False)):
-            saved = state_dict.get(prefix + bname)
-            if saved is not None and buf is not None and saved.shape != buf.shape:
-                module.register_buffer(bname, torch.empty_like(saved))
 
 
 def save_model(model: nn.Module, path: str | os.PathLike, meta: dict[str, Any] | None = None) -> None:
@@ -252,18 +246,27 @@ def read_model_file(path: str | os.PathLike) -> dict[str, Any]:
 def load_model(path: str | os.PathLike) -> nn.Module:
     """Rebuilds a model written by :func:`save_model`, on the CPU, in eval mode; ``model.meta`` holds its meta.
 
+    The file is checked against the architecture it declares before any weight is copied
+    (:mod:`models.validate`): stored widths only for layers and width attributes the architecture has, every tensor
+    of the shape its layer's widths imply, exactly the architecture's keys, ``num_classes`` outputs.
+
     Raises:
-        FileNotFoundError, FileFormatError: see :func:`read_model_file`; also when the weights do not fit the
-            recorded architecture. NonFiniteError: when a weight is NaN or infinite.
+        FileNotFoundError, FileFormatError: see :func:`read_model_file`; also when the file does not fit the
+            architecture it declares (the message names the first mismatch). NonFiniteError: when a weight is NaN
+            or infinite.
     """
     payload = read_model_file(path)
+    where = f"model file {str(path)!r} (architecture {payload['arch']!r})"
+    check_payload(payload, where)
     check_finite(payload["state_dict"], f"model file {str(path)!r}")
     try:
         model = create_model(payload["arch"], payload["num_classes"], **payload.get("arch_kwargs", {}))
-        apply_widths(model, payload.get("widths", {}), payload["state_dict"])
-        model.load_state_dict(payload["state_dict"])
     except (TypeError, ValueError, RuntimeError, KeyError, AttributeError) as err:
-        raise FileFormatError(f"model file {str(path)!r} does not rebuild: its weights or arguments do "
-                                        f"not fit architecture {payload['arch']!r} ({_first_line(err)})") from None
+        raise FileFormatError(f"model file {str(path)!r} does not rebuild: its arguments do not fit architecture "
+                              f"{payload['arch']!r} ({_first_line(err)})") from None
+    apply_widths(model, payload.get("widths", {}), payload["state_dict"], where)
+    check_state_dict(model, payload["state_dict"], where)
+    model.load_state_dict(payload["state_dict"])
     model.meta = payload.get("meta", {})
+    check_output(model, payload["num_classes"], input_size(model.meta), where)
     return model.eval()

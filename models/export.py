@@ -13,6 +13,7 @@ Inputs are expected normalised, as the model saw them in training (a model file'
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import os
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
@@ -165,6 +166,15 @@ def _session(path: str | os.PathLike, threads: int | None) -> Any:
 
 def _numpy(x: torch.Tensor) -> Any:
     return x.detach().float().cpu().numpy()
+
+
+DEPLOY_PACKAGES = ("onnx", "onnxscript", "onnxruntime")
+
+
+def missing_deploy_packages() -> list[str]:
+    """The optional deploy packages (:data:`DEPLOY_PACKAGES`) that are not installed, found without importing them:
+    what a run that exports at its end checks at its start."""
+    return [name for name in DEPLOY_PACKAGES if importlib.util.find_spec(name) is None]
 
 
 def _require(package: str) -> ModuleType:

@@ -152,6 +152,21 @@ def prune(model: nn.Module, example_inputs: torch.Tensor, *, target_flops: int |
     return PruneResult(pruned, before, after, kept, channels, r, name, steps)
 
 
+def smallest_reachable(model: nn.Module, example_inputs: torch.Tensor, *, round_to: int | None = None,
+                       ignored_layers: Sequence[nn.Module | str] | None = None) -> Complexity:
+    """The complexity of ``model`` with every prunable group cut to its minimum (one channel, ``round_to`` when
+    given): the floor under which no ``target_flops`` / ``target_params`` of :func:`prune` can be met. ``model`` is
+    not changed; nothing is trained or calibrated, so a caller can check a target before any work."""
+    work = copy.deepcopy(model).eval()
+    work.requires_grad_(True)  # Torch-Pruning traces the autograd graph
+    ignored = _ignored_names(model, ignored_layers) | {_classifier_name(model)}
+    with num_threads(1):
+        plan = _Plan(work, find_units(work, example_inputs), make_importance("l1", 0)[1], ignored, False,
+                     round_to or 1)
+        plan.apply(work, 1.0)
+        return profile(work, (1, *example_inputs.shape[1:]))
+
+
 def _restore(model: nn.Module, training: bool, trainable: dict[str, bool]) -> None:
     """Removes calibration state and gives back the input's train/eval mode and ``requires_grad`` flags."""
     clear_calibration(model)

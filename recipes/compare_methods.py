@@ -9,11 +9,13 @@ OUT/report.json (every method × seed) and OUT/config.json; each method's traini
 """
 from __future__ import annotations
 
+import recipes.plumbing.signals  # noqa: F401,I001 (first: Ctrl-C while torch loads is one line)
 import dataclasses
 import math
 from dataclasses import dataclass
 
 from models.checkpoint import atomic_write_text
+from recipes.plumbing import lock
 from recipes.plumbing.compare import METHODS, Summary, make_setup, markdown_table, plot, run_method, summarize
 from recipes.plumbing.config import BUDGET, COUNT, KDConfig, POSITIVE, VAL_SIZE, arg, parse_config, resolve_device
 from recipes.plumbing.errors import run_main
@@ -40,6 +42,7 @@ class CompareConfig(KDConfig):
     out: str = arg("runs/compare", "output folder")
 
 
+@lock.releasing
 def main(argv: list[str] | None = None) -> list[Summary]:
     cfg = parse_config(CompareConfig, argv, description=__doc__.split("\n")[0])
     methods = [m.strip() for m in cfg.methods.split(",") if m.strip()]

@@ -9,10 +9,12 @@ cross-entropy alone. Writes OUT/student.pt (pickle-free), OUT/report.json, OUT/c
 """
 from __future__ import annotations
 
+import recipes.plumbing.signals  # noqa: F401,I001 (first: Ctrl-C while torch loads is one line)
 from dataclasses import dataclass
 
 from kd import HintLoss
 from models import create_model, list_models, save_model
+from recipes.plumbing import lock
 from recipes.plumbing.config import KDConfig, NON_NEGATIVE, arg, parse_config
 from recipes.plumbing.checks import model_args
 from recipes.plumbing.errors import run_main
@@ -33,6 +35,7 @@ class DistillConfig(KDConfig):
     out: str = arg("runs/distill", "output folder")
 
 
+@lock.releasing
 def main(argv: list[str] | None = None) -> list[ModelReport]:
     cfg = parse_config(DistillConfig, argv, description=__doc__.split("\n")[0])
     use_committed_teacher(cfg)

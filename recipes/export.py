@@ -10,6 +10,7 @@ Needs the deploy packages: pip install -e ".[deploy]".
 """
 from __future__ import annotations
 
+import recipes.plumbing.signals  # noqa: F401,I001 (first: Ctrl-C while torch loads is one line)
 import dataclasses
 import sys
 from dataclasses import dataclass
@@ -21,6 +22,7 @@ import pruning
 from models import profile
 from models.export import DEFAULT_OPSET, DEFAULT_TOLERANCE, ExportReport, export_and_check
 from models.latency import DEFAULT_MIN_SECONDS, DEFAULT_REPEATS, DEFAULT_WARMUP, LatencyResult
+from recipes.plumbing import option_checks
 from recipes.plumbing.config import (
     COUNT, NON_NEGATIVE, NON_NEGATIVE_COUNT, POSITIVE, Limit, arg, check_values, parse_config,
 )
@@ -51,6 +53,7 @@ def main(argv: list[str] | None = None) -> ExportReport:
     check_values(cfg)
     if cfg.student is None:
         raise ValueError("--student FILE is required: a model file written by pruning.save or models.save_model")
+    option_checks.check_export(cfg)  # before the model file is read or anything written
     model = pruning.load(cfg.student)
     out = Path(cfg.out) if cfg.out else Path(cfg.student).with_suffix(".onnx")
     input_size = _input_size(cfg, model)

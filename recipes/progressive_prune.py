@@ -11,6 +11,7 @@ OUT/steps.md, OUT/report.json, OUT/config.json.
 """
 from __future__ import annotations
 
+import recipes.plumbing.signals  # noqa: F401,I001 (first: Ctrl-C while torch loads is one line)
 import dataclasses
 from dataclasses import dataclass
 
@@ -25,6 +26,7 @@ from models import save_model
 from models.checkpoint import atomic_write_text
 from pruning.importance import IMPORTANCES
 from pruning.progressive import STEP_HEADER, ProgressiveResult, progressive_prune
+from recipes.plumbing import lock
 from recipes.plumbing.config import (
     BUDGET, COUNT, KDConfig, Limit, NON_NEGATIVE, POSITIVE, VAL_SIZE, arg, parse_config, resolve_device,
 )
@@ -57,6 +59,7 @@ class ProgressiveConfig(KDConfig):
     out: str = arg("runs/progressive", "output folder")
 
 
+@lock.releasing
 def main(argv: list[str] | None = None) -> ProgressiveResult:
     cfg = parse_config(ProgressiveConfig, argv, description=__doc__.split("\n")[0])
     device = resolve_device(cfg.device)

@@ -15,6 +15,7 @@ the final student; writes OUT/report.json, OUT/config.json and OUT/student.pt (p
 """
 from __future__ import annotations
 
+import recipes.plumbing.signals  # noqa: F401,I001 (first: Ctrl-C while torch loads is one line)
 import dataclasses
 from dataclasses import dataclass
 
@@ -25,6 +26,7 @@ import pruning
 from kd import HintLoss
 from kd.data import BatchIterator, DataSplits, subset
 from pruning.importance import calibrated_names, needs_calibration
+from recipes.plumbing import lock
 from recipes.plumbing.config import (
     COUNT, KDConfig, Limit, NON_NEGATIVE, POSITIVE, arg, kd_loss_arg, parse_config, resolve_device,
 )
@@ -73,6 +75,7 @@ class PruneThenDistillResult:
     pruning: pruning.PruneResult
 
 
+@lock.releasing
 def main(argv: list[str] | None = None) -> PruneThenDistillResult:
     cfg = parse_config(PruneThenDistillConfig, argv, description=__doc__.split("\n")[0])
     use_committed_teacher(cfg)

@@ -8,9 +8,11 @@ OUT/teacher_train/{last,best}.pt (resume with --resume).
 """
 from __future__ import annotations
 
+import recipes.plumbing.signals  # noqa: F401,I001 (first: Ctrl-C while torch loads is one line)
 from dataclasses import dataclass
 
 from models import list_models
+from recipes.plumbing import lock
 from recipes.plumbing.config import RunConfig, arg, parse_config
 from recipes.plumbing.checks import model_args
 from recipes.plumbing.errors import run_main
@@ -26,6 +28,7 @@ class TeacherConfig(RunConfig):
     out: str = arg("runs/teacher", "output folder")
 
 
+@lock.releasing
 def main(argv: list[str] | None = None) -> ModelReport:
     cfg = parse_config(TeacherConfig, argv, description=__doc__.split("\n")[0])
     data, out = start_run(cfg)

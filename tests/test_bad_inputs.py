@@ -9,6 +9,8 @@ import math
 import os
 import pickle
 import shutil
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -443,7 +445,7 @@ def test_safe_load_names_the_file_and_never_suggests_unpickling(bad_teachers, tm
         load_model(tmp_path / "raw.pkl")
     torch.save({"format": 1, "arch": "wide_cnn", "num_classes": 10, "arch_kwargs": {"widths": [4]}, "widths": {},
                 "state_dict": {"classifier.weight": torch.ones(3, 3)}}, tmp_path / "misfit.pt")
-    with pytest.raises(FileFormatError, match="does not rebuild"):
+    with pytest.raises(FileFormatError, match="it lacks 'features.conv1.conv.weight'"):
         load_model(tmp_path / "misfit.pt")
 
 
@@ -642,3 +644,438 @@ def test_ctrl_c_is_one_line_and_resume_goes_on(tmp_path, capsys, monkeypatch):
     for k in state_a:
         if torch.is_tensor(state_a[k]):
             assert torch.allclose(state_a[k].float(), state_b[k].float(), atol=1e-6), k
+
+
+# =================================================================== one run per --out: the lock on the folder
+
+REPO = Path(__file__).resolve().parents[1]
+HOLD = ("import sys, time\nfrom recipes.plumbing import lock\nlock.acquire(sys.argv[1])\nprint('held', flush=True)\n"
+        "time.sleep(120)\n")
+
+
+def _python(*args: str, **kwargs) -> subprocess.Popen:
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    return subprocess.Popen([sys.executable, *args], env=env, text=True, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, **kwargs)
+
+
+def test_a_busy_out_is_refused_naming_the_process_and_a_dead_ones_lock_is_stale(tmp_path, capsys):
+    out = tmp_path / "run"
+    holder = _python("-c", HOLD, str(out))
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        line = fail(train_teacher, [*SYNTHETIC, "--model-args", TINY, "--out", str(out)], capsys)
+        assert f"is in use by another run (pid {holder.pid}" in line and "choose another --out" in line
+        assert sorted(p.name for p in out.iterdir()) == [".lock"]  # the refused run wrote nothing
+    finally:
+        holder.kill()  # SIGKILL: its lock file stays behind, naming a dead process
+        holder.communicate()
+    assert (out / ".lock").is_file()
+    train_teacher.main([*SYNTHETIC, "--model-args", TINY, "--out", str(out)])  # the stale lock does not stop it
+    assert (out / "teacher.pt").is_file() and not (out / ".lock").exists()  # released when main returns
+
+
+def test_two_runs_started_together_leave_exactly_one_runs_files(tmp_path):
+    out = tmp_path / "run"
+    runs = [_python(str(REPO / "recipes" / "train_teacher.py"), *SYNTHETIC, "--model-args", TINY, "--epochs", "2",
+                    "--seed", str(seed), "--lr", str(lr), "--out", str(out), "--device", "cpu")
+            for seed, lr in ((1, 0.01), (2, 0.02))]
+    results = [(r, *r.communicate(timeout=300)) for r in runs]
+    assert sorted(r.returncode for r, _, _ in results) == [0, 2], [err[-1000:] for _, _, err in results]
+    loser = next(err for r, _, err in results if r.returncode == 2).strip().splitlines()
+    assert len(loser) == 1 and ("is in use by another run (pid" in loser[0] or "already holds an earlier run"
+                                in loser[0]), loser
+    config = json.loads((out / "config.json").read_text())
+    report = json.loads((out / "report.json").read_text())
+    assert report["config"] == config and config["seed"] in (1, 2)
+    rows = (out / "teacher_train" / "metrics.csv").read_text().splitlines()
+    assert len(rows) == 3  # header + 2 epochs of the one run
+    assert load_model(out / "teacher.pt").meta["accuracy"] == report["accuracy"]  # the model of that report
+    assert not (out / ".lock").exists()
+
+
+# ================================================== every check before the first write: combinations, targets
+
+
+LATE_CASES = [
+    ("prune_then_distill", ["--ratio", "0.5", "--target-flops", "1000"],
+     "--target-flops and --ratio are alternative targets; pass only one"),
+    ("progressive_prune", ["--target-flops", "1000", "--target-params", "100"], "pass only one"),
+    ("prune_then_distill", ["--target-flops", "1"], "--target-flops 1 is below the smallest reachable value"),
+    ("prune_then_distill", ["--target-params", "3"], "--target-params 3 is below the smallest reachable value"),
+    ("progressive_prune", ["--target-flops", "1"], "--target-flops 1 is below the smallest reachable value"),
+    ("compare_methods", ["--budget", "0.00001"], "--budget 1e-05 (2 flops) is below the smallest reachable value"),
+    ("distill_only", ["--teacher-cache", "-1"], "--teacher-cache must be a whole number >= 0"),
+    ("distill_only", ["--teacher-cache", "2", "--hint-student-layer", "features.conv1", "--hint-teacher-layer",
+                      "features.conv1"], "a FitNet hint needs its features"),
+    ("prune_then_distill", ["--teacher-cache", "2", "--hint-layer", "features.conv2"], "needs its features"),
+    ("distill_only", ["--teacher-cache", "2", "--data-mode", "stream"], "does not work with --data-mode stream"),
+    ("distill_only", ["--latency-batch-sizes", "0"], "--latency-batch-sizes must be a whole number >= 1, got 0"),
+    ("prune_then_distill", ["--export", "onnx"], "--export onnx needs the onnxruntime package(s), which are not "
+                                                 "installed"),
+]
+
+
+@pytest.mark.parametrize("recipe, argv, expected", LATE_CASES, ids=[" ".join(c[1])[:40] for c in LATE_CASES])
+def test_checks_that_used_to_run_late_come_before_any_write(recipe, argv, expected, teacher, tmp_path, monkeypatch,
+                                                            capsys):
+    import recipes.plumbing.option_checks as checks
+    from recipes import compare_methods, progressive_prune
+
+    monkeypatch.setattr(checks, "missing_deploy_packages", lambda: ["onnxruntime"])
+    module = {**RECIPES, "progressive_prune": progressive_prune, "compare_methods": compare_methods}[recipe]
+    out = tmp_path / "out"
+    line = fail(module, [*SYNTHETIC, "--teacher", str(teacher), *argv, "--out", str(out)], capsys)
+    assert expected in line
+    assert not out.exists()
+
+
+def test_an_unreachable_target_is_refused_before_a_teacher_is_trained(tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(recipes.plumbing.training, "fit_model", lambda *a, **k: pytest.fail("nothing may be trained"))
+    out = tmp_path / "out"
+    line = fail(prune_then_distill, [*SYNTHETIC, "--teacher-model-args", TINY, "--target-flops", "1", "--out",
+                                     str(out)], capsys)
+    assert "--target-flops 1 is below the smallest reachable value" in line and not out.exists()
+
+
+# ================================================== model files checked against the architecture they declare
+
+
+def _edit(payload: dict, change: str) -> None:
+    sd, widths = payload["state_dict"], payload["widths"]
+    if change == "5x5 kernel":
+        sd["features.conv1.conv.weight"] = torch.zeros(8, 3, 5, 5)
+    elif change == "11 outputs":
+        sd["classifier.weight"], sd["classifier.bias"] = torch.zeros(11, 16), torch.zeros(11)
+    elif change == "11 outputs, widths too":
+        sd["classifier.weight"], sd["classifier.bias"] = torch.zeros(11, 16), torch.zeros(11)
+        widths["classifier"]["out_features"] = 11
+    elif change == "bias (1,)":
+        sd["classifier.bias"] = torch.zeros(1)
+    elif change == "padding entry":
+        widths["features.conv1.conv"]["padding"] = 100
+    elif change == "unknown key":
+        sd["features.conv9.conv.weight"] = torch.zeros(8, 8, 3, 3)
+    elif change == "missing key":
+        del sd["features.conv2.bn.running_var"]
+    elif change == "unknown layer":
+        widths["features.conv9.conv"] = {"out_channels": 4}
+    elif change == "text width":
+        widths["features.conv1.conv"]["out_channels"] = "8"
+    elif change == "num_classes":
+        payload["num_classes"] = "ten"
+    elif change == "meta mean":
+        payload["meta"]["mean"] = [0.5, 0.5]
+    elif change == "widths disagree":  # conv1 narrowed consistently, conv2 still reads 8 channels
+        widths["features.conv1.conv"]["out_channels"], widths["features.conv1.bn"]["num_features"] = 6, 6
+        sd["features.conv1.conv.weight"] = torch.zeros(6, 3, 3, 3)
+        for k in ("weight", "bias", "running_mean", "running_var"):
+            sd[f"features.conv1.bn.{k}"] = torch.zeros(6)
+
+
+MODEL_FILE_CASES = [
+    ("5x5 kernel", "'features.conv1.conv.weight' has shape (8, 3, 5, 5) but its layer, as the file declares it, "
+                   "needs (8, 3, 3, 3)"),
+    ("11 outputs", "'classifier.weight' has shape (11, 16) but its layer, as the file declares it, needs (10, 16)"),
+    ("11 outputs, widths too", "gives outputs of shape (1, 11) for one image, but declares num_classes 10"),
+    ("bias (1,)", "'classifier.bias' has shape (1,) but its layer, as the file declares it, needs (10,)"),
+    ("padding entry", "its stored widths give layer 'features.conv1.conv' an entry 'padding', which is not one of its widths"),
+    ("unknown key", "'features.conv9.conv.weight' is not a parameter or buffer of architecture 'wide_cnn'"),
+    ("missing key", "it lacks 'features.conv2.bn.running_var'"),
+    ("unknown layer", "its stored widths name layer 'features.conv9.conv', which architecture 'wide_cnn' does not"),
+    ("text width", "stored width features.conv1.conv.out_channels = '8' is not a positive whole number"),
+    ("num_classes", "its num_classes 'ten' is not a whole number >= 1"),
+    ("widths disagree", "its layers do not fit together"),
+    ("meta mean", "its meta 'mean' [0.5, 0.5] is not a list of 3 finite numbers"),
+]
+
+
+@pytest.mark.parametrize("change, expected", MODEL_FILE_CASES, ids=[c[0] for c in MODEL_FILE_CASES])
+def test_a_model_file_that_does_not_fit_its_architecture_is_refused_naming_the_mismatch(change, expected, teacher,
+                                                                                         tmp_path, capsys):
+    payload = torch.load(teacher, weights_only=True)
+    _edit(payload, change)
+    edited = tmp_path / "edited.pt"
+    torch.save(payload, edited)
+    with pytest.raises(FileFormatError, match="edited.pt") as info:
+        load_model(edited)
+    assert expected in str(info.value)
+    out = tmp_path / "out"
+    line = fail(prune_then_distill, [*SYNTHETIC, "--teacher", str(edited), "--ratio", "0.5", "--out", str(out)],
+                capsys)
+    assert expected in line and not out.exists()
+
+
+def test_export_names_the_mismatch_of_a_model_file_in_one_line(teacher, tmp_path, capsys):
+    from recipes import export
+
+    payload = torch.load(teacher, weights_only=True)
+    _edit(payload, "padding entry")
+    torch.save(payload, tmp_path / "edited.pt")
+    line = fail(export, ["--student", str(tmp_path / "edited.pt")], capsys)
+    assert "an entry 'padding', which is not one of its widths" in line
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["edited.pt"]
+
+
+# ============================================= inputs: fingerprints for --resume, the cache key, decoding, listing
+
+
+def _pixels(seed: int, size: int = 16):
+    import numpy as np
+
+    return np.random.default_rng(seed).integers(0, 256, (size, size, 3), dtype=np.uint8)
+
+
+def made_folder(root: Path, train: dict[str, int], test: dict[str, int], ext: str = "png") -> Path:
+    """An imagefolder of small random images written here: ``{class: count}`` per split."""
+    from PIL import Image
+
+    seed = 0
+    for split, counts in (("train", train), ("test", test)):
+        for cls, n in counts.items():
+            (root / split / cls).mkdir(parents=True, exist_ok=True)
+            for i in range(n):
+                seed += 1
+                Image.fromarray(_pixels(seed)).save(root / split / cls / f"{i}.{ext}")
+    return root
+
+
+def test_resume_refuses_changed_training_images_naming_the_class_folder(tmp_path, capsys):
+    root = made_folder(tmp_path / "data", {"cat": 4, "dog": 4}, {"cat": 2, "dog": 2})
+    argv = [*imagefolder_args(root, tmp_path / "cache"), "--out", str(tmp_path / "run")]
+    train_teacher.main(argv)
+    before = files(tmp_path / "run")
+    (root / "train" / "dog" / "0.png").unlink()
+    line = fail(train_teacher, [*argv, "--resume"], capsys)
+    assert "--resume: the training images changed since the earlier run" in line
+    assert "class folder 'dog' had 4 files then and 3 now" in line and "--overwrite" in line
+    shutil.copy(root / "train" / "dog" / "1.png", root / "train" / "dog" / "0.png")  # back to 4, other pixels
+    line = fail(train_teacher, [*argv, "--resume"], capsys)
+    assert "files in class folder 'dog' were replaced or rewritten (4 files then and now)" in line
+    assert files(tmp_path / "run") == before
+
+
+def test_resume_refuses_a_replaced_teacher_file(teacher, tmp_path, capsys):
+    mine = tmp_path / "teacher.pt"
+    shutil.copy(teacher, mine)
+    argv = [*SYNTHETIC, "--teacher", str(mine), "--ratio", "0.5", "--out", str(tmp_path / "run")]
+    prune_then_distill.main(argv)
+    before = files(tmp_path / "run")
+    other = load_model(mine)
+    with torch.no_grad():
+        other.classifier.bias.add_(1.0)
+    save_model(other, mine, meta=other.meta)  # same path, same architecture, other weights
+    line = fail(prune_then_distill, [*argv, "--resume"], capsys)
+    assert f"--resume: the teacher file {str(mine)!r} changed since the earlier run" in line and "sha256" in line
+    assert files(tmp_path / "run") == before
+
+
+def test_the_image_cache_sees_a_same_size_replacement_that_keeps_its_mtime(tmp_path):
+    root = made_folder(tmp_path / "data", {"cat": 2, "dog": 2}, {"cat": 1, "dog": 1}, ext="ppm")
+    first = load_imagefolder(root, True, 16, cache_dir=tmp_path / "c", progress=False)
+    target = root / "train" / "cat" / "0.ppm"
+    stat = target.stat()
+    from PIL import Image
+
+    Image.fromarray(_pixels(99)).save(target)  # `cp -p`: same size (a 16×16 PPM), the old mtime put back
+    os.utime(target, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    assert target.stat().st_size == stat.st_size and target.stat().st_mtime_ns == stat.st_mtime_ns
+    again = load_imagefolder(root, True, 16, cache_dir=tmp_path / "c", progress=False)
+    assert torch.equal(again.images[0], torch.from_numpy(_pixels(99)).permute(2, 0, 1))
+    assert not torch.equal(again.images[0], first.images[0])
+
+
+def test_16_bit_images_are_scaled_and_float_images_refused_by_name(tmp_path):
+    import numpy as np
+    from PIL import Image
+
+    root = made_folder(tmp_path / "data", {"cat": 1, "dog": 1}, {"cat": 1, "dog": 1})
+    gray16 = Image.fromarray(np.full((16, 16), 32768, dtype=np.uint16))
+    assert gray16.mode == "I;16"
+    gray16.save(root / "train" / "cat" / "gray16.png")
+    data = load_imagefolder(root, True, 16, cache_dir=tmp_path / "c", progress=False)
+    index = [i for i, label in enumerate(data.labels.tolist()) if label == 0][1]  # cat/gray16.png (after 0.png)
+    assert int(data.images[index].min()) == int(data.images[index].max()) == 128  # 32768 / 65535 · 255, not 255
+    Image.fromarray(np.full((16, 16), 0.5, dtype=np.float32)).save(root / "train" / "dog" / "float.tif")
+    with pytest.raises(BadImageError, match=r"float.tif' \(ValueError: floating-point pixels \(PIL mode F\)"):
+        load_imagefolder(root, True, 16, cache_dir=tmp_path / "c", progress=False)
+
+
+def test_a_dangling_symlink_is_named_and_skippable(tmp_path, capsys):
+    root = made_folder(tmp_path / "data", {"cat": 3, "dog": 3}, {"cat": 1, "dog": 1})
+    link = root / "train" / "cat" / "gone.png"
+    link.symlink_to(root / "train" / "cat" / "missing.png")
+    args = imagefolder_args(root, tmp_path / "cache")
+    line = fail(train_teacher, [*args, "--out", str(tmp_path / "out")], capsys)
+    assert str(link) in line and "a symbolic link to" in line and "which does not exist" in line
+    assert "--skip-bad-images" in line and not (tmp_path / "out").exists()
+    capsys.readouterr()
+    run_main(train_teacher.main, [*args, "--out", str(tmp_path / "skip"), "--skip-bad-images"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("warning: left out 1 image file(s)") and "gone.png" in err[0]
+
+
+def test_hidden_folders_and_folder_symlinks_are_not_read(tmp_path):
+    root = made_folder(tmp_path / "data", {"cat": 2, "dog": 2}, {"cat": 1, "dog": 1})
+    hidden = made_folder(tmp_path / "more", {"x": 3}, {})
+    (root / "train" / "cat" / ".thumbnails").symlink_to(hidden / "train" / "x")  # hidden: skipped
+    shutil.copytree(hidden / "train" / "x", root / "train" / "dog" / ".cache")  # a hidden real folder: skipped
+    (root / "train" / "x").symlink_to(".")  # a link to the split itself: not an 11th class holding every image
+    (root / "train" / "cat" / "also").symlink_to(root / "train" / "dog")  # a linked folder inside: not entered
+    assert imagefolder_classes(root) == ["cat", "dog"]
+    data = load_imagefolder(root, True, 16, cache_dir=tmp_path / "c", progress=False)
+    assert len(data) == 4 and data.classes == ["cat", "dog"]
+
+
+def test_class_names_in_other_unicode_forms_are_shown_distinguishably(tmp_path):
+    nfc, nfd = "caf\u00e9", "cafe\u0301"
+    root = made_folder(tmp_path / "data", {nfc: 1, "dog": 1}, {nfd: 1, "dog": 1})
+    with pytest.raises(DataUnavailableError) as info:
+        imagefolder_classes(root)
+    text = str(info.value)
+    assert "only in train/: ['caf\\xe9']" in text and "only in test/: ['cafe\\u0301']" in text
+    assert "differ only in their Unicode normal form, NFC against NFD" in text
+
+
+def test_a_limit_that_drops_classes_warns(tmp_path, capsys):
+    capsys.readouterr()
+    run_main(train_teacher.main, [*SYNTHETIC, "--model-args", TINY, "--limit-train", "5", "--out",
+                                  str(tmp_path / "run")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["warning: --limit-train 5 leaves 5 of the 10 classes without training images; pass at least 10 "
+                   "to keep every class"]
+
+
+# ============================================================================================== messages
+
+
+class _FullAfter:
+    """A file on a disk that fills up after ``room`` bytes: later writes fail with ENOSPC."""
+
+    def __init__(self, file, room: int) -> None:
+        self.file, self.room = file, room
+
+    def write(self, data) -> int:
+        if len(data) > self.room:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        self.room -= len(data)
+        return self.file.write(data)
+
+    def __getattr__(self, name):
+        return getattr(self.file, name)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.file.close()
+
+
+def test_a_disk_that_fills_up_during_a_checkpoint_says_no_space_left(tmp_path, monkeypatch, capsys):
+    import models.checkpoint as checkpoint
+
+    def filling(name, mode, **kwargs):  # text files fit; a checkpoint fills the disk after 4 kB
+        f = open(name, mode, **kwargs)
+        return _FullAfter(f, 4096) if "b" in mode else f
+
+    monkeypatch.setattr(checkpoint, "open", filling, raising=False)
+    out = tmp_path / "run"
+    line = fail(train_teacher, [*SYNTHETIC, "--model-args", TINY, "--out", str(out)], capsys)
+    assert line.startswith("error: no space left on device (ENOSPC) writing ") and "last.pt" in line, line
+    assert "corrupt" not in line and not list(out.rglob("*.tmp"))
+
+
+def test_sigterm_is_one_line(tmp_path, capsys, monkeypatch):
+    import signal
+
+    from kd.trainer import Trainer
+
+    real, calls = Trainer._train_epoch, []
+
+    def terminated_in_epoch_2(self, train):
+        calls.append(1)
+        if len(calls) == 2:
+            os.kill(os.getpid(), signal.SIGTERM)  # `kill PID`, a batch scheduler's stop
+        return real(self, train)
+
+    monkeypatch.setattr(Trainer, "_train_epoch", terminated_in_epoch_2)
+    before = signal.getsignal(signal.SIGTERM)
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as info:
+        run_main(train_teacher.main, [*SYNTHETIC, "--model-args", TINY, "--epochs", "3", "--out",
+                                      str(tmp_path / "run")])
+    assert info.value.code == 143
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("terminated: ") and "--resume" in err[0]
+    assert (tmp_path / "run" / "teacher_train" / "last.pt").is_file()  # epoch 1, to resume from
+    assert signal.getsignal(signal.SIGTERM) == before
+
+
+def test_ctrl_c_while_torch_loads_is_one_line(tmp_path):
+    import signal
+
+    run = _python(str(REPO / "recipes" / "train_teacher.py"), *SYNTHETIC, "--out", str(tmp_path / "run"))
+    maps = Path(f"/proc/{run.pid}/maps")
+    while run.poll() is None and "libtorch" not in maps.read_text():  # torch's libraries are being loaded
+        time.sleep(0.005)
+    run.send_signal(signal.SIGINT)
+    _, err = run.communicate(timeout=120)
+    assert run.returncode == 130, err
+    assert len(err.strip().splitlines()) == 1 and err.strip().startswith("interrupted: "), err
+
+
+def test_under_torchrun_an_error_is_one_line_and_each_rank_exits_2(tmp_path):
+    cmd = ["-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", str(REPO / "recipes" /
+           "train_teacher.py"), "--dataset", "imagefolder", "--data-dir", str(tmp_path / "none"), "--device", "cpu",
+           "--no-progress", "--out", str(tmp_path / "run")]
+    _, err = _python(*cmd).communicate(timeout=240)
+    assert [ln for ln in err.splitlines() if "error:" in ln] == [
+        f"error: imagefolder data dir {str(tmp_path / 'none')!r} does not exist"], err[-3000:]
+    assert "exitcode  : 2" in err and "exitcode  : 1" not in err  # the ranks' status (torchrun's own is always 1)
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("argv, expected", [
+    (["--batch-sizes", "0"], "--batch-sizes must be a whole number >= 1, got 0"),
+    (["--threads", "0"], "--threads must be a whole number >= 1, got 0"),
+    (["--tolerance", "-1"], "--tolerance must be > 0, got -1.0"),
+    (["--repeats", "0"], "--repeats must be a whole number >= 1, got 0"),
+    (["--image-size", "2"], "--image-size must be >= 8 (pixels), got 2"),
+    ([], "ONNX export needs the onnxruntime package(s), which are not installed"),
+])
+def test_export_checks_its_options_before_reading_or_writing(argv, expected, teacher, tmp_path, monkeypatch, capsys):
+    import recipes.plumbing.option_checks as checks
+    from recipes import export
+
+    monkeypatch.setattr(checks, "missing_deploy_packages", lambda: ["onnxruntime"] if not argv else [])
+    line = fail(export, ["--student", str(teacher), "--out", str(tmp_path / "m.onnx"), *argv], capsys)
+    assert expected in line and list(tmp_path.iterdir()) == []
+
+
+def test_without_flock_the_pid_in_the_lock_file_decides(tmp_path, monkeypatch):
+    import fcntl
+    import socket
+
+    from recipes.plumbing import lock
+
+    def no_flock(fd, op):
+        raise OSError(errno.ENOLCK, "No locks available")
+
+    monkeypatch.setattr(fcntl, "flock", no_flock)
+    out = tmp_path / "run"
+    out.mkdir()
+    sleeper = _python("-c", "import time; time.sleep(60)")
+    dead = _python("-c", "pass")
+    dead.communicate()
+    try:
+        (out / ".lock").write_text(json.dumps({"pid": sleeper.pid, "host": socket.gethostname(), "started": 0}))
+        with pytest.raises(lock.OutBusyError, match=f"pid {sleeper.pid}"):
+            lock.acquire(out)
+        (out / ".lock").write_text(json.dumps({"pid": dead.pid, "host": socket.gethostname(), "started": 0}))
+        lock.acquire(out)  # a dead process's lock is stale
+        assert lock.holder(out)["pid"] == os.getpid()
+        lock.release(out)
+        assert not (out / ".lock").exists() and out.is_dir()  # a folder it did not make stays
+    finally:
+        sleeper.kill()
+        sleeper.communicate()

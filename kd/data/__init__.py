@@ -51,6 +51,11 @@ class DataSplits:
         return {"classes": list(self.classes), "mean": list(self.mean), "std": list(self.std),
                 "image_size": int(self.train.images.shape[-1])}
 
+    def fingerprint(self) -> dict[str, dict[str, str]]:
+        """``{"train": {class: digest}, "test": {...}}`` of the files both splits were read from (empty for
+        synthetic and torchvision data): what ``--resume`` compares (:mod:`kd.data.fingerprint`)."""
+        return {"train": dict(self.train.fingerprint), "test": dict(self.test.fingerprint)}
+
     @property
     def input_size(self) -> tuple[int, int, int, int]:
         """(1, C, H, W) of one input, for :func:`models.profile`."""

@@ -8,17 +8,23 @@ from __future__ import annotations
 
 import hashlib
 import os
+import unicodedata
 import warnings
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
+from kd.data.fingerprint import file_entry, split_fingerprint
 from kd.progress import progress_bar
 from models.checkpoint import atomic_save, safe_load
+
+if TYPE_CHECKING:
+    from PIL import Image
 
 DATASETS = ("cifar10", "cifar100", "imagefolder", "synthetic")
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
@@ -39,12 +45,15 @@ class CacheWarning(UserWarning):
 @dataclass
 class ImageTensors:
     """images: (N, 3, H, W) uint8; labels: (N,) int64 in [0, len(classes)); skipped: ``"path (reason)"`` of the
-    image files left out because they could not be decoded (``skip_bad_images``)."""
+    image files left out because they could not be decoded (``skip_bad_images``); fingerprint: ``{class: digest}``
+    of the files the split was read from (:func:`kd.data.fingerprint.split_fingerprint`; empty for sources that
+    are not files of the user's)."""
 
     images: torch.Tensor
     labels: torch.Tensor
     classes: list[str]
     skipped: list[str] = field(default_factory=list)
+    fingerprint: dict[str, str] = field(default_factory=dict)
 
     def __len__(self) -> int:
         return int(self.labels.numel())
@@ -78,7 +87,7 @@ def subset(data: ImageTensors, limit: int | None, seed: int = 0) -> ImageTensors
     if limit is None or limit >= len(data):
         return data
     idx = balanced_indices(data.labels, limit, seed)
-    return ImageTensors(data.images[idx], data.labels[idx], data.classes)
+    return ImageTensors(data.images[idx], data.labels[idx], data.classes, fingerprint=data.fingerprint)
 
 
 def resize_images(images: torch.Tensor, size: int) -> torch.Tensor:
@@ -124,16 +133,28 @@ def _split_dir(root: Path, train: bool) -> Path:
 
 
 def _class_folders(split_dir: Path) -> list[str]:
-    """Sorted names of the class folders of a split (hidden folders such as ``.ipynb_checkpoints`` are not classes)."""
-    return sorted(p.name for p in split_dir.iterdir() if p.is_dir() and not p.name.startswith("."))
+    """Sorted names of the class folders of a split. Hidden folders (``.ipynb_checkpoints``) and symbolic links to
+    folders (``train/x -> .`` would hold every image) are not classes, as hidden files are not images."""
+    return sorted(p.name for p in split_dir.iterdir()
+                  if p.is_dir() and not p.is_symlink() and not p.name.startswith("."))
 
 
 def _is_image(path: Path) -> bool:
     return path.suffix.lower() in IMAGE_EXTENSIONS and not path.name.startswith(".")
 
 
+def _images_in(folder: Path) -> list[Path]:
+    """The image files under ``folder``, sorted, leaving out hidden files, hidden folders and the insides of
+    symbolic links to folders (a link to a file counts, even one whose target is missing: decoding names it)."""
+    found = []
+    for parent, dirs, names in os.walk(folder):  # followlinks=False: a linked folder is listed, never entered
+        dirs[:] = [d for d in dirs if not d.startswith(".")]
+        found += [Path(parent) / n for n in names if _is_image(Path(n))]
+    return sorted(found)
+
+
 def _check_not_empty(split_dir: Path, classes: list[str]) -> None:
-    empty = [c for c in classes if not any(_is_image(p) for p in (split_dir / c).rglob("*"))]
+    empty = [c for c in classes if not _images_in(split_dir / c)]
     if empty:
         raise DataUnavailableError(f"class folder(s) {empty[:5]} of {str(split_dir)!r} hold no images "
                                    f"({', '.join(IMAGE_EXTENSIONS)}); add images or remove the folder(s)")
@@ -162,9 +183,24 @@ def imagefolder_classes(data_dir: str | os.PathLike) -> list[str]:
         only_test = [c for c in test_classes if c not in classes]
         raise DataUnavailableError(
             f"train/ and {test_dir.name}/ of {str(root)!r} have different class folders (only in train/: "
-            f"{only_train[:5]}, only in {test_dir.name}/: {only_test[:5]}); both splits need the same classes")
+            f"{_names(only_train[:5])}, only in {test_dir.name}/: {_names(only_test[:5])}); both splits need the "
+            f"same classes{_normal_form_hint(only_train, only_test)}")
     _check_not_empty(test_dir, classes)
     return classes
+
+
+def _names(names: list[str]) -> str:
+    """A list of folder names as Python writes it, with escapes for anything outside ASCII: names that look the
+    same on screen (é as one code point, or as e and a combining accent) are shown distinguishably."""
+    return ascii(names) if any(not n.isascii() for n in names) else str(names)
+
+
+def _normal_form_hint(a: list[str], b: list[str]) -> str:
+    same = [x for x in a if any(unicodedata.normalize("NFC", x) == unicodedata.normalize("NFC", y) for y in b)]
+    if not same:
+        return ""
+    return (f" (the names {_names(same[:3])} differ only in their Unicode normal form, NFC against NFD: rename the "
+            "folders so that both splits spell them the same way)")
 
 
 def list_image_files(split_dir: Path, classes: list[str] | None = None) -> tuple[list[Path], list[int], list[str]]:
@@ -180,7 +216,7 @@ def list_image_files(split_dir: Path, classes: list[str] | None = None) -> tuple
     files, labels = [], []
     for label, name in enumerate(classes):
         folder = split_dir / name
-        found = sorted(p for p in folder.rglob("*") if _is_image(p)) if folder.is_dir() else []
+        found = _images_in(folder) if folder.is_dir() else []
         if not found:
             raise DataUnavailableError(f"class folder {str(folder)!r} holds no images ({', '.join(IMAGE_EXTENSIONS)}); "
                                        "add images or remove the folder")
@@ -193,15 +229,41 @@ def _decode(path: Path, size: int) -> np.ndarray:
     from PIL import Image
 
     with Image.open(path) as img:
-        img = img.convert("RGB")
+        img = _eight_bit(img).convert("RGB")
         if img.size != (size, size):
             img = img.resize((size, size), Image.BILINEAR)
         return np.array(img, dtype=np.uint8)  # (size, size, 3), writable (torch.from_numpy needs it)
 
 
+_SIXTEEN_BIT = ("I;16", "I;16L", "I;16B", "I;16N")
+
+
+def _eight_bit(img: "Image.Image") -> "Image.Image":
+    """``img`` with 16-bit grayscale (PIL modes I;16*, and I holding values in [0, 65535]) scaled to 8 bits, where
+    PIL's own conversion to RGB would clip every value above 255 to white.
+
+    Raises:
+        ValueError: for pixels that have no 8-bit scale: floating point (mode F), or 32-bit values outside 16 bits.
+    """
+    from PIL import Image
+
+    if img.mode not in (*_SIXTEEN_BIT, "I", "F"):
+        return img
+    if img.mode == "F":
+        raise ValueError("floating-point pixels (PIL mode F) have no fixed range to scale to 8 bits; save the "
+                         "image with 8 or 16 bits per channel")
+    values = np.asarray(img).astype(np.int64)  # (H, W)
+    if values.size and (values.min() < 0 or values.max() > 65535):
+        raise ValueError(f"32-bit pixels (PIL mode {img.mode}) outside the 16-bit range [0, 65535] cannot be scaled "
+                         "to 8 bits; save the image with 8 or 16 bits per channel")
+    return Image.fromarray(((values * 255 + 32767) // 65535).astype(np.uint8), "L")
+
+
 def _try_decode(path: Path, size: int) -> np.ndarray | str:
     """The decoded image, or why it cannot be decoded (PIL fails in many ways: OSError for a truncated or
     unidentified file, SyntaxError, ValueError, DecompressionBombError ...)."""
+    if path.is_symlink() and not path.exists():
+        return f"a symbolic link to {os.readlink(path)!r}, which does not exist"
     try:
         return _decode(path, size)
     except Exception as err:  # noqa: BLE001 (any failure of one file is reported with its name)
@@ -256,19 +318,21 @@ def load_imagefolder(
     root = Path(data_dir)
     if not root.is_dir():
         raise DataUnavailableError(f"imagefolder data dir {str(root)!r} does not exist")
-    files, labels, classes = list_image_files(_split_dir(root, train), classes)
+    split_dir = _split_dir(root, train)
+    files, labels, classes = list_image_files(split_dir, classes)
+    fingerprint = split_fingerprint(split_dir, files, labels, classes)
     label_t = torch.tensor(labels, dtype=torch.int64)
     if limit is not None and limit < len(files):
         keep = balanced_indices(label_t, limit, seed).tolist()
         files, label_t = [files[i] for i in keep], label_t[keep]
-    key = hashlib.sha1(repr((image_size, classes, [(str(f), f.stat().st_size, f.stat().st_mtime_ns) for f in files])).encode())
-    cache = Path(cache_dir or default_cache_dir()) / f"imagefolder-{'train' if train else 'test'}-{key.hexdigest()[:20]}.pt"
+    name = f"imagefolder-{'train' if train else 'test'}-{_cache_key(files, image_size, classes)}.pt"
+    cache = Path(cache_dir or default_cache_dir()) / name
     blob = _read_cache(cache)
     if blob is not None:
         skipped = list(blob.get("skipped", []))
         if skipped and not skip_bad_images:
             raise _bad_image(skipped[0])
-        return ImageTensors(blob["images"], blob["labels"], list(blob["classes"]), skipped)
+        return ImageTensors(blob["images"], blob["labels"], list(blob["classes"]), skipped, fingerprint)
     split = f"{root.name}/{'train' if train else 'test'}"
     images, skipped = _decode_all(files, image_size, f"decoding {split}", progress)
     if skipped and not skip_bad_images:
@@ -284,7 +348,15 @@ def load_imagefolder(
                                        f"{empty[:5]} have no images left")
     skipped = [entry for _, entry in skipped]
     _write_cache({"images": images, "labels": label_t, "classes": classes, "skipped": skipped}, cache)
-    return ImageTensors(images, label_t, classes, skipped)
+    return ImageTensors(images, label_t, classes, skipped, fingerprint)
+
+
+def _cache_key(files: list[Path], image_size: int, classes: list[str]) -> str:
+    """The decoded-image cache's key: image size, classes, and each file's path, size, modification and change
+    time (:func:`kd.data.fingerprint.file_entry`: a same-size replacement that keeps its modification time still
+    changes the key)."""
+    entries = [(str(f), *file_entry(f)) for f in files]
+    return hashlib.sha1(repr((image_size, classes, entries)).encode()).hexdigest()[:20]
 
 
 def _read_cache(cache: Path) -> dict | None:

@@ -21,6 +21,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from kd.data.batches import SeededBatches, apply_crop_flip, draw_crop_flip
+from kd.data.fingerprint import split_fingerprint
 from kd.data.sources import (
     BadImageError, ImageTensors, _decode, _split_dir, _try_decode, balanced_indices, list_image_files,
 )
@@ -64,6 +65,7 @@ class FileSplit:
     classes: list[str]
     image_size: int
     skipped: list[str] = field(default_factory=list)
+    fingerprint: dict[str, str] = field(default_factory=dict)  # as ImageTensors.fingerprint
 
     def __len__(self) -> int:
         return len(self.files)
@@ -94,12 +96,14 @@ def list_split(data_dir: str | os.PathLike, train: bool, image_size: int, limit:
                classes: list[str] | None) -> FileSplit:
     """The files of ``data_dir/train`` (or ``test``/``val``), class-balanced to ``limit`` exactly as
     :func:`kd.data.load_imagefolder` picks them, nothing decoded."""
-    files, labels, classes = list_image_files(_split_dir(Path(data_dir), train), classes)
+    split_dir = _split_dir(Path(data_dir), train)
+    files, labels, classes = list_image_files(split_dir, classes)
+    fingerprint = split_fingerprint(split_dir, files, labels, classes)
     label_t = torch.tensor(labels, dtype=torch.int64)
     if limit is not None and limit < len(files):
         keep = balanced_indices(label_t, limit, seed).tolist()
         files, label_t = [files[i] for i in keep], label_t[keep]
-    return FileSplit(files, label_t, classes, image_size)
+    return FileSplit(files, label_t, classes, image_size, fingerprint=fingerprint)
 
 
 def available_memory() -> int:

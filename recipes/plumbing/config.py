@@ -9,6 +9,7 @@ import argparse
 import dataclasses
 import json
 import math
+import os
 import types
 import typing
 from collections.abc import Callable
@@ -204,7 +205,8 @@ class _Parser(argparse.ArgumentParser):
     """argparse with its errors in the recipes' form: one line, ``error: ...``, exit status 2."""
 
     def error(self, message: str) -> NoReturn:
-        self.exit(2, f"error: {message} (--help lists the options)\n")
+        said_elsewhere = os.environ.get("LOCAL_RANK", "0") != "0"  # under torchrun: local rank 0 says it
+        self.exit(2, None if said_elsewhere else f"error: {message} (--help lists the options)\n")
 
 
 CONFIG_HELP = ("read the options from the config.json (or report.json) of an earlier run; options given on the command "

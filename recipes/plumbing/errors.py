@@ -14,6 +14,7 @@ from typing import Any
 from kd import distributed
 from kd.data import DataUnavailableError
 from models.errors import NonFiniteError
+from recipes.plumbing import lock, signals
 
 
 INTERRUPTED = ("every file written so far is complete (writes are atomic); once an epoch has finished, the same "
@@ -22,27 +23,37 @@ INTERRUPTED = ("every file written so far is complete (writes are atomic); once 
 
 def run_main(main: Callable[[list[str] | None], Any], argv: list[str] | None = None) -> Any:
     """Runs a recipe's ``main``. Every foreseeable error — bad options or inputs, missing, damaged or foreign files,
-    data problems, a diverged run, a full, read-only or forbidden disk, a checkpoint that does not fit — becomes one
-    line ``error: ...`` on stderr and exit status 2, never a traceback; warnings print as one ``warning: ...`` line.
-    An error nobody foresaw (a bug) keeps its traceback. Ctrl-C prints one ``interrupted: ...`` line and exits 130.
+    data problems, a diverged run, a full, read-only or forbidden disk, a checkpoint that does not fit, a busy
+    ``--out`` — becomes one line ``error: ...`` on stderr and exit status 2, never a traceback; warnings print as one
+    ``warning: ...`` line. An error nobody foresaw (a bug) keeps its traceback. Ctrl-C prints one
+    ``interrupted: ...`` line and exits 130, SIGTERM one ``terminated: ...`` line and exits 143. The lock on
+    ``--out`` is released on the way out.
 
-    Under torchrun the ranks other than 0 print nothing on stdout (errors and warnings still reach stderr), and the
-    process group :func:`start_run` joined is left at the end."""
-    quiet = distributed.DistEnv.from_env().rank != 0
-    with warnings.catch_warnings(), _devnull_stdout(quiet):
-        warnings.showwarning = _show_warning
+    Under torchrun the ranks other than 0 print nothing on stdout, and error, warning and interruption lines come
+    from the first process of each node (``LOCAL_RANK`` 0) only: every rank runs the same checks, so one line says
+    it; each rank still exits with the status above. The process group :func:`start_run` joined is left at the end.
+    """
+    env = distributed.DistEnv.from_env()
+    quiet = env.local_rank != 0
+    with warnings.catch_warnings(), _devnull_stdout(env.rank != 0), signals.interrupts():
+        warnings.showwarning = _show_warning if not quiet else _ignore_warning
         try:
             return main(argv)
-        except KeyboardInterrupt:
-            print(f"\ninterrupted: {INTERRUPTED}", file=sys.stderr, flush=True)
-            raise SystemExit(130) from None
+        except KeyboardInterrupt as err:
+            terminated = isinstance(err, signals.Terminated)
+            if not quiet:
+                print(f"\n{'terminated' if terminated else 'interrupted'}: {INTERRUPTED}", file=sys.stderr,
+                      flush=True)
+            raise SystemExit(143 if terminated else 130) from None
         except Exception as err:  # noqa: BLE001 (sorted by error_message; the unforeseen are raised again)
             message = error_message(err)
             if message is None:
                 raise
-            print(f"error: {message}", file=sys.stderr, flush=True)
+            if not quiet:
+                print(f"error: {message}", file=sys.stderr, flush=True)
             raise SystemExit(2) from None
         finally:
+            lock.release()
             if distributed.DistEnv.from_env().distributed:
                 distributed.cleanup()
 
@@ -107,3 +118,7 @@ def _one_line(err: BaseException | Warning | str) -> str:
 def _show_warning(message: Warning | str, category: type, filename: str, lineno: int, file: Any = None,
                   line: str | None = None) -> None:
     print(f"warning: {_one_line(message)}", file=sys.stderr, flush=True)
+
+
+def _ignore_warning(*args: Any, **kwargs: Any) -> None:
+    """Warnings of the ranks that leave the printing to local rank 0 (the same warning, said once)."""

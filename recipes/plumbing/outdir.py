@@ -1,13 +1,15 @@
-"""The ``--out`` folder: refused when it holds an earlier run (unless ``--resume`` with the same options and a
+"""The ``--out`` folder: locked for one run (:mod:`recipes.plumbing.lock`), refused when it holds an earlier run (unless ``--resume`` with the same options and a
 checkpoint, or ``--overwrite``), and cleaned of stale temporary files and, on ``--overwrite``, of the earlier run."""
 from __future__ import annotations
 
 import json
 from pathlib import Path
 
+from kd import distributed
 from kd.data import default_cache_dir
 from models.checkpoint import check_finite, safe_load, stale_temp_files
 from models.errors import FileFormatError
+from recipes.plumbing import lock
 from recipes.plumbing.config import RunConfig, config_differences
 
 
@@ -20,22 +22,26 @@ def _earlier_entries(cfg: RunConfig, out: Path) -> list[str]:
     if not out.is_dir():
         return []
     stale, cache = set(stale_temp_files(out)), _cache_dir(cfg).resolve()
-    return sorted(p.name for p in out.iterdir()
-                  if p not in stale and not (p.resolve() == cache or p.resolve() in cache.parents))
+    return sorted(p.name for p in out.iterdir() if p not in stale and p.name != lock.LOCK_NAME
+                  and not (p.resolve() == cache or p.resolve() in cache.parents))
 
 
 def check_out(cfg: RunConfig) -> Path:
-    """The output folder, checked: not a file; when it holds an earlier run, ``--resume`` (same options, a readable
-    finite checkpoint) or ``--overwrite`` is required.
+    """The output folder, checked and locked for this run (:mod:`recipes.plumbing.lock`): not a file, not in use
+    by another run; when it holds an earlier run, ``--resume`` (same options, a readable finite checkpoint) or
+    ``--overwrite`` is required.
 
     Raises:
-        ValueError: naming what is wrong and what to pass.
+        ValueError: naming what is wrong and what to pass (:class:`~recipes.plumbing.lock.OutBusyError` names the
+            process that holds the folder).
     """
     out = Path(cfg.out)
     if out.exists() and not out.is_dir():
         raise ValueError(f"--out {cfg.out!r} is a file; pass a folder (it is created when missing)")
     if cfg.resume and cfg.overwrite:
         raise ValueError("--resume continues the earlier run in --out and --overwrite replaces it; pass only one")
+    if distributed.is_main():
+        lock.acquire(out)  # before the folder is read or written: one run per folder (released by run_main)
     if cfg.resume:
         check_resume(cfg, out)
         return out

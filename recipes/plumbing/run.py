@@ -20,6 +20,7 @@ from torch import nn
 from kd import distributed
 from kd.data import DataSplits, load_dataset
 from kd.losses import DistillLoss
+from recipes.plumbing import inputs, option_checks
 from recipes.plumbing.checks import check_extras, check_models, check_teacher_fits
 from recipes.plumbing.config import KDConfig, RunConfig, check_values, resolve_device, save_config
 from recipes.plumbing.deploy import deployment
@@ -39,11 +40,14 @@ def load_data(cfg: RunConfig) -> DataSplits:
 
 
 def start_run(cfg: RunConfig) -> tuple[DataSplits, Path]:
-    """Checks everything that can be checked before any work or any write — option values, the device, the
-    architectures and their ``--model-args``, the teacher file, hint layers, the ``--out`` folder (refused when it
-    holds an earlier run, unless ``--resume`` with the same options and a checkpoint, or ``--overwrite``) — then
-    seeds, loads the data (checked too), checks the teacher fits it, removes stale temporary files, drops an earlier
-    run's results on ``--overwrite`` and writes ``OUT/config.json``. Returns the data and the output folder.
+    """Checks everything that can be checked before any work or any write — option values and combinations
+    (:mod:`~recipes.plumbing.option_checks`), the device, the architectures and their ``--model-args``, the teacher file,
+    hint layers, the ``--out`` folder (locked for this run; refused when another run holds it, or when it holds an
+    earlier run, unless ``--resume`` with the same options and a checkpoint, or ``--overwrite``) — then seeds, loads
+    the data (checked too), checks the teacher fits it and the target is reachable, on ``--resume`` that the inputs
+    did not change (:mod:`~recipes.plumbing.inputs`), removes stale temporary files, drops an earlier run's results
+    on ``--overwrite`` and writes ``OUT/config.json`` and ``OUT/inputs.json``. Returns the data and the output
+    folder.
 
     Under torchrun (``WORLD_SIZE`` > 1) it first joins the process group (gloo on the CPU, nccl on CUDA, each rank
     on GPU ``LOCAL_RANK``); every rank then runs the whole recipe — teacher training, pruning (deterministic: same
@@ -56,6 +60,7 @@ def start_run(cfg: RunConfig) -> tuple[DataSplits, Path]:
     """
     check_values(cfg)
     check_extras(cfg)
+    option_checks.check_options(cfg)
     if cfg.sync_bn and resolve_device(cfg.device).type != "cuda":
         raise ValueError("--sync-bn needs CUDA (SyncBatchNorm trains on GPUs only); drop it on the CPU")
     info = distributed.init_distributed(resolve_device(cfg.device))
@@ -79,9 +84,13 @@ def start_run(cfg: RunConfig) -> tuple[DataSplits, Path]:
               f"the first: {data.skipped[0]}", file=sys.stderr, flush=True)
     if teacher is not None:
         check_teacher_fits(cfg, teacher, data)
+    option_checks.check_with_data(cfg, data, teacher)
+    if cfg.resume:
+        inputs.check_unchanged(cfg, data, out)
     if distributed.is_main():
         prepare_out(cfg, out)
         save_config(cfg, out / "config.json")
+        inputs.save(cfg, data, out)
     distributed.barrier()
     return data, out
 

@@ -1,0 +1,72 @@
+"""What a run was computed from, recorded beside its options: ``OUT/inputs.json`` holds the data's fingerprint (one
+digest per class folder and split, :mod:`kd.data.fingerprint`) and the sha256 of the ``--teacher`` file. ``--resume``
+compares them with the inputs as they are now and refuses to continue from changed ones, naming what changed: a
+student pruned from one teacher is never finished by distilling from another, nor trained on other images.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import warnings
+from pathlib import Path
+from typing import Any
+
+from kd.data import DataSplits
+from kd.data.fingerprint import fingerprint_changes
+from recipes.plumbing.report import write_json
+
+INPUTS_NAME = "inputs.json"
+SPLITS = {"train": "training", "test": "test"}
+
+
+def file_sha256(path: str | Path) -> str:
+    """The hex sha256 of a file's bytes (read in 1 MiB chunks)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def fingerprint(cfg: Any, data: DataSplits) -> dict[str, Any]:
+    """``{"data": {"train": {class: digest}, "test": {...}}, "teacher": {"path", "sha256"} | None}``."""
+    teacher = getattr(cfg, "teacher", None)
+    return {"data": data.fingerprint(),
+            "teacher": {"path": teacher, "sha256": file_sha256(teacher)} if teacher else None}
+
+
+def save(cfg: Any, data: DataSplits, out: Path) -> None:
+    """Writes ``OUT/inputs.json`` (atomically)."""
+    write_json(out / INPUTS_NAME, fingerprint(cfg, data))
+
+
+def check_unchanged(cfg: Any, data: DataSplits, out: Path) -> None:
+    """``--resume``: the data and the teacher file are those the earlier run in ``out`` recorded. A run from before
+    inputs were recorded cannot be checked: a warning says so.
+
+    Raises:
+        ValueError: naming the changed input (split and class folder, or the teacher file) and what to do.
+    """
+    try:
+        earlier = json.loads((out / INPUTS_NAME).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        warnings.warn(f"{str(out)!r} holds no {INPUTS_NAME} (an earlier version wrote it): whether its data and "
+                      "teacher changed since cannot be checked", stacklevel=2)
+        return
+    except (OSError, ValueError):
+        raise ValueError(f"--resume: {str(out / INPUTS_NAME)!r} is unreadable, so the inputs of the earlier run "
+                         "are unknown; start afresh with --overwrite") from None
+    now = fingerprint(cfg, data)
+    advice = "; restore them, or start afresh with --overwrite or another --out"
+    for split, word in SPLITS.items():
+        changes = fingerprint_changes(earlier.get("data", {}).get(split, {}), now["data"][split])
+        if changes:
+            more = f" (and {len(changes) - 1} more)" if len(changes) > 1 else ""
+            raise ValueError(f"--resume: the {word} images changed since the earlier run in {cfg.out!r}: "
+                             f"{changes[0]}{more}{advice}")
+    before, after = earlier.get("teacher"), now["teacher"]
+    if before and after and before.get("sha256") != after["sha256"]:
+        raise ValueError(f"--resume: the teacher file {after['path']!r} changed since the earlier run in "
+                         f"{cfg.out!r} (sha256 {str(before.get('sha256'))[:12]}... then, {after['sha256'][:12]}... "
+                         "now), which pruned or distilled from the earlier one; put that file back, or start afresh "
+                         "with --overwrite or another --out")
