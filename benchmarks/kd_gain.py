@@ -6,7 +6,7 @@ registered distillation loss), one fine-tuning rate and one seed. Each finished 
 ``benchmarks/results/kd_gain/`` (committed), so the grid can be completed over several sessions; the script prints
 which cells are missing and what a cell has cost so far on this CPU, then the table.
 
-    python benchmarks/kd_gain.py --teacher benchmarks/models/fast_cnn_cifar10.pt --data-dir ../shared/data/cifar10 \\
+    python benchmarks/kd_gain.py --teacher benchmarks/weights/fast_cnn_cifar10.pt --data-dir ../shared/data/cifar10 \\
         --flops 31269888 --epochs 2,8 --losses ce,kd --lrs 0.1,0.3 --seeds 0
     python benchmarks/kd_gain.py --table
 
@@ -88,7 +88,7 @@ def table(records: list[dict]) -> str:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--teacher", default="benchmarks/models/fast_cnn_cifar10.pt")
+    parser.add_argument("--teacher", default="benchmarks/weights/fast_cnn_cifar10.pt")
     parser.add_argument("--data-dir", default="../shared/data/cifar10")
     parser.add_argument("--recipe", default="fast")
     parser.add_argument("--flops", default="31269888", help="comma-separated FLOPs targets")

@@ -402,7 +402,7 @@ class KDConfig(RunConfig):
     """Shared words of the distillation recipes: where the teacher comes from and the loss."""
 
     teacher: str | None = arg(None, "teacher model file (written by train_teacher.py); without it, --dataset cifar10 "
-                              "starts from the committed teacher (benchmarks/models/), any other data set trains a "
+                              "starts from the committed teacher (benchmarks/weights/), any other data set trains a "
                               "teacher first on the same data")
     train_teacher: bool = arg(False, "train the teacher here even where a committed one exists (--dataset cifar10)")
     teacher_arch: str = arg("wide_cnn", "architecture of the teacher trained when --teacher is not given")
