@@ -8,7 +8,7 @@ grid can be completed over several sessions; ``--table`` only prints what is the
     python benchmarks/fast_recipe.py --data-dir ../shared/data/cifar10 --runs fast,classic --seeds 0
     python benchmarks/fast_recipe.py --table
 
-Prints, per run: epochs and training minutes to 90 % and to 93 % (single view), final single-view and TTA accuracy.
+Prints, per run: epochs and training minutes to 85, 88, 90 and 93 % (single view), final single-view and TTA accuracy.
 """
 from __future__ import annotations
 
@@ -35,7 +35,7 @@ RUNS = {
     "classic": ["--recipe", "classic", "--epochs", "10", "--tta", "flip-translate"],
     "classic-30": ["--recipe", "classic", "--tta", "flip-translate"],
 }
-THRESHOLDS = (90.0, 93.0)
+THRESHOLDS = (85.0, 88.0, 90.0, 93.0)
 
 
 def result_path(run: str, arch: str, seed: int) -> Path:
