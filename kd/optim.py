@@ -54,10 +54,10 @@ def param_groups(modules: Iterable[nn.Module], lr: float, weight_decay: float, *
 
 def make_optimizer(name: str, params: Iterable[nn.Parameter] | list[dict[str, Any]], lr: float,
                    weight_decay: float = 5e-4, momentum: float = 0.9) -> torch.optim.Optimizer:
-    """``sgd``: SGD with Nesterov momentum ``momentum``; ``adamw``: AdamW. ``params`` may be parameters (weight decay
-    on all of them) or :func:`param_groups` (their own rates and decays)."""
+    """``sgd``: SGD with Nesterov momentum ``momentum`` (plain SGD at 0); ``adamw``: AdamW. ``params`` may be
+    parameters (weight decay on all of them) or :func:`param_groups` (their own rates and decays)."""
     if name == "sgd":
-        return torch.optim.SGD(params, lr=lr, momentum=momentum, nesterov=True, weight_decay=weight_decay)
+        return torch.optim.SGD(params, lr=lr, momentum=momentum, nesterov=momentum > 0, weight_decay=weight_decay)
     if name == "adamw":
         return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
     raise ValueError(f"unknown optimizer {name!r}; choose one of {', '.join(OPTIMIZERS)}")

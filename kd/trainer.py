@@ -329,6 +329,8 @@ class Trainer:
         if self.out_dir is None:
             return
         check_finite(self.student.state_dict(), "the student")  # nothing non-finite becomes last.pt or best.pt
+        if self.ema is not None:
+            check_finite(self.ema.module.state_dict(), "the student's weight average")
         state = self._checkpoint_state(train)  # on every rank: it gathers each rank's random state
         if not distributed.is_main():
             return
@@ -456,8 +458,9 @@ def evaluate(model: nn.Module, data: Batches, device: str | torch.device = "cpu"
     """Mean cross-entropy and top-1 accuracy (percent) of ``model`` in eval mode on ``data``.
 
     ``precision`` (``fp32``, ``bf16`` or ``auto``) and ``channels_last`` apply to the forward pass only; the loss is
-    computed in fp32. ``tta`` averages the logits over augmented views (:func:`kd.tta.tta_logits`). The model's train/eval mode is restored afterwards. When ``data`` is one rank's shard
-    (``data.world_size > 1``) the sums are taken over all ranks, so every rank must call it.
+    computed in fp32. ``tta`` averages the logits over augmented views (:func:`kd.tta.tta_logits`). The model's
+    train/eval mode is restored afterwards. When ``data`` is one rank's shard (``data.world_size > 1``) the sums are
+    taken over all ranks, so every rank must call it.
     """
     device = torch.device(device)
     loss_sum, correct, seen = 0.0, 0, 0

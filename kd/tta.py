@@ -7,7 +7,8 @@ the same over the two views shifted by one pixel up-left and down-right (reflect
     logits = m(x) / 2 + (m(shift(x, −1, −1)) + m(shift(x, +1, +1))) / 4
 
 6 forward passes per image. A single view stays the figure reported for a student (it is the inference cost); a
-teacher may use TTA, for its accuracy and for the logits it teaches.
+teacher's TTA accuracy is reported beside its single-view one (the teacher cache and live distillation use single
+views).
 """
 from __future__ import annotations
 

@@ -8,9 +8,10 @@ Whitening (Coates & Ng, 2011; airbench): the first conv's ``k×k`` kernels are t
 covariance ``Σ = E[p pᵀ]`` of the training images' ``C·k·k`` patches ``p``, scaled by ``1 / sqrt(λ_i + eps)``, and
 their negatives (so that a following ReLU/GELU keeps both signs)::
 
-    W = [v_1/√(λ_1+ε), …, v_m/√(λ_m+ε), −v_1/√(λ_1+ε), …]        m = min(out_channels // 2, C·k·k), largest λ first
+    W = [v_1/√(λ_1+ε), …, v_m/√(λ_m+ε), −v_1/√(λ_1+ε), …]    m = min(out_channels // 2, C·k·k), largest λ first
 
-(filters beyond ``2m`` keep their init), so the first ``m`` outputs on the patches have covariance ``diag(λ_i / (λ_i + ε))`` ≈ I: decorrelated, unit variance.
+(filters beyond ``2m`` keep their init), so the first ``m`` outputs on the patches have covariance
+``diag(λ_i / (λ_i + ε))`` ≈ I: decorrelated, unit variance.
 """
 from __future__ import annotations
 

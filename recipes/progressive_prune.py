@@ -67,7 +67,8 @@ def main(argv: list[str] | None = None) -> ProgressiveResult:
     data, out, teacher, teacher_report = run.data, run.out, run.teacher, run.teacher_report
     fit, val, _ = validation_split(data.train, cfg.val_size, cfg.seed)
     norm = {"mean": data.mean, "std": data.std, "device": device}
-    train_batches = BatchIterator(fit, cfg.batch_size, train=True, seed=cfg.seed, **norm)
+    train_batches = BatchIterator(fit, cfg.batch_size, train=True, seed=cfg.seed, pad=cfg.pad, flip=cfg.flip,
+                                  **norm)
     calibration = [b for _, b in zip(range(cfg.calibration_batches),
                                      BatchIterator(fit, cfg.batch_size, train=True, seed=cfg.seed + 1, **norm))]
     target = {"target_params": cfg.target_params} if cfg.target_params is not None else \

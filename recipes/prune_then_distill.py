@@ -56,10 +56,12 @@ class PruneThenDistillConfig(KDConfig):
     recalibrate_bn: bool = arg(True, "re-estimate BatchNorm statistics right after pruning (--no-recalibrate-bn: "
                                "keep the teacher's)")
     kd_loss: str = kd_loss_arg("kd-ls", "; kd-ls for the fine-tuning was chosen by the sweep in BENCHMARKS.md")
-    finetune_lr: float | None = arg(None, "(default: from --recipe) peak learning rate of the pruned student's fine-tuning (--lr is the teacher's, "
-                             "when one is trained here); chosen with the loss by the sweep in BENCHMARKS.md: at 0.02 "
-                             "kd-ls lost 3 points to cross-entropy from a weak teacher, at 0.05 it diverged; with "
-                             "--alpha 0, 0.05 was better", limit=POSITIVE)
+    finetune_lr: float | None = arg(None, "peak learning rate of the pruned student's fine-tuning (--lr is the "
+                                    "teacher's, when one is trained here); default from --recipe: classic 0.01, chosen "
+                                    "with the loss by the sweep in BENCHMARKS.md (at 0.02 kd-ls lost 3 points to "
+                                    "cross-entropy from a weak teacher, at 0.05 it diverged; with --alpha 0, 0.05 was "
+                                    "better); fast 0.3 × batch / 1024, the best of 0.1, 0.3, 1.0 for cross-entropy in "
+                                    "BENCHMARKS.md's 2-epoch cells", limit=POSITIVE)
     hint_layer: str | None = arg(None, "FitNet hint on this layer of student and teacher (e.g. features.conv3), its "
                                  "regressor started from the channels pruning kept; off by default")
     hint_weight: float = arg(1.0, "weight of the FitNet hint loss", limit=NON_NEGATIVE)

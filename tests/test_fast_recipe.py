@@ -21,7 +21,7 @@ from models.init import dirac_init, image_patches, whiten_first_conv
 from pruning.wide_config import build_wide, wide_config
 from recipes.plumbing.config import RECIPES, KDConfig, RunConfig, parse_config
 from recipes import train_teacher
-from recipes.plumbing.run import make_loss
+from recipes.plumbing.training import make_loss
 
 
 class _Toy(nn.Module):
@@ -267,3 +267,28 @@ def test_committed_teacher_is_checked_and_used_only_without_teacher(tmp_path, mo
     path.unlink()
     with pytest.raises(FileNotFoundError, match="--train-teacher"):
         teachers.use_committed_teacher(parse_config(KDConfig, ["--dataset", "cifar10"]))
+
+
+def test_options_that_need_images_in_memory_are_refused_before_any_work():
+    from recipes.plumbing.option_checks import check_options
+
+    for argv, match in ((["--recipe", "fast", "--data-mode", "stream"], "--flip alternating needs"),
+                        (["--recipe", "fast", "--flip", "random", "--data-mode", "stream"], "--init whiten-dirac"),
+                        (["--recipe", "fast", "--teacher-cache", "2"], "cannot serve --flip alternating")):
+        with pytest.raises(ValueError, match=match):
+            check_options(parse_config(KDConfig, argv))
+    check_options(parse_config(KDConfig, ["--recipe", "fast", "--teacher-cache", "2", "--flip", "random"]))
+
+
+def test_momentum_zero_is_plain_sgd():
+    opt = make_optimizer("sgd", _Toy().parameters(), 0.1, momentum=0.0)
+    assert opt.param_groups[0]["nesterov"] is False and opt.param_groups[0]["momentum"] == 0.0
+
+
+def test_resuming_a_run_from_before_the_recipes_sees_no_spurious_differences():
+    from recipes.plumbing.config import config_differences
+
+    earlier = json.loads(json.dumps(parse_config(RunConfig, []).__dict__))
+    for name in ("recipe", "momentum", "warmup", "ema", "tta", "pad", "flip", "init", "label_smoothing"):
+        del earlier[name]  # a config.json written before these options existed
+    assert config_differences(earlier, parse_config(RunConfig, [])) == []

@@ -359,9 +359,11 @@ RESUME_IGNORED = frozenset({"resume", "overwrite", "progress", "device", "cache_
 
 def config_differences(earlier: dict[str, Any], cfg: Any) -> list[str]:
     """``--option old → new`` for every option of ``cfg`` that differs from ``earlier`` (the ``config.json`` of the
-    run being resumed), except :data:`RESUME_IGNORED`. An option the earlier run did not record had its default."""
+    run being resumed), except :data:`RESUME_IGNORED`. An option the earlier run did not record had
+    its default, or its recipe's value where the recipe sets it (runs from before --recipe were classic)."""
     now = json_ready(dataclasses.asdict(cfg))
-    defaults = {f.name: f.default for f in dataclasses.fields(cfg)}
+    preset = RECIPES.get(earlier.get("recipe", "classic"), {})
+    defaults = {f.name: preset.get(f.name, f.default) for f in dataclasses.fields(cfg)}
     diffs = []
     for name, value in now.items():
         if name in RESUME_IGNORED:

@@ -6,7 +6,7 @@ Where the file system has no flock (some NFS mounts), the pid in the file is the
 gone.
 The file holds the holder's pid, host and start time, which a refused run names. Released explicitly (the file
 removed, and ``OUT`` itself when this run created it and left it empty) by :func:`release`, which
-:func:`releasing` (around each recipe's ``main``) and :func:`recipes.plumbing.run.run_main` call on the way out, and
+:func:`releasing` (around each recipe's ``main``) and :func:`recipes.plumbing.errors.run_main` call on the way out, and
 at interpreter exit.
 """
 from __future__ import annotations

@@ -40,6 +40,8 @@ def check_options(cfg: Any) -> None:
     if sizes is not None and (not sizes or any(s < 1 for s in sizes)):
         raise ValueError(f"--latency-batch-sizes must be whole numbers >= 1, got {' '.join(map(str, sizes))}")
     _check_teacher_cache(cfg)
+    if getattr(cfg, "data_mode", "auto") == "stream":
+        _check_memory_only(cfg, "--data-mode stream")
     if getattr(cfg, "export", None) == "onnx":
         missing = missing_deploy_packages()
         if missing:
@@ -47,7 +49,16 @@ def check_options(cfg: Any) -> None:
                              "install them with pip install -e \".[deploy]\" or drop --export")
 
 
-# recipes/export.py's numbers: (test, what is accepted)
+def _check_memory_only(cfg: Any, why: str) -> None:
+    """``--flip alternating`` and ``--init whiten-dirac`` read the images in memory; ``why`` says why they are not."""
+    if getattr(cfg, "flip", "random") == "alternating":
+        raise ValueError(f"--flip alternating needs the training images in memory, but {why}; pass --data-mode "
+                         "memory or --flip random")
+    if getattr(cfg, "init", "default") == "whiten-dirac":
+        raise ValueError(f"--init whiten-dirac reads training images from memory, but {why}; pass --data-mode memory "
+                         "or --init default")
+
+
 def check_export(cfg: Any) -> None:
     """The deploy packages ``recipes/export.py`` needs, before the model file is read or anything written (its option
     ranges are the fields' limits, checked by ``check_values``).
@@ -63,10 +74,11 @@ def check_export(cfg: Any) -> None:
 
 def _check_teacher_cache(cfg: Any) -> None:
     views = getattr(cfg, "teacher_cache", 0)
-    if views < 0:
-        raise ValueError(f"--teacher-cache must be a whole number >= 0 (0: no cache), got {views}")
     if views == 0:
         return
+    if getattr(cfg, "flip", "random") == "alternating":
+        raise ValueError("--teacher-cache replays the random flips it stored with the teacher's logits, so it cannot "
+                         "serve --flip alternating; pass --flip random (or drop --teacher-cache)")
     if getattr(cfg, "data_mode", "auto") == "stream":
         raise ValueError("--teacher-cache needs the training images in memory; it does not work with --data-mode "
                          "stream (drop one of them)")
@@ -87,6 +99,8 @@ def check_with_data(cfg: Any, data: DataSplits, teacher: nn.Module | None) -> No
     if getattr(cfg, "teacher_cache", 0) > 0 and data.mode == "stream":
         raise ValueError(f"--teacher-cache needs the training images in memory, but --data-mode {cfg.data_mode} "
                          f"streams them ({data.mode_reason}); pass --data-mode memory or drop --teacher-cache")
+    if data.mode == "stream":
+        _check_memory_only(cfg, f"--data-mode {cfg.data_mode} streams them ({data.mode_reason})")
     _warn_missing_classes(cfg, data)
     kind, target, flag = _target(cfg)
     if kind is None:
@@ -129,5 +143,5 @@ def _target(cfg: Any) -> tuple[str | None, int, str]:
 
 def _untrained_teacher(cfg: Any, num_classes: int) -> nn.Module:
     """The teacher a run without ``--teacher`` trains: same architecture and widths, so the same FLOPs (its
-    ``--teacher-model-args`` were checked by :func:`recipes.plumbing.run.check_models` already)."""
+    ``--teacher-model-args`` were checked by :func:`recipes.plumbing.checks.check_models` already)."""
     return create_model(cfg.teacher_arch, num_classes, **json.loads(cfg.teacher_model_args))

@@ -1,5 +1,6 @@
-"""The ``--out`` folder: locked for one run (:mod:`recipes.plumbing.lock`), refused when it holds an earlier run (unless ``--resume`` with the same options and a
-checkpoint, or ``--overwrite``), and cleaned of stale temporary files and, on ``--overwrite``, of the earlier run."""
+"""The ``--out`` folder: locked for one run (:mod:`recipes.plumbing.lock`), refused when it holds an earlier run
+(unless ``--resume`` with the same options and a checkpoint, or ``--overwrite``), and cleaned of stale temporary files
+and, on ``--overwrite``, of the earlier run."""
 from __future__ import annotations
 
 import json

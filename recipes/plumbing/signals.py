@@ -4,7 +4,7 @@ Importing this module first in a recipe script (before torch, which takes second
 those seconds print one ``interrupted:`` line and exit 130: nothing has been written yet. It acts only when the
 running program is a recipe script, so importing the recipes as modules (tests, notebooks) changes no handler.
 :func:`interrupts` then covers the run itself: Ctrl-C raises KeyboardInterrupt again, SIGTERM (``kill``, a batch
-scheduler) raises :class:`Terminated`, and :func:`recipes.plumbing.run.run_main` turns either into its line.
+scheduler) raises :class:`Terminated`, and :func:`recipes.plumbing.errors.run_main` turns either into its line.
 """
 from __future__ import annotations
 

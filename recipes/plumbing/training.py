@@ -91,8 +91,9 @@ def fit_stage(model: nn.Module, cfg: RunConfig, train_batches: Batches, eval_bat
                      schedule=cfg.schedule, weight_decay=cfg.weight_decay, feature_loss=feature_loss, resume=resume,
                      momentum=cfg.momentum, decay_norm_and_bias=cfg.decay_norm_and_bias,
                      bn_bias_lr_scale=cfg.bn_bias_lr_scale, bn_weight_lr_scale=cfg.bn_weight_lr_scale,
-                     warmup=cfg.warmup, ema=cfg.ema or None, tta=tta, device=resolve_device(cfg.device), out_dir=out_dir, precision=cfg.precision,
-                     channels_last=cfg.channels_last, compile=cfg.compile, progress=cfg.progress,
+                     warmup=cfg.warmup, ema=cfg.ema or None, tta=tta, device=resolve_device(cfg.device),
+                     out_dir=out_dir, precision=cfg.precision, channels_last=cfg.channels_last, compile=cfg.compile,
+                     progress=cfg.progress,
                      callbacks=stage_callbacks(cfg, Path(out_dir), eval_split), sync_bn=cfg.sync_bn)
 
 
@@ -171,15 +172,17 @@ WHITEN_IMAGES = 5000  # training images whose patches set the whitening conv (ai
 
 def init_model(cfg: RunConfig, model: nn.Module, train_batches: Any) -> None:
     """``--init whiten-dirac``: :func:`models.init.init_for_small_images` on a freshly built ``model``, its whitening
-    from the first :data:`WHITEN_IMAGES` training images as the model sees them (normalised, unaugmented)."""
+    from :data:`WHITEN_IMAGES` training images drawn at random with ``--seed`` (image folders list their images class
+    by class, so the first ones would all be one class), as the model sees them (normalised, unaugmented)."""
     if cfg.init != "whiten-dirac":
         return
     images = getattr(train_batches, "images", None)
     if images is None:
         raise ValueError("--init whiten-dirac reads training images from memory; use --data-mode memory")
-    first = train_batches.normalize(images[:WHITEN_IMAGES].to(train_batches.device)).cpu()
-    done = init_for_small_images(model, first)
-    print(f"  init: {', '.join(done)} from {len(first)} training images", flush=True)
+    pick = torch.randperm(len(images), generator=torch.Generator().manual_seed(cfg.seed))[:WHITEN_IMAGES]
+    chosen = train_batches.normalize(images[pick.to(images.device)]).cpu()  # (≤ 5000, C, H, W)
+    done = init_for_small_images(model, chosen)
+    print(f"  init: {', '.join(done)} from {len(chosen)} training images drawn at random", flush=True)
 
 
 def obtain_teacher(cfg: KDConfig, data: DataSplits, out: Path) -> tuple[nn.Module, ModelReport]:
