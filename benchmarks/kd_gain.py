@@ -16,7 +16,6 @@ best rate (mean over the seeds run).
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import statistics
 import time
@@ -24,6 +23,7 @@ from pathlib import Path
 
 from kd.precision import Hardware
 from recipes import prune_then_distill
+from recipes.plumbing.inputs import file_sha256
 from recipes.plumbing.report import write_json
 
 RESULTS = Path(__file__).resolve().parent / "results" / "kd_gain"
@@ -48,17 +48,13 @@ def run_cell(args: argparse.Namespace, flops: int, epochs: int, loss: str, lr: f
     report = json.loads((out / "report.json").read_text())
     student = result.reports[-1]
     record = {"cell": name, "flops_target": flops, "epochs": epochs, "loss": loss, "lr": lr, "seed": seed,
-              "recipe": args.recipe, "teacher_sha256": _sha256(args.teacher), "accuracy": student.accuracy,
+              "recipe": args.recipe, "teacher_sha256": file_sha256(args.teacher), "accuracy": student.accuracy,
               "pruned_accuracy": result.reports[1].accuracy, "teacher_accuracy": result.reports[0].accuracy,
               "flops": student.flops, "param_size_kb": student.param_size_kb, "wall_s": wall,
               "hardware": report.get("hardware"),
               "command": "python recipes/prune_then_distill.py " + " ".join(argv)}
     write_json(RESULTS / f"{name}.json", record)
     return record
-
-
-def _sha256(path: str) -> str:
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
 def _mean_std(values: list[float]) -> str:

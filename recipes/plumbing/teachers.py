@@ -6,9 +6,10 @@ instead of teaching silently.
 """
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass
 from pathlib import Path
+
+from recipes.plumbing.inputs import file_sha256
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -44,7 +45,7 @@ def checked_path(teacher: CommittedTeacher) -> Path:
     if not teacher.path.is_file():
         raise FileNotFoundError(f"the committed {teacher.dataset} teacher {str(teacher.path)!r} is missing; pass "
                                 "--teacher FILE or --train-teacher")
-    digest = hashlib.sha256(teacher.path.read_bytes()).hexdigest()
+    digest = file_sha256(teacher.path)
     if digest != teacher.sha256:
         raise ValueError(f"the committed {teacher.dataset} teacher {str(teacher.path)!r} has sha256 {digest[:12]}…, "
                          f"not the recorded {teacher.sha256[:12]}…; restore it (git checkout) or pass --teacher FILE "
