@@ -27,45 +27,52 @@ from recipes import train_teacher
 from recipes.plumbing.report import write_json
 
 RESULTS = Path(__file__).resolve().parent / "results"
+WIDE = '{"widths": [128, 128, 384, 384, 384, 384]}'  # airbench95's widths in fast_cnn's three blocks
 # run name → the recipe's command-line words (the arch is fast_cnn, the network airbench94 measured)
 RUNS = {
     "fast": ["--recipe", "fast"],
     "fast-decay-bn": ["--recipe", "fast", "--decay-norm-and-bias"],  # airbench decays BatchNorm biases too
     "fast-12": ["--recipe", "fast", "--epochs", "12"],
+    "fast-20": ["--recipe", "fast", "--epochs", "20"],
+    "fast-40": ["--recipe", "fast", "--epochs", "40"],
+    "fast-reflect": ["--recipe", "fast", "--pad-mode", "reflect"],  # airbench pads by reflection
+    "fast-wide-12": ["--recipe", "fast", "--epochs", "12", "--model-args", WIDE],
     "classic": ["--recipe", "classic", "--epochs", "10", "--tta", "flip-translate"],
     "classic-30": ["--recipe", "classic", "--tta", "flip-translate"],
 }
 THRESHOLDS = (85.0, 88.0, 90.0, 93.0)
 
 
-def result_path(run: str, arch: str, seed: int) -> Path:
-    return RESULTS / f"teacher_{arch}_{run}_seed{seed}.json"
+def result_path(run: str, arch: str, seed: int, tag: str = "") -> Path:
+    """``teacher_<arch>_<run>_seed<seed>[_<tag>].json``: the tag names another machine's runs (e.g. ``h200``)."""
+    return RESULTS / f"teacher_{arch}_{run}_seed{seed}{'_' + tag if tag else ''}.json"
 
 
 def one_run(run: str, args: argparse.Namespace, seed: int) -> dict:
     """Trains one teacher with the recipe's command and returns its record (also written to its JSON file)."""
-    out = Path(args.out) / f"{args.arch}_{run}_seed{seed}"
+    out = Path(args.out) / f"{args.arch}_{run}_seed{seed}{'_' + args.tag if args.tag else ''}"
     argv = ["--dataset", "imagefolder", "--data-dir", args.data_dir, "--arch", args.arch, "--seed", str(seed),
             "--out", str(out), "--overwrite", "--no-progress", *RUNS[run], *args.extra]
     start = time.perf_counter()
     train_teacher.main(argv)
-    return save_record(out, run, args.arch, seed, argv, time.perf_counter() - start)
+    return save_record(out, run, args.arch, seed, argv, time.perf_counter() - start, args.tag)
 
 
-def save_record(out: Path, run: str, arch: str, seed: int, argv: list[str], wall_s: float | None) -> dict:
+def save_record(out: Path, run: str, arch: str, seed: int, argv: list[str], wall_s: float | None,
+                tag: str = "") -> dict:
     """The record of the finished run in ``out`` (its report.json and the per-epoch history its teacher.pt keeps),
     written to :func:`result_path`."""
     saved = json.loads((out / "report.json").read_text())
     teacher = saved["models"]["teacher"]
     history = read_model_file(out / "teacher.pt")["meta"]["history"]
     record = {
-        "run": run, "arch": arch, "seed": seed, "command": "python recipes/train_teacher.py " + " ".join(argv),
+        "run": f"{run}@{tag}" if tag else run, "arch": arch, "seed": seed, "command": "python recipes/train_teacher.py " + " ".join(argv),
         "hardware": saved.get("hardware"), "threads": torch.get_num_threads(), "wall_s": wall_s,
         "accuracy": teacher["accuracy"], "tta_accuracy": teacher.get("tta_accuracy"), "flops": teacher["flops"],
         "epochs": [{"epoch": h["epoch"], "test_accuracy": h["val_accuracy"], "seconds": h["seconds"],
                     "images_per_s": h["images_per_s"]} for h in history],
     }
-    write_json(result_path(run, arch, seed), record)
+    write_json(result_path(run, arch, seed, tag), record)
     return record
 
 
@@ -117,6 +124,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--runs", default="fast,classic", help=f"comma-separated, of {', '.join(RUNS)}")
     parser.add_argument("--seeds", default="0", help="comma-separated seeds")
     parser.add_argument("--out", default="runs/fast_recipe", help="where the runs' folders go")
+    parser.add_argument("--tag", default="", help="suffix of the result files and runs (another machine's runs)")
     parser.add_argument("--table", action="store_true", help="only print the table of the finished runs")
     parser.add_argument("extra", nargs="*", help="more words for train_teacher.py after --, e.g. -- --limit-train 500")
     args = parser.parse_args(argv)
@@ -124,8 +132,9 @@ def main(argv: list[str] | None = None) -> None:
     if not args.table:
         for run in args.runs.split(","):
             for seed in map(int, args.seeds.split(",")):
-                if result_path(run, args.arch, seed).is_file():
-                    print(f"{run} seed {seed}: done already ({result_path(run, args.arch, seed).name})")
+                done = result_path(run, args.arch, seed, args.tag)
+                if done.is_file():
+                    print(f"{run} seed {seed}: done already ({done.name})")
                     continue
                 one_run(run, args, seed)
     records = [json.loads(p.read_text()) for p in sorted(RESULTS.glob(f"teacher_{args.arch}_*.json"))]

@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from kd.data import load_dataset, make_loaders
-from kd.data.batches import BatchIterator
+from kd.data.batches import BatchIterator, apply_crop_flip
 from kd.optim import make_optimizer, make_scheduler, param_groups, triangular
 from kd.trainer import Trainer, evaluate
 from kd.tta import tta_logits
@@ -195,6 +195,20 @@ def _matches_mirrored(crop: torch.Tensor, ref: torch.Tensor) -> bool:
                 if torch.allclose(crop, src):
                     return mirrored
     raise AssertionError("the crop matches no shifted view")
+
+
+def test_reflect_padding_crops_as_f_pad_reflect_and_zeros_as_f_pad():
+    x = torch.randint(0, 256, (5, 3, 6, 7), dtype=torch.uint8)
+    params = torch.tensor([[0, 0, 0], [4, 4, 1], [2, 1, 0], [0, 4, 1], [3, 2, 0]])  # (oy, ox, flip), pad 2
+    for mode, padded in (("reflect", F.pad(x.float(), (2, 2, 2, 2), mode="reflect")),
+                         ("zeros", F.pad(x.float(), (2, 2, 2, 2)))):
+        out = apply_crop_flip(x, 2, params, mode)
+        assert out.dtype == torch.uint8 and out.shape == x.shape
+        for i, (oy, ox, flip) in enumerate(params.tolist()):
+            want = padded[i, :, oy:oy + 6, ox:ox + 7]
+            assert torch.equal(out[i].float(), want.flip(-1) if flip else want), (mode, i)
+    with pytest.raises(ValueError, match="pad < the image size"):
+        apply_crop_flip(x, 6, params, "reflect")
 
 
 def test_fast_cnn_is_a_wide_cnn_that_rebuilds():

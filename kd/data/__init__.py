@@ -7,7 +7,7 @@ from typing import Any
 
 import torch
 
-from kd.data.batches import BatchIterator, apply_crop_flip, channel_stats, draw_crop_flip, random_crop_flip
+from kd.data.batches import PAD_MODES, BatchIterator, apply_crop_flip, channel_stats, draw_crop_flip, random_crop_flip
 from kd.data.sources import (
     DATASETS, BadImageError, CacheWarning, DataUnavailableError, ImageTensors, balanced_indices, default_cache_dir,
     imagefolder_classes, load_cifar, load_imagefolder, make_synthetic, subset,
@@ -16,7 +16,7 @@ from kd.data.stream import DATA_MODES, FileSplit, StreamBatchIterator, choose_da
 
 __all__ = [
     "DATASETS", "DATA_MODES", "BadImageError", "BatchIterator", "CacheWarning", "DataSplits", "DataUnavailableError",
-    "FileSplit", "ImageTensors", "StreamBatchIterator", "apply_crop_flip", "balanced_indices", "channel_stats",
+    "FileSplit", "ImageTensors", "PAD_MODES", "StreamBatchIterator", "apply_crop_flip", "balanced_indices", "channel_stats",
     "choose_data_mode", "default_cache_dir", "draw_crop_flip", "imagefolder_classes", "load_dataset", "make_loaders",
     "random_crop_flip", "subset",
 ]
@@ -147,19 +147,22 @@ def _stream_splits(data_dir: str | os.PathLike, data_mode: str, image_size: int,
 
 def make_loaders(data: DataSplits, batch_size: int, device: str | torch.device = "cpu", seed: int = 0,
                  eval_batch_size: int | None = None, workers: int = 4, pad: int = 4,
-                 flip: str = "random") -> tuple[BatchIterator | StreamBatchIterator, BatchIterator | StreamBatchIterator]:
+                 flip: str = "random", pad_mode: str = "zeros") -> tuple[BatchIterator | StreamBatchIterator, BatchIterator | StreamBatchIterator]:
     """(training iterator: shuffled and augmented with a pad-``pad`` random crop and a ``flip``; test iterator: in
-    order, unaugmented). Stream-mode splits (:class:`FileSplit`) get :class:`StreamBatchIterator` with ``workers``
-    DataLoader workers (random flips only)."""
+    order, unaugmented; ``pad_mode`` zeros or reflect). Stream-mode splits (:class:`FileSplit`) get
+    :class:`StreamBatchIterator` with ``workers`` DataLoader workers (random flips and zero padding only)."""
     if isinstance(data.train, FileSplit):
         if flip != "random":
             raise ValueError(f"the {flip} flip needs the images in memory (--data-mode memory); stream mode flips at "
                              "random")
+        if pad_mode != "zeros":
+            raise ValueError(f"{pad_mode} padding needs the images in memory (--data-mode memory); stream mode pads "
+                             "with zeros")
         options = {"mean": data.mean, "std": data.std, "device": device, "workers": workers}
         return (StreamBatchIterator(data.train, batch_size, train=True, seed=seed, pad=pad, **options),
                 StreamBatchIterator(data.test, eval_batch_size or 2 * batch_size, train=False, **options))
     train = BatchIterator(data.train, batch_size, train=True, mean=data.mean, std=data.std, device=device, seed=seed,
-                          pad=pad, flip=flip)
+                          pad=pad, flip=flip, pad_mode=pad_mode)
     test = BatchIterator(data.test, eval_batch_size or 2 * batch_size, train=False, mean=data.mean, std=data.std,
                          device=device)
     return train, test

@@ -51,13 +51,19 @@ def draw_crop_flip(batch: int, pad: int, generator: torch.Generator) -> torch.Te
     return torch.stack([oy, ox, flip], dim=1)
 
 
-def apply_crop_flip(x: torch.Tensor, pad: int, params: torch.Tensor) -> torch.Tensor:
-    """Zero-pads ``x`` (B, C, H, W) by ``pad``, crops each image at its ``(oy, ox)`` and mirrors it where ``flip``.
+PAD_MODES = ("zeros", "reflect")
+
+
+def apply_crop_flip(x: torch.Tensor, pad: int, params: torch.Tensor, mode: str = "zeros") -> torch.Tensor:
+    """Pads ``x`` (B, C, H, W) by ``pad``, crops each image at its ``(oy, ox)`` and mirrors it where ``flip``.
 
     Args:
         x: (B, C, H, W) images of any dtype.
-        pad: zero padding on each side.
+        pad: padding on each side.
         params: (B, 3) rows ``(oy, ox, flip)`` from :func:`draw_crop_flip` (or a teacher cache).
+        mode: ``zeros`` (black borders) or ``reflect`` (the border mirrors the image without repeating its edge,
+            as ``F.pad(mode="reflect")``: source row ``r`` < 0 reads ``-r``, ``r`` ≥ H reads ``2(H-1) - r``;
+            needs ``pad`` < H and W).
 
     Returns:
         (B, C, H, W), each image shifted by its own offset and maybe mirrored.
@@ -66,13 +72,26 @@ def apply_crop_flip(x: torch.Tensor, pad: int, params: torch.Tensor) -> torch.Te
     dev = x.device
     params = params.to(dev)
     oy, ox, flip = params[:, 0], params[:, 1], params[:, 2].bool()
-    padded = F.pad(x, (pad, pad, pad, pad))  # (B, C, H+2p, W+2p)
-    rows = oy[:, None] + torch.arange(h, device=dev)  # (B, H)
+    rows = oy[:, None] + torch.arange(h, device=dev)  # (B, H) rows of the padded image
     cols = ox[:, None] + torch.arange(w, device=dev)  # (B, W)
+    if mode == "reflect":
+        if pad >= min(h, w):
+            raise ValueError(f"reflect padding needs pad < the image size, got pad {pad} for {h}x{w} images")
+        padded, rows, cols = x, _reflect(rows - pad, h), _reflect(cols - pad, w)  # indices into x itself
+    elif mode == "zeros":
+        padded = F.pad(x, (pad, pad, pad, pad))  # (B, C, H+2p, W+2p)
+    else:
+        raise ValueError(f"pad mode must be one of {', '.join(PAD_MODES)}, got {mode!r}")
     cols = torch.where(flip[:, None], cols.flip(1), cols)  # a flipped crop reads its columns right to left
     batch = torch.arange(b, device=dev)[:, None, None]
     out = padded[batch, :, rows[:, :, None], cols[:, None, :]]  # (B, H, W, C): advanced indices come first
     return out.permute(0, 3, 1, 2)
+
+
+def _reflect(index: torch.Tensor, size: int) -> torch.Tensor:
+    """Source indices in [0, size) of positions ``index`` in [-size + 1, 2·size - 2], mirrored at both edges."""
+    index = index.abs()
+    return torch.where(index >= size, 2 * (size - 1) - index, index)
 
 
 def random_crop_flip(x: torch.Tensor, pad: int, generator: torch.Generator) -> torch.Tensor:
@@ -115,6 +134,7 @@ class BatchIterator(SeededBatches):
         mean, std: per-channel normalisation in [0, 1] units (use the training split's :func:`channel_stats`).
         device: where batches live and augmentation runs.
         pad: crop padding (0 disables the crop); flip comes with it.
+        pad_mode: ``zeros`` or ``reflect`` (see :func:`apply_crop_flip`).
         flip: ``random`` or ``alternating`` (see the module docstring).
         seed: seeds the iterator's own generator (shuffle order and augmentation), saved by ``state_dict``.
         rank, world_size: data-parallel sharding (see :meth:`shard`); the default 0 of 1 serves whole batches.
@@ -122,9 +142,11 @@ class BatchIterator(SeededBatches):
 
     def __init__(self, data: ImageTensors, batch_size: int, *, train: bool, mean: Sequence[float],
                  std: Sequence[float], device: str | torch.device = "cpu", pad: int = 4, seed: int = 0,
-                 rank: int = 0, world_size: int = 1, flip: str = "random") -> None:
+                 rank: int = 0, world_size: int = 1, flip: str = "random", pad_mode: str = "zeros") -> None:
         if flip not in FLIPS:
             raise ValueError(f"flip must be one of {', '.join(FLIPS)}, got {flip!r}")
+        if pad_mode not in PAD_MODES:
+            raise ValueError(f"pad_mode must be one of {', '.join(PAD_MODES)}, got {pad_mode!r}")
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         if len(data) == 0:
@@ -133,7 +155,7 @@ class BatchIterator(SeededBatches):
         self.images = data.images.to(self.device)  # (N, 3, H, W) uint8
         self.labels = data.labels.to(self.device)  # (N,)
         self.classes = data.classes
-        self.batch_size, self.train, self.pad, self.flip = batch_size, train, pad, flip
+        self.batch_size, self.train, self.pad, self.flip, self.pad_mode = batch_size, train, pad, flip, pad_mode
         self.epoch = 0
         # alternating flip: each image's own flip bit, drawn from the seed alone (so it survives a resume unchanged)
         self._flip_bits = torch.rand(len(data), generator=torch.Generator().manual_seed(seed)) < 0.5
@@ -196,6 +218,6 @@ class BatchIterator(SeededBatches):
             idx = idx.to(self.device)
             x = self.images[idx]
             if params is not None:
-                x = apply_crop_flip(x, self.pad, params)
+                x = apply_crop_flip(x, self.pad, params, self.pad_mode)
             yield self.normalize(x), self.labels[idx]
 

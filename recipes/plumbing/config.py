@@ -20,7 +20,7 @@ from typing import Any, NoReturn, TypeVar
 import torch
 
 from kd.data import DATA_MODES, DATASETS
-from kd.data.batches import FLIPS
+from kd.data.batches import FLIPS, PAD_MODES
 from kd.losses import LOSSES
 from kd.optim import OPTIMIZERS, SCHEDULES
 from kd.precision import PRECISIONS
@@ -67,11 +67,12 @@ RECIPES: dict[str, dict[str, Any]] = {
     "classic": {"epochs": 30, "teacher_epochs": 30, "batch_size": 128, "lr": 0.05, "finetune_lr": 0.01,
                 "weight_decay": 5e-4, "schedule": "cosine", "momentum": 0.9, "warmup": 0.23,
                 "decay_norm_and_bias": True, "bn_bias_lr_scale": 1.0, "bn_weight_lr_scale": 1.0,
-                "label_smoothing": 0.0, "ema": 0.0, "tta": "none", "pad": 4, "flip": "random", "init": "default"},
+                "label_smoothing": 0.0, "ema": 0.0, "tta": "none", "pad": 4, "pad_mode": "zeros", "flip": "random",
+                "init": "default"},
     "fast": {"epochs": 10, "teacher_epochs": 10, "batch_size": 1024, "lr_batch": 1024, "lr": 1.5,
              "finetune_lr": 0.3, "weight_decay": 0.0153 / 11.5, "schedule": "triangular", "momentum": 0.85,
              "warmup": 0.23, "decay_norm_and_bias": False, "bn_bias_lr_scale": 64.0, "bn_weight_lr_scale": 0.0,
-             "label_smoothing": 0.2, "ema": 0.99, "tta": "flip-translate", "pad": 2, "flip": "alternating",
+             "label_smoothing": 0.2, "ema": 0.99, "tta": "flip-translate", "pad": 2, "pad_mode": "zeros", "flip": "alternating",
              "init": "whiten-dirac"},
 }
 _BATCH_SCALED = frozenset({"lr", "finetune_lr"})  # rates a recipe with "lr_batch" gives per lr_batch images
@@ -126,6 +127,8 @@ class RunConfig:
                           "single-view accuracy, which stays the reported figure (default: from --recipe)", TTA_MODES)
     pad: int | None = arg(None, "random-crop padding in pixels; 0 = no crop and no flip (default: from --recipe)",
                           limit=NON_NEGATIVE_COUNT)
+    pad_mode: str | None = arg(None, "what the crop's border shows: zeros (black) or reflect (the image mirrored at its "
+                               "edge, as airbench) (default: from --recipe)", PAD_MODES)
     flip: str | None = arg(None, "random: each image flipped with probability 1/2 each epoch; alternating: one "
                            "random flip per image, all mirrored every other epoch (default: from --recipe)", FLIPS)
     init: str | None = arg(None, "initialisation of models built here: default (PyTorch's), or whiten-dirac (first "

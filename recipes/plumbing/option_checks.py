@@ -50,10 +50,13 @@ def check_options(cfg: Any) -> None:
 
 
 def _check_memory_only(cfg: Any, why: str) -> None:
-    """``--flip alternating`` and ``--init whiten-dirac`` read the images in memory; ``why`` says why they are not."""
+    """``--flip alternating``, ``--pad-mode reflect`` and ``--init whiten-dirac`` read the images in memory; ``why`` says why they are not."""
     if getattr(cfg, "flip", "random") == "alternating":
         raise ValueError(f"--flip alternating needs the training images in memory, but {why}; pass --data-mode "
                          "memory or --flip random")
+    if getattr(cfg, "pad_mode", "zeros") == "reflect":
+        raise ValueError(f"--pad-mode reflect needs the training images in memory, but {why}; pass --data-mode "
+                         "memory or --pad-mode zeros")
     if getattr(cfg, "init", "default") == "whiten-dirac":
         raise ValueError(f"--init whiten-dirac reads training images from memory, but {why}; pass --data-mode memory "
                          "or --init default")
@@ -79,6 +82,9 @@ def _check_teacher_cache(cfg: Any) -> None:
     if getattr(cfg, "flip", "random") == "alternating":
         raise ValueError("--teacher-cache replays the random flips it stored with the teacher's logits, so it cannot "
                          "serve --flip alternating; pass --flip random (or drop --teacher-cache)")
+    if getattr(cfg, "pad_mode", "zeros") != "zeros":
+        raise ValueError("--teacher-cache replays zero-padded crops stored with the teacher's logits, so it cannot "
+                         "serve --pad-mode reflect; pass --pad-mode zeros (or drop --teacher-cache)")
     if getattr(cfg, "data_mode", "auto") == "stream":
         raise ValueError("--teacher-cache needs the training images in memory; it does not work with --data-mode "
                          "stream (drop one of them)")

@@ -29,7 +29,7 @@ from recipes.plumbing.report import ModelReport
 def loaders(cfg: RunConfig, data: DataSplits) -> tuple[BatchIterator, BatchIterator]:
     """Training and test iterators on ``cfg.device``."""
     return make_loaders(data, cfg.batch_size, resolve_device(cfg.device), seed=cfg.seed, workers=cfg.workers,
-                        pad=cfg.pad, flip=cfg.flip)
+                        pad=cfg.pad, flip=cfg.flip, pad_mode=cfg.pad_mode)
 
 
 def hardware(cfg: RunConfig) -> Hardware:

@@ -1,0 +1,127 @@
+"""The teacher and student grid on one GPU machine: many runs at once, a hard deadline, results in one archive.
+
+A small network leaves a large GPU mostly idle, so this runs ``--jobs`` benchmark processes side by side (each one
+``benchmarks/fast_recipe.py`` teacher run or one ``benchmarks/kd_gain.py`` cell, the documented commands), starts the
+student cells as soon as their teacher has finished, stops everything at ``--deadline`` seconds, and packs
+``benchmarks/results`` (each finished run's JSON, written by those scripts), the logs and the chosen teachers' files
+into ``--out``. Made for a lent machine with minutes of time (see BENCHMARKS.md, "Runs on a GPU"):
+
+    python benchmarks/jpeg_pack.py unpack .devdata/cifar10.npz /tmp/c10
+    python benchmarks/device_sweep.py --data-dir /tmp/c10 --out $OUT --deadline 420
+
+``--smoke`` runs a tiny version of the same grid on the CPU (a few hundred images, one epoch) to test the plumbing.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import subprocess
+import sys
+import tarfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+TEACHER = "fast-40"  # the teacher the students start from
+SEED_BUDGET, HALF, EIGHTH = 31269888, 59190672, 14797668  # fast_cnn is 118,381,344 flops
+
+
+@dataclass
+class Job:
+    name: str
+    argv: list[str]
+    after: str | None = None  # a job that must finish first
+    proc: subprocess.Popen | None = field(default=None, repr=False)
+    started: float = 0.0
+    rc: int | None = None
+
+
+def teacher_dir(runs: Path, run: str, tag: str) -> Path:
+    return runs / "teachers" / f"fast_cnn_{run}_seed0_{tag}"
+
+
+def grid(args: argparse.Namespace) -> list[Job]:
+    """Teachers first (the students' teacher before the rest), then the student cells in order of importance."""
+    runs, tag, py = Path(args.runs), args.tag, sys.executable
+    small = ["--limit-train", "600", "--limit-test", "300", "--epochs", "1"] if args.smoke else []
+    device = ["--device", args.device]
+    teachers = [TEACHER, "fast-20", "fast", "fast-12", "fast-reflect", "fast-wide-12"]
+    jobs = [Job(f"teacher-{run}", [py, "benchmarks/fast_recipe.py", "--data-dir", args.data_dir, "--runs", run,
+                                   "--tag", tag, "--out", str(runs / "teachers"), "--", *device, *small])
+            for run in teachers]
+    teacher_file = str(teacher_dir(runs, TEACHER, tag) / "teacher.pt")
+    cells = [(f, e, loss, 0.3, seed) for f, e in ((SEED_BUDGET, 8), (SEED_BUDGET, 20), (SEED_BUDGET, 2), (HALF, 2),
+                                                 (HALF, 8), (EIGHTH, 2), (EIGHTH, 8))
+             for seed in (0, 1, 2) for loss in ("ce", "kd")]
+    cells += [(SEED_BUDGET, e, loss, lr, 0) for e in (8, 2) for lr in (0.1, 1.0) for loss in ("ce", "kd")]  # rates
+    for flops, epochs, loss, lr, seed in cells:
+        jobs.append(Job(f"cell-{flops}-{epochs}-{loss}-{lr:g}-{seed}", [
+            py, "benchmarks/kd_gain.py", "--teacher", teacher_file, "--data-dir", args.data_dir,
+            "--flops", str(flops), "--epochs", str(1 if args.smoke else epochs), "--losses", loss,
+            "--lrs", str(lr), "--seeds", str(seed), "--tag", f"{tag}-t40", "--out", str(runs / "kd"), "--",
+            *device, *small[:4]], after=f"teacher-{TEACHER}"))
+    if args.smoke:  # one teacher of each network and the first two cells
+        return [jobs[0], jobs[len(teachers) - 1], *jobs[len(teachers):len(teachers) + 2]]
+    return jobs
+
+
+def run_all(jobs: list[Job], parallel: int, deadline: float, logs: Path) -> None:
+    """Starts ready jobs (their ``after`` finished with status 0) up to ``parallel`` at a time until all are done or
+    the deadline passes; then kills what still runs."""
+    env = {**os.environ, "OMP_NUM_THREADS": "2", "PYTHONUNBUFFERED": "1"}
+    status = {}
+    while time.monotonic() < deadline:
+        for job in jobs:
+            if job.proc is not None and job.rc is None and job.proc.poll() is not None:
+                job.rc = job.proc.returncode
+                status[job.name] = job.rc
+                print(f"{time.strftime('%H:%M:%S')} done {job.name} rc={job.rc} in {time.monotonic() - job.started:.0f} s",
+                      flush=True)
+        running = [j for j in jobs if j.proc is not None and j.rc is None]
+        waiting = [j for j in jobs if j.proc is None and (j.after is None or status.get(j.after) == 0)]
+        if not running and not waiting:
+            break
+        for job in waiting[:max(0, parallel - len(running))]:
+            job.started = time.monotonic()
+            job.proc = subprocess.Popen(job.argv, cwd=REPO, env=env, stdout=open(logs / f"{job.name}.log", "w"),
+                                        stderr=subprocess.STDOUT)
+            print(f"{time.strftime('%H:%M:%S')} start {job.name}", flush=True)
+        time.sleep(1)
+    for job in jobs:
+        if job.proc is not None and job.rc is None:
+            job.proc.kill()
+            print(f"deadline: killed {job.name}", flush=True)
+    skipped = [j.name for j in jobs if j.proc is None]
+    print(f"not started: {len(skipped)} {skipped[:8]}", flush=True)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--data-dir", required=True, help="CIFAR-10 in ImageFolder layout")
+    parser.add_argument("--out", required=True, help="where the archive and the teachers' files go")
+    parser.add_argument("--runs", default="/tmp/device_runs", help="the runs' folders")
+    parser.add_argument("--tag", default="h200", help="names the result files of this machine's runs")
+    parser.add_argument("--device", default="cuda")
+    parser.add_argument("--jobs", type=int, default=8, help="runs at once")
+    parser.add_argument("--deadline", type=float, default=420, help="seconds after which every run is stopped")
+    parser.add_argument("--smoke", action="store_true", help="tiny runs on few images, to test the plumbing")
+    args = parser.parse_args(argv)
+    start = time.monotonic()
+    out, logs = Path(args.out), Path(args.runs) / "logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    out.mkdir(parents=True, exist_ok=True)
+    run_all(grid(args), args.jobs, start + args.deadline, logs)
+    with tarfile.open(out / "results.tgz", "w:gz") as tar:
+        tar.add(REPO / "benchmarks" / "results", arcname="results")
+        tar.add(logs, arcname="logs")
+    for run in (TEACHER, "fast-20"):
+        teacher = teacher_dir(Path(args.runs), run, args.tag) / "teacher.pt"
+        if teacher.is_file():
+            shutil.copy(teacher, out / f"fast_cnn_{run}_{args.tag}.pt")
+    print(f"finished in {time.monotonic() - start:.0f} s")
+
+
+if __name__ == "__main__":
+    main()
