@@ -51,19 +51,21 @@ def grid(args: argparse.Namespace) -> list[Job]:
     jobs = [Job(f"teacher-{run}", [py, "benchmarks/fast_recipe.py", "--data-dir", args.data_dir, "--runs", run,
                                    "--tag", tag, "--out", str(runs / "teachers"), "--", *device, *small])
             for run in teachers]
-    teacher_file = str(teacher_dir(runs, TEACHER, tag) / "teacher.pt")
-    cells = [(f, e, loss, 0.3, seed) for f, e in ((SEED_BUDGET, 8), (SEED_BUDGET, 20), (SEED_BUDGET, 2), (HALF, 2),
-                                                 (HALF, 8), (EIGHTH, 2), (EIGHTH, 8))
-             for seed in (0, 1, 2) for loss in ("ce", "kd")]
+    teacher_file, after = str(teacher_dir(runs, TEACHER, tag) / "teacher.pt"), f"teacher-{TEACHER}"
+    if args.teacher:  # the students' teacher is given: no teacher runs
+        jobs, teacher_file, after = [], args.teacher, None
+    budgets = ((SEED_BUDGET, 8), (SEED_BUDGET, 40), (SEED_BUDGET, 2), (HALF, 2), (HALF, 8), (EIGHTH, 2), (EIGHTH, 8))
+    cells = [(f, e, loss, 0.3, seed) for f, e in budgets for seed in (0, 1, 2) for loss in ("ce", "kd")]
     cells += [(SEED_BUDGET, e, loss, lr, 0) for e in (8, 2) for lr in (0.1, 1.0) for loss in ("ce", "kd")]  # rates
+    cells += [(SEED_BUDGET, 20, loss, 0.3, seed) for seed in (0, 1, 2) for loss in ("ce", "kd")]
     for flops, epochs, loss, lr, seed in cells:
         jobs.append(Job(f"cell-{flops}-{epochs}-{loss}-{lr:g}-{seed}", [
             py, "benchmarks/kd_gain.py", "--teacher", teacher_file, "--data-dir", args.data_dir,
             "--flops", str(flops), "--epochs", str(1 if args.smoke else epochs), "--losses", loss,
             "--lrs", str(lr), "--seeds", str(seed), "--tag", f"{tag}-t40", "--out", str(runs / "kd"), "--",
-            *device, *small[:4]], after=f"teacher-{TEACHER}"))
-    if args.smoke:  # one teacher of each network and the first two cells
-        return [jobs[0], jobs[len(teachers) - 1], *jobs[len(teachers):len(teachers) + 2]]
+            *device, *small[:4]], after=after))
+    if args.smoke:  # one teacher of each network (unless given) and the first two cells
+        return jobs[-len(cells):][:2] if args.teacher else [jobs[0], jobs[len(teachers) - 1], *jobs[len(teachers):][:2]]
     return jobs
 
 
@@ -79,6 +81,10 @@ def run_all(jobs: list[Job], parallel: int, deadline: float, logs: Path) -> None
                 status[job.name] = job.rc
                 print(f"{time.strftime('%H:%M:%S')} done {job.name} rc={job.rc} in {time.monotonic() - job.started:.0f} s",
                       flush=True)
+        finished = [j.rc for j in jobs if j.rc is not None]
+        if len(finished) >= 4 and not any(rc == 0 for rc in finished):
+            print("the first runs all failed: stopping (see the logs)", flush=True)
+            break
         running = [j for j in jobs if j.proc is not None and j.rc is None]
         waiting = [j for j in jobs if j.proc is None and (j.after is None or status.get(j.after) == 0)]
         if not running and not waiting:
@@ -106,6 +112,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--device", default="cuda")
     parser.add_argument("--jobs", type=int, default=8, help="runs at once")
     parser.add_argument("--deadline", type=float, default=420, help="seconds after which every run is stopped")
+    parser.add_argument("--teacher", help="the students' teacher file (default: train it, as the run fast-40)")
     parser.add_argument("--smoke", action="store_true", help="tiny runs on few images, to test the plumbing")
     args = parser.parse_args(argv)
     start = time.monotonic()
