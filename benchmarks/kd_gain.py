@@ -6,9 +6,9 @@ registered distillation loss), one fine-tuning rate and one seed. Each finished 
 ``benchmarks/results/kd_gain/`` (committed), so the grid can be completed over several sessions; the script prints
 which cells are missing and what a cell has cost so far on this CPU, then the table.
 
-    python benchmarks/kd_gain.py --teacher benchmarks/weights/fast_cnn_cifar10.pt --data-dir ../shared/data/cifar10 \\
-        --flops 31269888 --epochs 2,8 --losses ce,kd --lrs 0.1,0.3 --seeds 0
-    python benchmarks/kd_gain.py --table
+    python benchmarks/kd_gain.py --teacher benchmarks/weights/fast_cnn_cifar10_e40.pt --data-dir ../shared/data/cifar10 \\
+        --flops 31269888 --epochs 2,8 --losses ce,kd --lrs 0.1,0.3 --seeds 0 --tag cpu-t40
+    python benchmarks/kd_gain.py --table --tag h200-t40 --plot benchmarks/results/kd_gain_h200-t40.svg
 
 Δ per (compression, epochs): the best distilled row's mean minus the best cross-entropy row's mean, each at its own
 best rate (mean over the seeds run).
@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import statistics
 import time
 from pathlib import Path
@@ -63,28 +64,72 @@ def _mean_std(values: list[float]) -> str:
     return f"{statistics.mean(values):.2f} ± {statistics.stdev(values):.2f}"
 
 
+def best_per_loss(cell: list[dict]) -> dict[str, tuple[float, float, list[float]]]:
+    """loss → (mean accuracy, lr, accuracies over seeds) at the rate whose mean is highest, for one grid cell."""
+    best: dict[str, tuple[float, float, list[float]]] = {}
+    for loss in sorted({r["loss"] for r in cell}):
+        for lr in sorted({r["lr"] for r in cell if r["loss"] == loss}):
+            accs = [r["accuracy"] for r in cell if (r["loss"], r["lr"]) == (loss, lr)]
+            if loss not in best or statistics.mean(accs) > best[loss][0]:
+                best[loss] = (statistics.mean(accs), lr, accs)
+    return best
+
+
+def deltas(records: list[dict]) -> dict[tuple[int, int], tuple[dict, float | None]]:
+    """(flops target, epochs) → (:func:`best_per_loss`, Δ = best distilled mean − best CE mean, or None)."""
+    out = {}
+    for flops, epochs in sorted({(r["flops_target"], r["epochs"]) for r in records}):
+        best = best_per_loss([r for r in records if (r["flops_target"], r["epochs"]) == (flops, epochs)])
+        distilled = [m for loss, (m, _, _) in best.items() if loss != "ce"]
+        out[flops, epochs] = (best, max(distilled) - best["ce"][0] if distilled and "ce" in best else None)
+    return out
+
+
 def table(records: list[dict]) -> str:
     """One line per (compression, epochs): every loss at its best rate, and Δ (best distilled − best CE)."""
     lines = ["| flops target | epochs | loss: mean at its best lr (seeds) | Δ best distilled − best CE |",
              "|---|---|---|---|"]
-    for flops, epochs in sorted({(r["flops_target"], r["epochs"]) for r in records}):
-        cell = [r for r in records if (r["flops_target"], r["epochs"]) == (flops, epochs)]
-        best: dict[str, tuple[float, float, list[float]]] = {}
-        for loss in sorted({r["loss"] for r in cell}):
-            for lr in sorted({r["lr"] for r in cell if r["loss"] == loss}):
-                accs = [r["accuracy"] for r in cell if (r["loss"], r["lr"]) == (loss, lr)]
-                if loss not in best or statistics.mean(accs) > best[loss][0]:
-                    best[loss] = (statistics.mean(accs), lr, accs)
+    for (flops, epochs), (best, delta) in deltas(records).items():
         shown = "; ".join(f"{loss} {_mean_std(accs)} at {lr:g} ({len(accs)})" for loss, (_, lr, accs) in best.items())
-        distilled = [m for loss, (m, _, _) in best.items() if loss != "ce"]
-        delta = f"{max(distilled) - best['ce'][0]:+.2f}" if distilled and "ce" in best else "–"
-        lines.append(f"| {flops:,} | {epochs} | {shown} | {delta} |")
+        lines.append(f"| {flops:,} | {epochs} | {shown} | {'–' if delta is None else f'{delta:+.2f}'} |")
     return "\n".join(lines)
+
+
+def plot_svg(records: list[dict], title: str) -> str:
+    """Δ (points) against the FLOPs target (log scale), one line per recovery budget, as a standalone SVG."""
+    points = {k: d for k, (_, d) in deltas(records).items() if d is not None}
+    if not points:
+        raise ValueError("no cell has both cross-entropy and a distillation loss: nothing to plot")
+    w, h, m, right = 640, 340, 60, 120  # the right margin holds the legend
+    xs = sorted({math.log2(f) for f, _ in points})
+    lo, hi = min(-1.0, *points.values()), max(1.0, *points.values())
+    x_of = (lambda v: m + (v - xs[0]) / (xs[-1] - xs[0]) * (w - m - right)) if len(xs) > 1 else (lambda v: m)
+    y_of = lambda d: h - m - (d - lo) / (hi - lo) * (h - 2 * m)  # noqa: E731
+    colors = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e")
+    parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{h}" font-family="sans-serif" '
+             f'font-size="12"><rect width="{w}" height="{h}" fill="white"/>',
+             f'<text x="{w / 2}" y="20" text-anchor="middle">{title}</text>',
+             f'<line x1="{m}" x2="{w - right}" y1="{y_of(0):.1f}" y2="{y_of(0):.1f}" stroke="gray" stroke-dasharray="4"/>',
+             f'<text x="{w / 2}" y="{h - 12}" text-anchor="middle">student FLOPs target (log scale)</text>',
+             f'<text x="14" y="{h / 2}" transform="rotate(-90 14 {h / 2})" text-anchor="middle">'
+             'Δ = best distilled − best CE (points)</text>']
+    for v in (lo, 0.0, hi):
+        parts.append(f'<text x="{m - 6}" y="{y_of(v) + 4:.1f}" text-anchor="end">{v:+.1f}</text>')
+    for x in xs:
+        parts.append(f'<text x="{x_of(x):.1f}" y="{h - m + 16}" text-anchor="middle">{2 ** x / 1e6:.1f} M</text>')
+    for i, epochs in enumerate(sorted({e for _, e in points})):
+        line = sorted((math.log2(f), d) for (f, e), d in points.items() if e == epochs)
+        color = colors[i % len(colors)]
+        coords = " ".join(f"{x_of(x):.1f},{y_of(d):.1f}" for x, d in line)
+        parts.append(f'<polyline points="{coords}" fill="none" stroke="{color}" stroke-width="2"/>')
+        parts += [f'<circle cx="{x_of(x):.1f}" cy="{y_of(d):.1f}" r="3" fill="{color}"/>' for x, d in line]
+        parts.append(f'<text x="{w - right + 16}" y="{m + 16 * i}" fill="{color}">{epochs} epochs</text>')
+    return "\n".join(parts + ["</svg>"]) + "\n"
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--teacher", default="benchmarks/weights/fast_cnn_cifar10.pt")
+    parser.add_argument("--teacher", default="benchmarks/weights/fast_cnn_cifar10_e40.pt")
     parser.add_argument("--data-dir", default="../shared/data/cifar10")
     parser.add_argument("--recipe", default="fast")
     parser.add_argument("--flops", default="31269888", help="comma-separated FLOPs targets")
@@ -95,6 +140,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--tag", default="fast", help="prefix of the result files (one per teacher/recipe)")
     parser.add_argument("--out", default="runs/kd_gain")
     parser.add_argument("--table", action="store_true", help="only print the table of the finished cells")
+    parser.add_argument("--table-tags", help="comma-separated tags whose cells the table merges (default: --tag)")
+    parser.add_argument("--plot", help="also draw Δ against the FLOPs target, one line per budget, into this .svg")
     parser.add_argument("extra", nargs="*", help="more words for prune_then_distill.py after --")
     args = parser.parse_args(argv)
     print(Hardware.detect("auto", "cpu").describe())
@@ -109,7 +156,12 @@ def main(argv: list[str] | None = None) -> None:
         for c in missing:
             print(f"cell {cell_name(*c, args.tag)}", flush=True)
             done.append(run_cell(args, *c))
-    print(table([d for d in done if d["cell"].startswith(args.tag)]))
+    tags = (args.table_tags or args.tag).split(",")
+    shown = [json.loads(p.read_text()) for tag in tags for p in sorted(RESULTS.glob(f"{tag}_*.json"))]
+    print(table(shown))
+    if args.plot:
+        Path(args.plot).write_text(plot_svg(shown, f"When distillation pays ({', '.join(tags)})"))
+        print(f"wrote {args.plot}")
 
 
 if __name__ == "__main__":

@@ -288,7 +288,10 @@ def test_options_that_need_images_in_memory_are_refused_before_any_work():
 
     for argv, match in ((["--recipe", "fast", "--data-mode", "stream"], "--flip alternating needs"),
                         (["--recipe", "fast", "--flip", "random", "--data-mode", "stream"], "--init whiten-dirac"),
-                        (["--recipe", "fast", "--teacher-cache", "2"], "cannot serve --flip alternating")):
+                        (["--recipe", "fast", "--teacher-cache", "2"], "cannot serve --flip alternating"),
+                        (["--flip", "random", "--pad-mode", "reflect", "--data-mode", "stream"],
+                         "--pad-mode reflect needs"),
+                        (["--pad-mode", "reflect", "--teacher-cache", "2"], "cannot serve --pad-mode reflect")):
         with pytest.raises(ValueError, match=match):
             check_options(parse_config(KDConfig, argv))
     check_options(parse_config(KDConfig, ["--recipe", "fast", "--teacher-cache", "2", "--flip", "random"]))
@@ -306,3 +309,31 @@ def test_resuming_a_run_from_before_the_recipes_sees_no_spurious_differences():
     for name in ("recipe", "momentum", "warmup", "ema", "tta", "pad", "flip", "init", "label_smoothing"):
         del earlier[name]  # a config.json written before these options existed
     assert config_differences(earlier, parse_config(RunConfig, [])) == []
+
+
+def _kd_gain_module():
+    import importlib.util
+    from pathlib import Path
+    path = Path(__file__).resolve().parent.parent / "benchmarks" / "kd_gain.py"
+    spec = importlib.util.spec_from_file_location("kd_gain", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_kd_gain_delta_takes_each_loss_at_its_best_rate_and_draws_one_line_per_budget():
+    import xml.etree.ElementTree as ET
+    kd_gain = _kd_gain_module()
+    cells = {("ce", 0.1): (80.0, 82.0), ("ce", 0.3): (84.0, 86.0), ("kd", 0.3): (86.0, 87.0), ("kd", 1.0): (10.0, 12.0)}
+    records = [{"flops_target": f, "epochs": e, "loss": loss, "lr": lr, "accuracy": acc - (f == 4_000_000)}
+               for f in (1_000_000, 4_000_000) for e in (2, 8) for (loss, lr), accs in cells.items() for acc in accs]
+    found = kd_gain.deltas(records)
+    best, delta = found[1_000_000, 2]
+    assert best["ce"][:2] == (85.0, 0.3) and best["kd"][:2] == (86.5, 0.3)
+    assert delta == pytest.approx(1.5) and found[4_000_000, 8][1] == pytest.approx(1.5)
+    assert "| 1,000,000 | 2 | ce 85.00 ± 1.41 at 0.3 (2); kd 86.50 ± 0.71 at 0.3 (2) | +1.50 |" in kd_gain.table(records)
+    svg = ET.fromstring(kd_gain.plot_svg(records, "t"))
+    lines = svg.findall("{http://www.w3.org/2000/svg}polyline")
+    assert len(lines) == 2 and all(len(p.get("points").split()) == 2 for p in lines)
+    with pytest.raises(ValueError, match="nothing to plot"):
+        kd_gain.plot_svg([r for r in records if r["loss"] == "ce"], "t")

@@ -1,6 +1,6 @@
 """The committed CIFAR-10 teacher: where a distillation recipe starts when ``--dataset cifar10`` has no ``--teacher``.
 
-The file is ``benchmarks/weights/fast_cnn_cifar10.pt`` (pickle-free, see ``benchmarks/weights/README.md`` for the
+The file is ``benchmarks/weights/fast_cnn_cifar10_e40.pt`` (pickle-free, see ``benchmarks/weights/README.md`` for the
 command that made it); its sha256 is checked before it is used, so a changed or truncated file is refused by name
 instead of teaching silently.
 """
@@ -25,8 +25,8 @@ class CommittedTeacher:
 
 
 COMMITTED = {
-    "cifar10": CommittedTeacher("cifar10", REPO / "benchmarks" / "weights" / "fast_cnn_cifar10.pt",
-                                "32cbc86ec58ce4fffa4fdf031eb90b70d28911986c31ef4dc34d657b37b02739", 88.87),
+    "cifar10": CommittedTeacher("cifar10", REPO / "benchmarks" / "weights" / "fast_cnn_cifar10_e40.pt",
+                                "c81b01d2f4dae13d7bdb98ef9cd45742da15443cb62d05457436671686ce4d99", 90.88),
 }
 
 
