@@ -151,8 +151,8 @@ def main(argv: list[str] | None = None) -> None:
     done = [json.loads(p.read_text()) for p in sorted(RESULTS.glob(f"{args.tag}_*.json"))]
     per_epoch = [d["wall_s"] / d["epochs"] for d in done]
     cost = f", about {statistics.mean(per_epoch) / 60:.1f} min per epoch here so far" if per_epoch else ""
-    print(f"{len(grid) - len(missing)} of {len(grid)} cells done; missing: {len(missing)}{cost}")
     if not args.table:
+        print(f"{len(grid) - len(missing)} of {len(grid)} cells done; missing: {len(missing)}{cost}")
         for c in missing:
             print(f"cell {cell_name(*c, args.tag)}", flush=True)
             done.append(run_cell(args, *c))

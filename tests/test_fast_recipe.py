@@ -297,6 +297,15 @@ def test_options_that_need_images_in_memory_are_refused_before_any_work():
     check_options(parse_config(KDConfig, ["--recipe", "fast", "--teacher-cache", "2", "--flip", "random"]))
 
 
+def test_prune_then_distill_takes_its_loss_from_the_recipe_unless_given():
+    from recipes.prune_then_distill import PruneThenDistillConfig
+
+    assert parse_config(PruneThenDistillConfig, []).kd_loss == "kd-ls"
+    assert parse_config(PruneThenDistillConfig, ["--recipe", "fast"]).kd_loss == "kd"
+    assert parse_config(PruneThenDistillConfig, ["--recipe", "fast", "--kd-loss", "dkd"]).kd_loss == "dkd"
+    assert parse_config(KDConfig, ["--recipe", "classic"]).kd_loss == "kd"  # distill_only keeps its own default
+
+
 def test_momentum_zero_is_plain_sgd():
     opt = make_optimizer("sgd", _Toy().parameters(), 0.1, momentum=0.0)
     assert opt.param_groups[0]["nesterov"] is False and opt.param_groups[0]["momentum"] == 0.0

@@ -68,13 +68,14 @@ RECIPES: dict[str, dict[str, Any]] = {
                 "weight_decay": 5e-4, "schedule": "cosine", "momentum": 0.9, "warmup": 0.23,
                 "decay_norm_and_bias": True, "bn_bias_lr_scale": 1.0, "bn_weight_lr_scale": 1.0,
                 "label_smoothing": 0.0, "ema": 0.0, "tta": "none", "pad": 4, "pad_mode": "zeros", "flip": "random",
-                "init": "default"},
+                "init": "default", "kd_loss": "kd-ls"},
     "fast": {"epochs": 10, "teacher_epochs": 10, "batch_size": 1024, "lr_batch": 1024, "lr": 1.5,
              "finetune_lr": 0.3, "weight_decay": 0.0153 / 11.5, "schedule": "triangular", "momentum": 0.85,
              "warmup": 0.23, "decay_norm_and_bias": False, "bn_bias_lr_scale": 64.0, "bn_weight_lr_scale": 0.0,
              "label_smoothing": 0.2, "ema": 0.99, "tta": "flip-translate", "pad": 2, "pad_mode": "zeros", "flip": "alternating",
-             "init": "whiten-dirac"},
+             "init": "whiten-dirac", "kd_loss": "kd"},
 }
+# "kd_loss" is prune_then_distill's fine-tuning loss (its field defaults to None; distill_only's to kd)
 _BATCH_SCALED = frozenset({"lr", "finetune_lr"})  # rates a recipe with "lr_batch" gives per lr_batch images
 
 
@@ -385,7 +386,7 @@ def _shown(value: Any) -> str:
     return str(value)
 
 
-def kd_loss_arg(default: str, why: str = "") -> Any:
+def kd_loss_arg(default: str | None, why: str = "") -> Any:
     """The ``--kd-loss`` field of a distillation recipe, defaulting to ``default`` (``why`` says why it was chosen);
     its choices and their descriptions are read from the loss registry."""
     return arg(default, f"distillation loss (kd.losses.LOSSES): {loss_descriptions()}{why}", tuple(LOSSES))
