@@ -73,20 +73,19 @@ def run_all(jobs: list[Job], parallel: int, deadline: float, logs: Path) -> None
     """Starts ready jobs (their ``after`` finished with status 0) up to ``parallel`` at a time until all are done or
     the deadline passes; then kills what still runs."""
     env = {**os.environ, "OMP_NUM_THREADS": "2", "PYTHONUNBUFFERED": "1"}
-    status = {}
+    by_name = {j.name: j for j in jobs}
     while time.monotonic() < deadline:
         for job in jobs:
             if job.proc is not None and job.rc is None and job.proc.poll() is not None:
                 job.rc = job.proc.returncode
-                status[job.name] = job.rc
-                print(f"{time.strftime('%H:%M:%S')} done {job.name} rc={job.rc} in {time.monotonic() - job.started:.0f} s",
-                      flush=True)
+                seconds = time.monotonic() - job.started
+                print(f"{time.strftime('%H:%M:%S')} done {job.name} rc={job.rc} in {seconds:.0f} s", flush=True)
         finished = [j.rc for j in jobs if j.rc is not None]
         if len(finished) >= 4 and not any(rc == 0 for rc in finished):
             print("the first runs all failed: stopping (see the logs)", flush=True)
             break
         running = [j for j in jobs if j.proc is not None and j.rc is None]
-        waiting = [j for j in jobs if j.proc is None and (j.after is None or status.get(j.after) == 0)]
+        waiting = [j for j in jobs if j.proc is None and (j.after is None or by_name[j.after].rc == 0)]
         if not running and not waiting:
             break
         for job in waiting[:max(0, parallel - len(running))]:

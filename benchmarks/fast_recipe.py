@@ -43,14 +43,18 @@ RUNS = {
 THRESHOLDS = (85.0, 88.0, 90.0, 93.0)
 
 
+def run_name(run: str, arch: str, seed: int, tag: str = "") -> str:
+    """``<arch>_<run>_seed<seed>[_<tag>]``: the tag names another machine's runs (e.g. ``h200``)."""
+    return f"{arch}_{run}_seed{seed}{'_' + tag if tag else ''}"
+
+
 def result_path(run: str, arch: str, seed: int, tag: str = "") -> Path:
-    """``teacher_<arch>_<run>_seed<seed>[_<tag>].json``: the tag names another machine's runs (e.g. ``h200``)."""
-    return RESULTS / f"teacher_{arch}_{run}_seed{seed}{'_' + tag if tag else ''}.json"
+    return RESULTS / f"teacher_{run_name(run, arch, seed, tag)}.json"
 
 
 def one_run(run: str, args: argparse.Namespace, seed: int) -> dict:
     """Trains one teacher with the recipe's command and returns its record (also written to its JSON file)."""
-    out = Path(args.out) / f"{args.arch}_{run}_seed{seed}{'_' + args.tag if args.tag else ''}"
+    out = Path(args.out) / run_name(run, args.arch, seed, args.tag)
     argv = ["--dataset", "imagefolder", "--data-dir", args.data_dir, "--arch", args.arch, "--seed", str(seed),
             "--out", str(out), "--overwrite", "--no-progress", *RUNS[run], *args.extra]
     start = time.perf_counter()
@@ -66,7 +70,8 @@ def save_record(out: Path, run: str, arch: str, seed: int, argv: list[str], wall
     teacher = saved["models"]["teacher"]
     history = read_model_file(out / "teacher.pt")["meta"]["history"]
     record = {
-        "run": f"{run}@{tag}" if tag else run, "arch": arch, "seed": seed, "command": "python recipes/train_teacher.py " + " ".join(argv),
+        "run": f"{run}@{tag}" if tag else run, "arch": arch, "seed": seed,
+        "command": "python recipes/train_teacher.py " + " ".join(argv),
         "hardware": saved.get("hardware"), "threads": torch.get_num_threads(), "wall_s": wall_s,
         "accuracy": teacher["accuracy"], "tta_accuracy": teacher.get("tta_accuracy"), "flops": teacher["flops"],
         "epochs": [{"epoch": h["epoch"], "test_accuracy": h["val_accuracy"], "seconds": h["seconds"],

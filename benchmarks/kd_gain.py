@@ -6,8 +6,9 @@ registered distillation loss), one fine-tuning rate and one seed. Each finished 
 ``benchmarks/results/kd_gain/`` (committed), so the grid can be completed over several sessions; the script prints
 which cells are missing and what a cell has cost so far on this CPU, then the table.
 
-    python benchmarks/kd_gain.py --teacher benchmarks/weights/fast_cnn_cifar10_e40.pt --data-dir ../shared/data/cifar10 \\
-        --flops 31269888 --epochs 2,8 --losses ce,kd --lrs 0.1,0.3 --seeds 0 --tag cpu-t40
+    python benchmarks/kd_gain.py --teacher benchmarks/weights/fast_cnn_cifar10_e40.pt \\
+        --data-dir ../shared/data/cifar10 --flops 31269888 --epochs 2,8 --losses ce,kd --lrs 0.1,0.3 --seeds 0 \\
+        --tag cpu-t40
     python benchmarks/kd_gain.py --table --tag h200-t40 --plot benchmarks/results/kd_gain_h200-t40.svg
 
 Δ per (compression, epochs): the best distilled row's mean minus the best cross-entropy row's mean, each at its own
@@ -56,6 +57,11 @@ def run_cell(args: argparse.Namespace, flops: int, epochs: int, loss: str, lr: f
               "command": "python recipes/prune_then_distill.py " + " ".join(argv)}
     write_json(RESULTS / f"{name}.json", record)
     return record
+
+
+def load_cells(tags: list[str]) -> list[dict]:
+    """The finished cells' records of every tag in ``tags``."""
+    return [json.loads(p.read_text()) for tag in tags for p in sorted(RESULTS.glob(f"{tag}_*.json"))]
 
 
 def _mean_std(values: list[float]) -> str:
@@ -109,7 +115,8 @@ def plot_svg(records: list[dict], title: str) -> str:
     parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{h}" font-family="sans-serif" '
              f'font-size="12"><rect width="{w}" height="{h}" fill="white"/>',
              f'<text x="{w / 2}" y="20" text-anchor="middle">{title}</text>',
-             f'<line x1="{m}" x2="{w - right}" y1="{y_of(0):.1f}" y2="{y_of(0):.1f}" stroke="gray" stroke-dasharray="4"/>',
+             f'<line x1="{m}" x2="{w - right}" y1="{y_of(0):.1f}" y2="{y_of(0):.1f}" stroke="gray" '
+             'stroke-dasharray="4"/>',
              f'<text x="{w / 2}" y="{h - 12}" text-anchor="middle">student FLOPs target (log scale)</text>',
              f'<text x="14" y="{h / 2}" transform="rotate(-90 14 {h / 2})" text-anchor="middle">'
              'Δ = best distilled − best CE (points)</text>']
@@ -148,16 +155,15 @@ def main(argv: list[str] | None = None) -> None:
     grid = [(int(f), int(e), loss, float(lr), int(s)) for f in args.flops.split(",") for e in args.epochs.split(",")
             for loss in args.losses.split(",") for lr in args.lrs.split(",") for s in args.seeds.split(",")]
     missing = [c for c in grid if not (RESULTS / f"{cell_name(*c, args.tag)}.json").is_file()]
-    done = [json.loads(p.read_text()) for p in sorted(RESULTS.glob(f"{args.tag}_*.json"))]
-    per_epoch = [d["wall_s"] / d["epochs"] for d in done]
-    cost = f", about {statistics.mean(per_epoch) / 60:.1f} min per epoch here so far" if per_epoch else ""
     if not args.table:
+        per_epoch = [d["wall_s"] / d["epochs"] for d in load_cells([args.tag])]
+        cost = f", about {statistics.mean(per_epoch) / 60:.1f} min per epoch here so far" if per_epoch else ""
         print(f"{len(grid) - len(missing)} of {len(grid)} cells done; missing: {len(missing)}{cost}")
         for c in missing:
             print(f"cell {cell_name(*c, args.tag)}", flush=True)
-            done.append(run_cell(args, *c))
+            run_cell(args, *c)
     tags = (args.table_tags or args.tag).split(",")
-    shown = [json.loads(p.read_text()) for tag in tags for p in sorted(RESULTS.glob(f"{tag}_*.json"))]
+    shown = load_cells(tags)
     print(table(shown))
     if args.plot:
         Path(args.plot).write_text(plot_svg(shown, f"When distillation pays ({', '.join(tags)})"))

@@ -459,8 +459,9 @@ def evaluate(model: nn.Module, data: Batches, device: str | torch.device = "cpu"
 
     ``precision`` (``fp32``, ``bf16`` or ``auto``) and ``channels_last`` apply to the forward pass only; the loss is
     computed in fp32. ``tta`` averages the logits over augmented views (:func:`kd.tta.tta_logits`). The model's
-    train/eval mode is restored afterwards; the model is moved to ``device`` (as :class:`Trainer` moves it). When ``data`` is one rank's shard (``data.world_size > 1``) the sums are
-    taken over all ranks, so every rank must call it.
+    train/eval mode is restored afterwards; the model is moved to ``device`` (as :class:`Trainer` moves it). When
+    ``data`` is one rank's shard (``data.world_size > 1``) the sums are taken over all ranks, so every rank must call
+    it.
     """
     device = torch.device(device)
     loss_sum, correct, seen = 0.0, 0, 0

@@ -16,7 +16,8 @@ from kd.data.stream import DATA_MODES, FileSplit, StreamBatchIterator, choose_da
 
 __all__ = [
     "DATASETS", "DATA_MODES", "BadImageError", "BatchIterator", "CacheWarning", "DataSplits", "DataUnavailableError",
-    "FileSplit", "ImageTensors", "PAD_MODES", "StreamBatchIterator", "apply_crop_flip", "balanced_indices", "channel_stats",
+    "FileSplit", "ImageTensors", "PAD_MODES", "StreamBatchIterator", "apply_crop_flip", "balanced_indices",
+    "channel_stats",
     "choose_data_mode", "default_cache_dir", "draw_crop_flip", "imagefolder_classes", "load_dataset", "make_loaders",
     "random_crop_flip", "subset",
 ]
@@ -147,7 +148,8 @@ def _stream_splits(data_dir: str | os.PathLike, data_mode: str, image_size: int,
 
 def make_loaders(data: DataSplits, batch_size: int, device: str | torch.device = "cpu", seed: int = 0,
                  eval_batch_size: int | None = None, workers: int = 4, pad: int = 4,
-                 flip: str = "random", pad_mode: str = "zeros") -> tuple[BatchIterator | StreamBatchIterator, BatchIterator | StreamBatchIterator]:
+                 flip: str = "random", pad_mode: str = "zeros"
+                 ) -> tuple[BatchIterator | StreamBatchIterator, BatchIterator | StreamBatchIterator]:
     """(training iterator: shuffled and augmented with a pad-``pad`` random crop and a ``flip``; test iterator: in
     order, unaugmented; ``pad_mode`` zeros or reflect). Stream-mode splits (:class:`FileSplit`) get
     :class:`StreamBatchIterator` with ``workers`` DataLoader workers (random flips and zero padding only)."""

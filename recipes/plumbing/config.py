@@ -72,8 +72,8 @@ RECIPES: dict[str, dict[str, Any]] = {
     "fast": {"epochs": 10, "teacher_epochs": 10, "batch_size": 1024, "lr_batch": 1024, "lr": 1.5,
              "finetune_lr": 0.3, "weight_decay": 0.0153 / 11.5, "schedule": "triangular", "momentum": 0.85,
              "warmup": 0.23, "decay_norm_and_bias": False, "bn_bias_lr_scale": 64.0, "bn_weight_lr_scale": 0.0,
-             "label_smoothing": 0.2, "ema": 0.99, "tta": "flip-translate", "pad": 2, "pad_mode": "zeros", "flip": "alternating",
-             "init": "whiten-dirac", "kd_loss": "kd"},
+             "label_smoothing": 0.2, "ema": 0.99, "tta": "flip-translate", "pad": 2, "pad_mode": "zeros",
+             "flip": "alternating", "init": "whiten-dirac", "kd_loss": "kd"},
 }
 # "kd_loss" is prune_then_distill's fine-tuning loss (its field defaults to None; distill_only's to kd)
 _BATCH_SCALED = frozenset({"lr", "finetune_lr"})  # rates a recipe with "lr_batch" gives per lr_batch images
@@ -128,8 +128,8 @@ class RunConfig:
                           "single-view accuracy, which stays the reported figure (default: from --recipe)", TTA_MODES)
     pad: int | None = arg(None, "random-crop padding in pixels; 0 = no crop and no flip (default: from --recipe)",
                           limit=NON_NEGATIVE_COUNT)
-    pad_mode: str | None = arg(None, "what the crop's border shows: zeros (black) or reflect (the image mirrored at its "
-                               "edge, as airbench) (default: from --recipe)", PAD_MODES)
+    pad_mode: str | None = arg(None, "what the crop's border shows: zeros (black) or reflect (the image mirrored "
+                               "at its edge, as airbench) (default: from --recipe)", PAD_MODES)
     flip: str | None = arg(None, "random: each image flipped with probability 1/2 each epoch; alternating: one "
                            "random flip per image, all mirrored every other epoch (default: from --recipe)", FLIPS)
     init: str | None = arg(None, "initialisation of models built here: default (PyTorch's), or whiten-dirac (first "

@@ -50,7 +50,8 @@ def check_options(cfg: Any) -> None:
 
 
 def _check_memory_only(cfg: Any, why: str) -> None:
-    """``--flip alternating``, ``--pad-mode reflect`` and ``--init whiten-dirac`` read the images in memory; ``why`` says why they are not."""
+    """``--flip alternating``, ``--pad-mode reflect`` and ``--init whiten-dirac`` read the images in memory;
+    ``why`` says why they are not."""
     if getattr(cfg, "flip", "random") == "alternating":
         raise ValueError(f"--flip alternating needs the training images in memory, but {why}; pass --data-mode "
                          "memory or --flip random")

@@ -200,7 +200,7 @@ def obtain_teacher(cfg: KDConfig, data: DataSplits, out: Path) -> tuple[nn.Modul
     if cfg.teacher is None:
         return fit_teacher(cfg, data, cfg.teacher_arch, model_args(cfg.teacher_model_args, "--teacher-model-args"),
                            out, epochs=cfg.teacher_epochs)
-    teacher = load_model(cfg.teacher).to(resolve_device(cfg.device))  # scored on the device it will teach on
+    teacher = load_model(cfg.teacher)
     check_teacher_fits(cfg, teacher, data)
     meta = getattr(teacher, "meta", {})
     if "mean" in meta and "std" in meta:
