@@ -666,11 +666,13 @@ def test_a_busy_out_is_refused_naming_the_process_and_a_dead_ones_lock_is_stale(
         assert holder.stdout.readline().strip() == "held"
         line = fail(train_teacher, [*SYNTHETIC, "--model-args", TINY, "--out", str(out)], capsys)
         assert f"is in use by another run (pid {holder.pid}" in line and "choose another --out" in line
-        assert sorted(p.name for p in out.iterdir()) == [".lock"]  # the refused run wrote nothing
+        assert sorted(p.name for p in out.iterdir()) == [".lock", ".lock.owner"]  # the refused run wrote nothing
     finally:
         holder.kill()  # SIGKILL: its lock file stays behind, naming a dead process
         holder.communicate()
-    assert (out / ".lock").is_file()
+    from recipes.plumbing import lock
+
+    assert (out / ".lock").is_file() and lock.holder(out)["pid"] == holder.pid
     train_teacher.main([*SYNTHETIC, "--model-args", TINY, "--out", str(out)])  # the stale lock does not stop it
     assert (out / "teacher.pt").is_file() and not (out / ".lock").exists()  # released when main returns
 
@@ -1052,9 +1054,10 @@ def test_export_checks_its_options_before_reading_or_writing(argv, expected, tea
     assert expected in line and list(tmp_path.iterdir()) == []
 
 
-def test_without_flock_the_pid_in_the_lock_file_decides(tmp_path, monkeypatch):
-    import fcntl
+def test_without_flock_the_pid_in_the_owner_file_decides(tmp_path, monkeypatch):
     import socket
+
+    fcntl = pytest.importorskip("fcntl")  # the file locks filelock uses on POSIX
 
     from recipes.plumbing import lock
 
@@ -1068,14 +1071,15 @@ def test_without_flock_the_pid_in_the_lock_file_decides(tmp_path, monkeypatch):
     dead = _python("-c", "pass")
     dead.communicate()
     try:
-        (out / ".lock").write_text(json.dumps({"pid": sleeper.pid, "host": socket.gethostname(), "started": 0}))
+        (out / ".lock.owner").write_text(json.dumps({"pid": sleeper.pid, "host": socket.gethostname(), "started": 0}))
         with pytest.raises(lock.OutBusyError, match=f"pid {sleeper.pid}"):
             lock.acquire(out)
-        (out / ".lock").write_text(json.dumps({"pid": dead.pid, "host": socket.gethostname(), "started": 0}))
+        (out / ".lock.owner").write_text(json.dumps({"pid": dead.pid, "host": socket.gethostname(), "started": 0}))
         lock.acquire(out)  # a dead process's lock is stale
         assert lock.holder(out)["pid"] == os.getpid()
         lock.release(out)
-        assert not (out / ".lock").exists() and out.is_dir()  # a folder it did not make stays
+        assert not (out / ".lock").exists() and not (out / ".lock.owner").exists() and out.is_dir()  # a folder it
+        # did not make stays
     finally:
         sleeper.kill()
         sleeper.communicate()

@@ -1,19 +1,18 @@
 """One run per output folder: an exclusive lock on ``--out``, taken before the folder is read or written.
 
-The lock is ``OUT/.lock`` held with ``fcntl.flock``: the kernel releases it when the process ends, however it ends,
-so a lock left by a killed run is stale by construction (the next run takes it and overwrites the dead run's pid).
-Where the file system has no flock (some NFS mounts), the pid in the file is the lock, stale once that process is
-gone.
-The file holds the holder's pid, host and start time, which a refused run names. Released explicitly (the file
-removed, and ``OUT`` itself when this run created it and left it empty) by :func:`release`, which
-:func:`releasing` (around each recipe's ``main``) and :func:`recipes.plumbing.errors.run_main` call on the way out, and
-at interpreter exit.
+The lock is ``OUT/.lock`` held through :mod:`filelock` (``flock`` on POSIX, ``msvcrt`` locking on Windows): the
+operating system releases it when the process ends, however it ends, so a lock left by a killed run is stale by
+construction. Where the file system cannot lock files (some NFS mounts), the pid recorded beside it is the lock,
+stale once that process is gone on this host. ``OUT/.lock.owner`` records the holder's pid, host and start time, which
+a refused run names (a separate file: on Windows the locked file cannot be written through another handle). Released
+explicitly (both files removed, and ``OUT`` itself when this run created it and left it empty) by :func:`release`,
+which :func:`releasing` (around each recipe's ``main``) and :func:`recipes.plumbing.errors.run_main` call on the way
+out, and at interpreter exit.
 """
 from __future__ import annotations
 
 import atexit
 import errno
-import fcntl
 import json
 import os
 import socket
@@ -24,7 +23,11 @@ from functools import wraps
 from pathlib import Path
 from typing import Any, TypeVar
 
+import filelock
+
 LOCK_NAME = ".lock"
+OWNER_NAME = ".lock.owner"
+LOCK_FILES = frozenset({LOCK_NAME, OWNER_NAME})  # what the lock leaves in OUT while held: not an earlier run
 F = TypeVar("F", bound=Callable[..., Any])
 
 
@@ -34,15 +37,20 @@ class OutBusyError(ValueError):
 
 @dataclass
 class OutLock:
-    """A held lock on ``folder``: the open descriptor and the folders this run created to hold it."""
+    """A held lock on ``folder``: the file lock (None where the file system cannot lock and the owner file's pid is
+    the lock) and the folders this run created to hold it."""
 
     folder: Path
-    fd: int
+    file_lock: filelock.BaseFileLock | None
     created: list[Path] = field(default_factory=list)
 
     @property
     def path(self) -> Path:
         return self.folder / LOCK_NAME
+
+    @property
+    def owner_path(self) -> Path:
+        return self.folder / OWNER_NAME
 
 
 _HELD: dict[Path, OutLock] = {}
@@ -64,47 +72,50 @@ def acquire(folder: str | os.PathLike) -> OutLock:
         release(key)
     created = _make_folders(folder)
     try:
-        fd = _locked_file(folder)
-        _write_owner(fd)
+        file_lock = _lock_file(folder)
+        _write_owner(folder)
     except BaseException:
         _remove_empty(created)
         raise
-    lock = OutLock(folder, fd, created)
+    lock = OutLock(folder, file_lock, created)
     _HELD[key] = lock
     return lock
 
 
-def _locked_file(folder: Path) -> int:
-    """The descriptor of ``folder/.lock``, exclusively locked."""
-    while True:
-        fd = os.open(folder / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError as err:
-            if err.errno in _NO_FLOCK:
-                return _by_pid(folder, fd)
-            os.close(fd)
-            if err.errno in (errno.EAGAIN, errno.EWOULDBLOCK, errno.EACCES):
-                raise OutBusyError(_busy_message(folder)) from None
+def _lock_file(folder: Path) -> filelock.BaseFileLock | None:
+    """``folder/.lock`` held without waiting; None where the file system has no file locks and no live process
+    is recorded as the holder (:func:`_by_pid`)."""
+    file_lock = filelock.FileLock(folder / LOCK_NAME, timeout=0, thread_local=False)
+    try:
+        file_lock.acquire()
+    except filelock.Timeout:
+        raise OutBusyError(_busy_message(folder)) from None
+    except OSError as err:
+        if err.errno not in _NO_FLOCK:
             raise
-        if _same_file(fd, folder / LOCK_NAME):
-            return fd
-        os.close(fd)  # the holder removed the file between our open and our flock: lock the new one
+        _by_pid(folder)
+        return None
+    return file_lock
 
 
 def release(folder: str | os.PathLike | None = None) -> None:
-    """Releases the lock on ``folder`` (every lock this process holds when None): the lock file goes, and so do the
-    folders :func:`acquire` created if nothing else was written into them."""
+    """Releases the lock on ``folder`` (every lock this process holds when None): the lock and owner files go, and so
+    do the folders :func:`acquire` created if nothing else was written into them."""
     keys = [Path(folder).resolve()] if folder is not None else list(_HELD)
     for key in keys:
         lock = _HELD.pop(key, None)
         if lock is None:
             continue
-        try:
-            lock.path.unlink(missing_ok=True)  # unlinked while still locked: nobody can take the old file
-        except OSError:
-            pass
-        os.close(lock.fd)
+        for path in (lock.owner_path, lock.path):  # removed while still locked: nobody takes a stale owner file
+            try:
+                path.unlink(missing_ok=True)
+            except OSError:
+                pass
+        if lock.file_lock is not None:
+            try:
+                lock.file_lock.release(force=True)
+            except OSError:
+                pass
         _remove_empty(lock.created)
 
 
@@ -129,11 +140,12 @@ def releasing(main: F) -> F:
 
 
 def holder(folder: str | os.PathLike) -> dict | None:
-    """What the lock file of ``folder`` says about its holder (pid, host, started), or None."""
+    """What the owner file of ``folder`` says about the lock's holder (pid, host, started), or None."""
     try:
-        return json.loads((Path(folder) / LOCK_NAME).read_text(encoding="utf-8"))
+        owner = json.loads((Path(folder) / OWNER_NAME).read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return None
+    return owner if isinstance(owner, dict) else None
 
 
 def _busy_message(folder: Path) -> str:
@@ -156,18 +168,19 @@ def _make_folders(folder: Path) -> list[Path]:
 _NO_FLOCK = (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL)  # file systems without flock (some NFS)
 
 
-def _by_pid(folder: Path, fd: int) -> int:
-    """Where the file system cannot flock: the lock is the file's pid, stale when that process is gone (on this
-    host; another host's is taken to be alive)."""
+def _by_pid(folder: Path) -> None:
+    """Where the file system cannot lock files: the owner file's pid is the lock, stale when that process is gone
+    (on this host; another host's is taken to be alive)."""
     owner = holder(folder) or {}
     pid, host = owner.get("pid"), owner.get("host")
     if isinstance(pid, int) and pid != os.getpid() and (host != socket.gethostname() or _alive(pid)):
-        os.close(fd)
         raise OutBusyError(_busy_message(folder))
-    return fd
 
 
 def _alive(pid: int) -> bool:
+    """Whether process ``pid`` runs on this host (``os.kill(pid, 0)`` probes without signalling on POSIX)."""
+    if os.name == "nt":  # os.kill(pid, 0) would terminate it on Windows; assume alive (only the no-lock fallback)
+        return True
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -177,18 +190,9 @@ def _alive(pid: int) -> bool:
     return True
 
 
-def _same_file(fd: int, path: Path) -> bool:
-    try:
-        st, now = os.fstat(fd), os.stat(path)
-    except FileNotFoundError:
-        return False
-    return (st.st_dev, st.st_ino) == (now.st_dev, now.st_ino)
-
-
-def _write_owner(fd: int) -> None:
-    body = json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "started": time.time()}).encode()
-    os.ftruncate(fd, 0)
-    os.pwrite(fd, body + b"\n", 0)
+def _write_owner(folder: Path) -> None:
+    body = json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "started": time.time()})
+    (folder / OWNER_NAME).write_text(body + "\n", encoding="utf-8")
 
 
 atexit.register(release)

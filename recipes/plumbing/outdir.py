@@ -23,7 +23,7 @@ def _earlier_entries(cfg: RunConfig, out: Path) -> list[str]:
     if not out.is_dir():
         return []
     stale, cache = set(stale_temp_files(out)), _cache_dir(cfg).resolve()
-    return sorted(p.name for p in out.iterdir() if p not in stale and p.name != lock.LOCK_NAME
+    return sorted(p.name for p in out.iterdir() if p not in stale and p.name not in lock.LOCK_FILES
                   and not (p.resolve() == cache or p.resolve() in cache.parents))
 
 
