@@ -8,6 +8,7 @@ from typing import Any
 import torch
 
 from kd.data.batches import PAD_MODES, BatchIterator, apply_crop_flip, channel_stats, draw_crop_flip, random_crop_flip
+from kd.data.pack import PackError, load_pack_split, shipped_pack
 from kd.data.sources import (
     DATASETS, BadImageError, CacheWarning, DataUnavailableError, ImageTensors, balanced_indices, default_cache_dir,
     imagefolder_classes, load_cifar, load_imagefolder, make_synthetic, subset,
@@ -16,7 +17,7 @@ from kd.data.stream import DATA_MODES, FileSplit, StreamBatchIterator, choose_da
 
 __all__ = [
     "DATASETS", "DATA_MODES", "BadImageError", "BatchIterator", "CacheWarning", "DataSplits", "DataUnavailableError",
-    "FileSplit", "ImageTensors", "PAD_MODES", "StreamBatchIterator", "apply_crop_flip", "balanced_indices",
+    "FileSplit", "PackError", "ImageTensors", "PAD_MODES", "StreamBatchIterator", "apply_crop_flip", "balanced_indices",
     "channel_stats",
     "choose_data_mode", "default_cache_dir", "draw_crop_flip", "imagefolder_classes", "load_dataset", "make_loaders",
     "random_crop_flip", "subset",
@@ -71,7 +72,8 @@ def load_dataset(name: str, data_dir: str | os.PathLike | None = None, *, image_
     """Loads both splits of a data set as uint8 tensors.
 
     Args:
-        name: ``cifar10``, ``cifar100`` (torchvision download), ``imagefolder`` (``data_dir`` with ``train/`` and
+        name: ``cifar10-jpeg`` (CIFAR-10 as JPEG q75, shipped with the package: :mod:`kd.data.pack`),
+            ``cifar10``, ``cifar100`` (torchvision download), ``imagefolder`` (``data_dir`` with ``train/`` and
             ``test/`` or ``val/`` of class folders) or ``synthetic`` (deterministic, for tests).
         data_dir: where the data set is (required for ``imagefolder``).
         image_size: images are resized to ``image_size × image_size``.
@@ -104,7 +106,14 @@ def load_dataset(name: str, data_dir: str | os.PathLike | None = None, *, image_
     elif data_mode == "stream":
         raise ValueError(f"--data-mode stream reads image folders (--dataset imagefolder); --dataset {name} is held "
                          "in memory (--data-mode memory or auto)")
-    if name in ("cifar10", "cifar100"):
+    if name == "cifar10-jpeg":
+        if data_dir is not None:
+            raise ValueError("--dataset cifar10-jpeg ships with the package and reads no --data-dir; for a folder of "
+                             "images use --dataset imagefolder --data-dir DIR")
+        pack, options = shipped_pack(name), {"cache_dir": cache_dir, "progress": progress}
+        train = load_pack_split(pack, "train", image_size, limit_train, seed, **options)
+        test = load_pack_split(pack, "test", image_size, limit_test, seed, classes=train.classes, **options)
+    elif name in ("cifar10", "cifar100"):
         train = subset(load_cifar(name, data_dir, True, image_size), limit_train, seed)
         test = subset(load_cifar(name, data_dir, False, image_size), limit_test, seed)
     elif name == "imagefolder":

@@ -26,7 +26,7 @@ from models.checkpoint import atomic_save, safe_load
 if TYPE_CHECKING:
     from PIL import Image
 
-DATASETS = ("cifar10", "cifar100", "imagefolder", "synthetic")
+DATASETS = ("cifar10-jpeg", "cifar10", "cifar100", "imagefolder", "synthetic")  # cifar10-jpeg ships (kd.data.pack)
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
 
 
@@ -111,9 +111,10 @@ def load_cifar(name: str, data_dir: str | os.PathLike | None, train: bool, image
         ds = cls(root=str(root), train=train, download=True)
     except Exception as err:  # URLError, socket errors, RuntimeError: all mean "could not get the archive"
         raise DataUnavailableError(
-            f"could not download {name} into {root} ({type(err).__name__}); offline, put the extracted torchvision "
-            f"archive there with --data-dir DIR, or use your own copy: --dataset imagefolder --data-dir DIR "
-            f"(DIR/train/<class>/*.jpg and DIR/test/<class>/*.jpg)"
+            f"could not download {name} into {root} ({type(err).__name__}); --dataset cifar10-jpeg is CIFAR-10 as it "
+            f"ships with this project (no download); offline, put the extracted torchvision archive there with "
+            f"--data-dir DIR, or use your own copy: --dataset imagefolder --data-dir DIR (DIR/train/<class>/*.jpg "
+            f"and DIR/test/<class>/*.jpg)"
         ) from None
     images = torch.from_numpy(np.ascontiguousarray(ds.data)).permute(0, 3, 1, 2).contiguous()  # (N, 3, 32, 32)
     labels = torch.tensor(ds.targets, dtype=torch.int64)
