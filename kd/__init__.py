@@ -1,5 +1,5 @@
 """Knowledge distillation: losses, the Trainer, callbacks, metrics logs and the in-memory data pipeline."""
-from kd.callbacks import Callback, EarlyStopping, EpochPrinter
+from kd.callbacks import Callback, EarlyStopping, EpochPrinter, EstimatePrinter
 from kd.features import HintLoss
 from kd.hooks import FeatureHook
 from kd.losses import (
@@ -10,7 +10,7 @@ from kd.optim import make_optimizer, make_scheduler
 from kd.trainer import EpochRecord, EvalResult, FitResult, Trainer, evaluate, fine_tuner, fit_model
 
 __all__ = [
-    "LOSSES", "Callback", "DistillLoss", "DistillationLoss", "EarlyStopping", "EpochPrinter", "EpochRecord",
+    "LOSSES", "Callback", "DistillLoss", "DistillationLoss", "EarlyStopping", "EpochPrinter", "EstimatePrinter", "EpochRecord",
     "EvalResult", "FeatureHook", "FitResult", "HintLoss", "MetricsLogger", "TensorBoardLogger", "TrainState",
     "Trainer", "create_loss", "epoch_scalars", "evaluate", "fine_tuner", "fit_model", "make_optimizer",
     "make_scheduler", "register_loss", "soft_target_kl", "total_loss",

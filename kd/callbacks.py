@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import math
+import time
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -54,3 +55,43 @@ class EpochPrinter(Callback):
         scored = "" if math.isnan(record.val_accuracy) else f"{self.split} acc {record.val_accuracy:6.2f} %  "
         print(f"  epoch {record.epoch:3d}: train loss {record.train_loss:.4f}  train acc {record.train_accuracy:6.2f} %  "
               f"{scored}{record.images_per_s:7.1f} img/s  {record.seconds:7.1f} s", flush=True)
+
+
+class EstimatePrinter(Callback):
+    """Prints one line, early in a long stage, estimating how long its training steps take: the mean seconds per
+    step over the first ``measure`` steps after ``skip`` warm-up steps (compilation, caches, allocator), times the
+    steps left (``steps_per_epoch`` × the epochs left). Evaluation after each epoch is not included. Quiet when the
+    estimate is under ``min_seconds``."""
+
+    main_only = True
+
+    def __init__(self, steps_per_epoch: int, *, skip: int = 2, measure: int = 8, min_seconds: float = 120.0) -> None:
+        self.steps_per_epoch, self.skip, self.measure, self.min_seconds = steps_per_epoch, skip, measure, min_seconds
+        self._seen, self._start, self.done = 0, 0.0, False
+        self.estimate: float | None = None  # seconds, once measured
+
+    def on_step_end(self, trainer: Any, step: int, loss: float) -> None:
+        if self.done:
+            return
+        self._seen += 1
+        if self._seen == self.skip:
+            self._start = time.perf_counter()
+            return
+        if self._seen < self.skip + self.measure:
+            return
+        self.done = True
+        per_step = (time.perf_counter() - self._start) / self.measure
+        left = (trainer.epochs - trainer.epoch) * self.steps_per_epoch + max(self.steps_per_epoch - step - 1, 0)
+        self.estimate = per_step * left
+        if self.estimate >= self.min_seconds:
+            print(f"  estimate: about {_duration(self.estimate)} of training left ({left} steps at {per_step:.2f} "
+                  f"s/step, measured over {self.measure} steps; evaluation not included)", flush=True)
+
+
+def _duration(seconds: float) -> str:
+    """``45 s``, ``12 min``, ``2.5 h``."""
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    if seconds < 5400:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h"

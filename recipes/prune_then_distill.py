@@ -51,24 +51,19 @@ class PruneThenDistillConfig(KDConfig):
     target_params: int | None = arg(None, "prune the student to at most this many parameters instead", limit=COUNT)
     ratio: float | None = arg(None, "remove this fraction of every prunable layer's channels instead",
                               limit=Limit(lambda v: 0.0 <= v < 1.0, "in [0, 1) (the fraction of channels removed)"))
-    importance: str = arg("l1", f"channel criterion (pruning.importance): {', '.join(pruning.IMPORTANCES)}; l1 is "
-                          f"the group L1 magnitude, random a control, {' and '.join(calibrated_names())} read "
-                          "--calibration-images training images", tuple(pruning.IMPORTANCES))
+    importance: str = arg("l1", f"channel criterion (pruning.importance): l1 is the group L1 magnitude; "
+                          f"{' and '.join(calibrated_names())} read --calibration-images images",
+                          tuple(pruning.IMPORTANCES))
     global_pruning: bool = arg(False, "rank channels across layers instead of within each layer")
     round_to: int | None = arg(None, "keep channel counts multiples of this", limit=COUNT)
     calibration_images: int = arg(1024, "training images (unaugmented) that re-estimate the pruned student's "
                                   "BatchNorm statistics and that the taylor and activation criteria read", limit=COUNT)
     recalibrate_bn: bool = arg(True, "re-estimate BatchNorm statistics right after pruning (--no-recalibrate-bn: "
                                "keep the teacher's)")
-    kd_loss: str | None = kd_loss_arg(None, " (default: from --recipe: classic kd-ls, chosen by the CPU sweeps "
-                                      "from 57-71 %% teachers; fast kd at T 4, alpha 0.9, which beat --alpha 0 in 6 of "
-                                      "8 cells of the Delta table from the 90.88 %% teacher; BENCHMARKS.md)")
-    finetune_lr: float | None = arg(None, "peak learning rate of the pruned student's fine-tuning (--lr is the "
-                                    "teacher's, when one is trained here); default from --recipe: classic 0.01, chosen "
-                                    "with the loss by the sweep in BENCHMARKS.md (at 0.02 kd-ls lost 3 points to "
-                                    "cross-entropy from a weak teacher, at 0.05 it diverged; with --alpha 0, 0.05 was "
-                                    "better); fast 0.3 × batch / 1024, the best of 0.1, 0.3, 1.0 for cross-entropy in "
-                                    "BENCHMARKS.md's 2-epoch cells", limit=POSITIVE)
+    kd_loss: str | None = kd_loss_arg(None, " (default: from --recipe: classic kd-ls, fast kd at T 4, alpha 0.9)")
+    finetune_lr: float | None = arg(None, "peak learning rate of the student's fine-tuning (--lr is a teacher's "
+                                    "trained here) (default: from --recipe: classic 0.01, fast 0.3 x batch / 1024)",
+                                    limit=POSITIVE)
     hint_layer: str | None = arg(None, "FitNet hint on this layer of student and teacher (e.g. features.conv3), its "
                                  "regressor started from the channels pruning kept; off by default")
     hint_weight: float = arg(1.0, "weight of the FitNet hint loss", limit=NON_NEGATIVE)

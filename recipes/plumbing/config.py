@@ -89,8 +89,8 @@ def arg(default: Any, help: str, choices: tuple | None = None, limit: Limit | No
 class RunConfig:
     """The command-line words every recipe shares."""
 
-    dataset: str = arg("cifar100", "data set: cifar10, cifar100 (torchvision download), imagefolder (--data-dir with "
-                       "train/ and test/ or val/ of class folders) or synthetic", DATASETS)
+    dataset: str = arg("cifar10-jpeg", "cifar10-jpeg (CIFAR-10 as JPEG q75, ships with the project), cifar10 / "
+                       "cifar100 (torchvision download), imagefolder (--data-dir), or synthetic", DATASETS)
     data_dir: str | None = arg(None, "where the data set is (imagefolder) or goes (cifar)")
     image_size: int = arg(32, "images are resized to this square size",
                           limit=Limit(lambda v: v >= 8, ">= 8 (pixels)"))
@@ -98,12 +98,8 @@ class RunConfig:
     limit_test: int | None = arg(None, "use a class-balanced subset of this many test images", limit=COUNT)
     cache_dir: str | None = arg(None, "where decoded images are cached (default $PTD_CACHE_DIR or "
                                 "~/.cache/prune-then-distill)")
-    recipe: str = arg("classic", "training recipe: the defaults of every option below marked 'from --recipe'. "
-                      "classic: SGD 0.9, lr 0.05, batch 128, cosine, 30 epochs, pad-4 crop + random flip; fast: "
-                      "airbench94's pieces (batch 1024, lr 1.5 scaled to the batch, Nesterov 0.85, triangular "
-                      "schedule, no decay on BatchNorm/biases, BatchNorm-bias lr x64, label smoothing 0.2, pad-2 "
-                      "crop + alternating flip, weight EMA, whitening + identity init of new models, 10 epochs); "
-                      "see RECIPES in recipes/plumbing/config.py and BENCHMARKS.md", tuple(RECIPES))
+    recipe: str = arg("classic", "the defaults of the options marked 'from --recipe': classic (SGD, batch 128, "
+                      "cosine) or fast (airbench94's pieces, batch 1024); README lists both", tuple(RECIPES))
     epochs: int | None = arg(None, "training epochs (default: from --recipe)", limit=COUNT)
     batch_size: int | None = arg(None, "images per batch (default: from --recipe)", limit=COUNT)
     lr: float | None = arg(None, "peak learning rate (default: from --recipe; fast: 1.5 x batch / 1024)",
@@ -132,9 +128,8 @@ class RunConfig:
                                "at its edge, as airbench) (default: from --recipe)", PAD_MODES)
     flip: str | None = arg(None, "random: each image flipped with probability 1/2 each epoch; alternating: one "
                            "random flip per image, all mirrored every other epoch (default: from --recipe)", FLIPS)
-    init: str | None = arg(None, "initialisation of models built here: default (PyTorch's), or whiten-dirac (first "
-                           "conv whitens 5,000 training images' patches, identity init of the other convs; "
-                           "models.init) (default: from --recipe)", INITS)
+    init: str | None = arg(None, "initialisation of models built here: default (PyTorch's) or whiten-dirac (patch-"
+                           "whitening first conv, identity init of the others) (default: from --recipe)", INITS)
     out: str = arg("runs/run", "output folder: checkpoints, model file, report.json, config.json")
     seed: int = arg(0, "random seed (weights, shuffling, augmentation, subsets)", limit=ANY_NUMBER)
     device: str = arg("auto", "cpu, cuda, cuda:N, or auto (cuda when available)")
@@ -144,19 +139,16 @@ class RunConfig:
                           "an OUT is refused)")
     skip_bad_images: bool = arg(False, "leave out image files that cannot be decoded (counted once) instead of "
                                 "stopping at the first")
-    precision: str = arg("auto", "auto: bf16 autocast where the hardware computes bf16 natively (CUDA, CPUs with AMX "
-                         "or AVX512-BF16), fp32 elsewhere; the choice and the CPU are printed and kept in report.json",
-                         PRECISIONS)
+    precision: str = arg("auto", "auto: bf16 autocast where the hardware computes bf16 natively (CUDA, AMX or "
+                         "AVX512-BF16 CPUs), else fp32; printed and kept in report.json", PRECISIONS)
     channels_last: bool | None = arg(None, "channels-last memory format for models and batches (default: on CUDA and "
                                      "with bf16, where it is faster)")
     compile: bool = arg(False, "train through torch.compile (pays a compile time up front; see BENCHMARKS.md)")
     tensorboard: bool = arg(False, "also write TensorBoard logs (OUT/<stage>/tb; needs the tensorboard package); "
                             "metrics.csv and curves.png are always written")
     progress: bool = arg(True, "show progress bars")
-    data_mode: str = arg("auto", "memory: decode the images once into uint8 tensors in RAM (fastest); stream: read "
-                         "and decode them in DataLoader workers each epoch (data sets larger than RAM); auto: memory "
-                         "when the decoded images (N·3·H·W bytes) fit in --memory-budget, else stream (imagefolder "
-                         "only; the choice is printed)", DATA_MODES)
+    data_mode: str = arg("auto", "memory: images decoded once into RAM (fastest); stream: decoded by DataLoader "
+                         "workers each epoch; auto: memory when they fit in --memory-budget", DATA_MODES)
     memory_budget: float | None = arg(None, "GiB the decoded images may take in memory mode (default: half the "
                                       "available memory)", limit=Limit(lambda v: v > 0, "> 0 (GiB)"))
     workers: int = arg(4, "DataLoader worker processes per training process in stream mode",
@@ -213,25 +205,58 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, None if said_elsewhere else f"error: {message} (--help lists the options)\n")
 
 
-CONFIG_HELP = ("read the options from the config.json (or report.json) of an earlier run; options given on the command "
-               "line override it (--resume and --overwrite are never read from it)")
+CONFIG_HELP = ("read options from a YAML or JSON file: your own, --print-config's output, or an earlier run's "
+               "config.json / report.json; the command line overrides it")
+PRINT_CONFIG_HELP = "print the resolved configuration (YAML, readable by --config) and exit"
+EPILOG = ("Options marked 'from --recipe' take the recipe's value unless given. Why each default was chosen: "
+          "BENCHMARKS.md.")
+
+# The --help groups, in timm train.py's spirit: every option of every recipe belongs to one (a test checks it).
+GROUPS: dict[str, tuple[str, ...]] = {
+    "data": ("dataset", "data_dir", "image_size", "limit_train", "limit_test", "val_size", "cache_dir", "data_mode",
+             "memory_budget", "workers", "skip_bad_images"),
+    "model": ("arch", "model_args", "init", "student"),
+    "teacher": ("teacher", "train_teacher", "teacher_arch", "teacher_model_args", "teacher_epochs", "teacher_cache"),
+    "pruning": ("target_flops", "target_params", "ratio", "budget", "importance", "global_pruning", "round_to",
+                "calibration_images", "calibration_batches", "recalibrate_bn", "progressive_steps", "step_ratio",
+                "max_drop", "max_steps", "methods", "num_steps", "tolerance"),
+    "distillation": ("kd_loss", "loss_args", "temperature", "alpha", "distill", "hint_layer", "hint_student_layer",
+                     "hint_teacher_layer", "hint_weight"),
+    "optimisation": ("recipe", "epochs", "batch_size", "lr", "finetune_lr", "optimizer", "schedule", "momentum",
+                     "warmup", "weight_decay", "decay_norm_and_bias", "bn_bias_lr_scale", "bn_weight_lr_scale",
+                     "label_smoothing", "ema", "seed", "seeds"),
+    "augmentation": ("pad", "pad_mode", "flip", "tta"),
+    "precision and speed": ("device", "precision", "channels_last", "compile", "dynamo", "sync_bn", "threads"),
+    "output": ("out", "resume", "overwrite", "progress", "tensorboard", "latency", "latency_batch_sizes", "batch_sizes",
+               "repeats", "min_seconds", "export", "opset"),
+}
+GROUP_OF = {name: group for group, names in GROUPS.items() for name in names}
+OTHER_GROUP = "other"  # where a field missing from GROUPS lands (tests/test_cli.py refuses any)
+JSON_FIELDS = frozenset({"model_args", "teacher_model_args", "loss_args"})  # JSON strings; a mapping in a config file
 
 
 def build_parser(cls: type, description: str | None = None) -> argparse.ArgumentParser:
-    """An ``argparse`` parser with one ``--option`` per field of the dataclass ``cls``, and ``--config FILE``."""
-    parser = _Parser(description=description, formatter_class=_HelpFormatter)
+    """An ``argparse`` parser with one ``--option`` per field of the dataclass ``cls``, in the :data:`GROUPS` of
+    ``--help``, and ``--config FILE`` / ``--print-config``."""
+    parser = _Parser(description=description, formatter_class=_HelpFormatter, epilog=EPILOG,
+                     usage="%(prog)s [options]   (-h lists them by group)")
+    groups = {name: parser.add_argument_group(f"{name} options") for name in (*GROUPS, OTHER_GROUP)}
     hints = typing.get_type_hints(cls)
     for f in dataclasses.fields(cls):
         flag, help_, choices = "--" + f.name.replace("_", "-"), f.metadata.get("help", ""), f.metadata.get("choices")
-        base = _base_type(hints[f.name])
+        base, group = _base_type(hints[f.name]), groups[GROUP_OF.get(f.name, OTHER_GROUP)]
         if base is bool:
-            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=f.default, help=help_)
+            group.add_argument(flag, action=argparse.BooleanOptionalAction, default=f.default, help=help_)
         elif base in (tuple, list):
-            parser.add_argument(flag, nargs="+", type=_element_type(hints[f.name]), default=f.default,
-                                choices=choices, help=help_)
+            group.add_argument(flag, nargs="+", type=_element_type(hints[f.name]), default=f.default,
+                               choices=choices, help=help_)
         else:
-            parser.add_argument(flag, type=base, default=f.default, choices=choices, help=help_)
-    parser.add_argument("--config", metavar="FILE", default=None, help=CONFIG_HELP)
+            group.add_argument(flag, type=base, default=f.default, choices=choices, help=help_)
+    groups["output"].add_argument("-c", "--config", metavar="FILE", default=None, help=CONFIG_HELP)
+    groups["output"].add_argument("--print-config", action="store_true", help=PRINT_CONFIG_HELP)
+    for name, group in groups.items():
+        if not group._group_actions:  # noqa: SLF001 (argparse offers no public way to drop an empty group)
+            parser._action_groups.remove(group)  # noqa: SLF001
     return parser
 
 
@@ -243,15 +268,33 @@ def parse_config(cls: type[C], argv: list[str] | None = None, description: str |
         ValueError: an unreadable config file, or one whose options do not fit ``cls``.
     """
     first = _Parser(add_help=False)
-    first.add_argument("--config", default=None)
+    first.add_argument("-c", "--config", default=None)
     known, _ = first.parse_known_args(argv)
     parser = build_parser(cls, description)
     if known.config is not None:
         parser.set_defaults(**read_config(cls, known.config))
     ns = parser.parse_args(argv)
-    values = {k: tuple(v) if isinstance(v, list) else v for k, v in vars(ns).items() if k != "config"}
+    values = {k: tuple(v) if isinstance(v, list) else v for k, v in vars(ns).items()
+              if k not in ("config", "print_config")}
     cfg = cls(**values)
-    return apply_recipe(cfg) if hasattr(cfg, "recipe") else cfg
+    cfg = apply_recipe(cfg) if hasattr(cfg, "recipe") else cfg
+    if ns.print_config:
+        print_config(cfg)
+        parser.exit(0)
+    return cfg
+
+
+def print_config(cfg: Any) -> None:
+    """Prints every option of ``cfg`` as YAML, ``--config`` readable; the ``*_args`` JSON options as mappings."""
+    import yaml
+
+    values = json_ready(dataclasses.asdict(cfg))
+    for name in JSON_FIELDS & set(values):
+        try:
+            values[name] = json.loads(values[name])
+        except (TypeError, ValueError):
+            pass  # left as the string it is; the run's own checks name it
+    print(yaml.safe_dump(values, sort_keys=False, allow_unicode=True), end="", flush=True)
 
 
 # Options of an earlier run that a re-run does not take from its config file: they say what to do with that run's
@@ -260,21 +303,20 @@ CONFIG_IGNORED = frozenset({"resume", "overwrite"})
 
 
 def read_config(cls: type, path: str | Path) -> dict[str, Any]:
-    """The options of ``cls`` that the JSON file ``path`` holds: a ``config.json`` written by an earlier run, or the
-    ``"config"`` object of its ``report.json``; each value checked against the field's type and choices, lists made
-    tuples, except :data:`CONFIG_IGNORED`.
+    """The options of ``cls`` that the YAML or JSON file ``path`` holds: one written by hand or by
+    ``--print-config``, a ``config.json`` written by an earlier run, or the ``"config"`` object of its
+    ``report.json``; each value checked against the field's type and choices, lists made tuples, a mapping given
+    for a JSON option (``model_args``) made its JSON string, except :data:`CONFIG_IGNORED`. Keys may be spelt with
+    dashes, as on the command line.
 
     Raises:
-        ValueError: naming the file and what is wrong with it (missing, not JSON, an option ``cls`` lacks, a value
-            of the wrong type or not among the choices).
+        ValueError: naming the file and what is wrong with it (missing, not YAML/JSON, an option ``cls`` lacks, a
+            value of the wrong type or not among the choices).
     """
     where = f"--config {str(path)!r}"
-    try:
-        body = json.loads(Path(path).read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise ValueError(f"{where} does not exist; pass the config.json an earlier run wrote in its --out") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise ValueError(f"{where} is not valid JSON ({getattr(err, 'msg', err)})") from None
+    body = _parsed_file(Path(path), where)
+    if isinstance(body, dict):
+        body = {str(k).replace("-", "_"): v for k, v in body.items()}
     if isinstance(body, dict) and isinstance(body.get("config"), dict):
         body = body["config"]  # a report.json
     if not isinstance(body, dict):
@@ -287,9 +329,37 @@ def read_config(cls: type, path: str | Path) -> dict[str, Any]:
                          "recipe's config?")
     values = {}
     for name, value in body.items():
+        if name in JSON_FIELDS and isinstance(value, dict):
+            value = json.dumps(value)
         if name not in CONFIG_IGNORED:
             values[name] = _config_value(name, value, hints[name], fields[name].metadata.get("choices"), where)
     return values
+
+
+def _parsed_file(path: Path, where: str) -> Any:
+    """The contents of a config file: JSON for ``.json``, YAML (a superset of JSON) for anything else."""
+    import yaml
+
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ValueError(f"{where} does not exist; pass a YAML or JSON file of options (--print-config writes one), "
+                         "or the config.json an earlier run wrote in its --out") from None
+    except IsADirectoryError:
+        raise ValueError(f"{where} is a folder; pass a YAML or JSON file of options") from None
+    except UnicodeDecodeError:
+        raise ValueError(f"{where} is not a text file of options") from None
+    if path.suffix.lower() == ".json":
+        try:
+            return json.loads(text)
+        except json.JSONDecodeError as err:
+            raise ValueError(f"{where} is not valid JSON ({err.msg})") from None
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        at = f" at line {mark.line + 1}" if mark is not None else ""
+        raise ValueError(f"{where} is not valid YAML{at} ({getattr(err, 'problem', None) or 'unreadable'})") from None
 
 
 def _config_value(name: str, value: Any, hint: Any, choices: tuple | None, where: str) -> Any:
@@ -387,9 +457,9 @@ def _shown(value: Any) -> str:
 
 
 def kd_loss_arg(default: str | None, why: str = "") -> Any:
-    """The ``--kd-loss`` field of a distillation recipe, defaulting to ``default`` (``why`` says why it was chosen);
-    its choices and their descriptions are read from the loss registry."""
-    return arg(default, f"distillation loss (kd.losses.LOSSES): {loss_descriptions()}{why}", tuple(LOSSES))
+    """The ``--kd-loss`` field of a distillation recipe, defaulting to ``default`` (``why`` says how it is chosen);
+    its choices are read from the loss registry (README's table describes each)."""
+    return arg(default, f"distillation loss (kd.losses.LOSSES; README's table){why}", tuple(LOSSES))
 
 
 def loss_descriptions() -> str:
@@ -407,9 +477,8 @@ def _summary(cls: type) -> str:
 class KDConfig(RunConfig):
     """Shared words of the distillation recipes: where the teacher comes from and the loss."""
 
-    teacher: str | None = arg(None, "teacher model file (written by train_teacher.py); without it, --dataset cifar10 "
-                              "starts from the committed teacher (benchmarks/weights/), any other data set trains a "
-                              "teacher first on the same data")
+    teacher: str | None = arg(None, "teacher model file (train_teacher.py's); default: the committed teacher for "
+                              "CIFAR-10, else one trained here first")
     train_teacher: bool = arg(False, "train the teacher here even where a committed one exists (--dataset cifar10)")
     teacher_arch: str = arg("wide_cnn", "architecture of the teacher trained when --teacher is not given")
     teacher_model_args: str = arg("{}", "JSON of the teacher's architecture arguments")

@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from kd import distributed
-from kd.callbacks import Callback, EpochPrinter
+from kd.callbacks import Callback, EpochPrinter, EstimatePrinter
 from kd.data import BatchIterator, DataSplits, make_loaders
 from kd.losses import CrossEntropy, DistillLoss, create_loss, loss_arguments
 from kd.metrics import MetricsLogger, TensorBoardLogger
@@ -94,7 +94,16 @@ def fit_stage(model: nn.Module, cfg: RunConfig, train_batches: Batches, eval_bat
                      warmup=cfg.warmup, ema=cfg.ema or None, tta=tta, device=resolve_device(cfg.device),
                      out_dir=out_dir, precision=cfg.precision, channels_last=cfg.channels_last, compile=cfg.compile,
                      progress=cfg.progress,
-                     callbacks=stage_callbacks(cfg, Path(out_dir), eval_split), sync_bn=cfg.sync_bn)
+                     callbacks=stage_callbacks(cfg, Path(out_dir), eval_split, _steps(train_batches)),
+                     sync_bn=cfg.sync_bn)
+
+
+def _steps(batches: Batches) -> int | None:
+    """Batches per epoch, when the iterable knows it."""
+    try:
+        return len(batches)  # type: ignore[arg-type]
+    except TypeError:
+        return None
 
 
 def _cached(cfg: RunConfig, teacher: nn.Module, train_batches: BatchIterator, views: int,
@@ -132,13 +141,17 @@ def score(model: nn.Module, batches: Batches, cfg: RunConfig) -> float:
                     channels_last=hw.channels_last).accuracy
 
 
-def stage_callbacks(cfg: RunConfig, out_dir: Path, eval_split: str = "test") -> list[Callback]:
-    """What every training stage reports: a line per epoch (naming ``eval_split``, the split scored after each
-    epoch), ``metrics.csv`` + ``curves.png`` in ``out_dir``, and TensorBoard logs with ``--tensorboard``. None on the
-    ranks other than 0 under torchrun."""
+def stage_callbacks(cfg: RunConfig, out_dir: Path, eval_split: str = "test",
+                    steps_per_epoch: int | None = None) -> list[Callback]:
+    """What every training stage reports: a line estimating its time when it is long (from its first steps, given
+    ``steps_per_epoch``), a line per epoch (naming ``eval_split``, the split scored after each epoch),
+    ``metrics.csv`` + ``curves.png`` in ``out_dir``, and TensorBoard logs with ``--tensorboard``. None on the ranks
+    other than 0 under torchrun."""
     if not distributed.is_main():
         return []
     callbacks: list[Callback] = [EpochPrinter(eval_split), MetricsLogger(out_dir)]
+    if steps_per_epoch:
+        callbacks.insert(0, EstimatePrinter(steps_per_epoch))
     if cfg.tensorboard:
         callbacks.append(TensorBoardLogger(out_dir / "tb"))
     return callbacks
