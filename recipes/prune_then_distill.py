@@ -23,6 +23,7 @@ from __future__ import annotations
 import recipes.plumbing.signals  # noqa: F401,I001 (first: Ctrl-C while torch loads is one line)
 import dataclasses
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 from torch import nn
@@ -46,6 +47,7 @@ LAB_TARGET_FLOPS = 31_269_888  # the lab's student budget (thop MACs of one 32×
 
 @dataclass
 class PruneThenDistillConfig(KDConfig):
+    EPOCHS_KEY: ClassVar[str] = "finetune_epochs"  # --epochs is the student's fine-tuning: the recipe's own length
     target_flops: int | None = arg(None, f"prune the student to at most this many flops (thop MACs of one input); "
                                    f"{LAB_TARGET_FLOPS} when no target is given", limit=COUNT)
     target_params: int | None = arg(None, "prune the student to at most this many parameters instead", limit=COUNT)

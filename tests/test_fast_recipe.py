@@ -231,7 +231,7 @@ def test_recipe_fills_unset_options_and_scales_the_rate():
     assert fast.schedule == "triangular" and fast.flip == "alternating" and fast.label_smoothing == 0.2
     given = parse_config(RunConfig, ["--recipe", "fast", "--lr", "0.4", "--ema", "0"])
     assert given.lr == 0.4 and given.ema == 0 and given.batch_size == 1024
-    classic = parse_config(RunConfig, [])
+    classic = parse_config(RunConfig, ["--recipe", "classic"])
     assert (classic.lr, classic.batch_size, classic.epochs, classic.schedule) == (0.05, 128, 30, "cosine")
     assert not math.isnan(classic.weight_decay)
 
@@ -291,7 +291,8 @@ def test_options_that_need_images_in_memory_are_refused_before_any_work():
                         (["--recipe", "fast", "--teacher-cache", "2"], "cannot serve --flip alternating"),
                         (["--flip", "random", "--pad-mode", "reflect", "--data-mode", "stream"],
                          "--pad-mode reflect needs"),
-                        (["--pad-mode", "reflect", "--teacher-cache", "2"], "cannot serve --pad-mode reflect")):
+                        (["--recipe", "classic", "--pad-mode", "reflect", "--teacher-cache", "2"],
+                         "cannot serve --pad-mode reflect")):
         with pytest.raises(ValueError, match=match):
             check_options(parse_config(KDConfig, argv))
     check_options(parse_config(KDConfig, ["--recipe", "fast", "--teacher-cache", "2", "--flip", "random"]))
@@ -300,7 +301,7 @@ def test_options_that_need_images_in_memory_are_refused_before_any_work():
 def test_prune_then_distill_takes_its_loss_from_the_recipe_unless_given():
     from recipes.prune_then_distill import PruneThenDistillConfig
 
-    assert parse_config(PruneThenDistillConfig, []).kd_loss == "kd-ls"
+    assert parse_config(PruneThenDistillConfig, ["--recipe", "classic"]).kd_loss == "kd-ls"
     assert parse_config(PruneThenDistillConfig, ["--recipe", "fast"]).kd_loss == "kd"
     assert parse_config(PruneThenDistillConfig, ["--recipe", "fast", "--kd-loss", "dkd"]).kd_loss == "dkd"
     assert parse_config(KDConfig, ["--recipe", "classic"]).kd_loss == "kd"  # distill_only keeps its own default
@@ -314,10 +315,21 @@ def test_momentum_zero_is_plain_sgd():
 def test_resuming_a_run_from_before_the_recipes_sees_no_spurious_differences():
     from recipes.plumbing.config import config_differences
 
-    earlier = json.loads(json.dumps(parse_config(RunConfig, []).__dict__))
+    earlier = json.loads(json.dumps(parse_config(RunConfig, ["--recipe", "classic"]).__dict__))
     for name in ("recipe", "momentum", "warmup", "ema", "tta", "pad", "flip", "init", "label_smoothing"):
-        del earlier[name]  # a config.json written before these options existed
-    assert config_differences(earlier, parse_config(RunConfig, [])) == []
+        del earlier[name]  # a config.json written before these options existed (they were classic's)
+    assert config_differences(earlier, parse_config(RunConfig, ["--recipe", "classic"])) == []
+
+
+def test_auto_is_fast_on_the_full_cifar_sets_and_classic_elsewhere():
+    from recipes.prune_then_distill import PruneThenDistillConfig
+
+    lab = parse_config(PruneThenDistillConfig, [])  # the no-argument job
+    assert (lab.dataset, lab.recipe, lab.epochs, lab.kd_loss, lab.batch_size) == ("cifar10-jpeg", "fast", 8, "kd", 1024)
+    assert parse_config(RunConfig, []).epochs == 10  # a teacher trains the recipe's 10 epochs
+    assert parse_config(RunConfig, ["--dataset", "imagefolder"]).recipe == "classic"
+    assert parse_config(RunConfig, ["--limit-train", "5000"]).recipe == "classic"
+    assert parse_config(PruneThenDistillConfig, ["--recipe", "classic"]).epochs == 30
 
 
 def _kd_gain_module():

@@ -64,18 +64,23 @@ INITS = ("default", "whiten-dirac")
 # loss at batch 1024, and its decoupled decay 0.0153 per 1024 is weight_decay = 0.0153 / 11.5 = 1.33e-3 at that rate.
 # BENCHMARKS.md ("How fast does a teacher reach 93 %?") measures both on CIFAR-10.
 RECIPES: dict[str, dict[str, Any]] = {
-    "classic": {"epochs": 30, "teacher_epochs": 30, "batch_size": 128, "lr": 0.05, "finetune_lr": 0.01,
+    "classic": {"epochs": 30, "finetune_epochs": 30, "teacher_epochs": 30, "batch_size": 128, "lr": 0.05, "finetune_lr": 0.01,
                 "weight_decay": 5e-4, "schedule": "cosine", "momentum": 0.9, "warmup": 0.23,
                 "decay_norm_and_bias": True, "bn_bias_lr_scale": 1.0, "bn_weight_lr_scale": 1.0,
                 "label_smoothing": 0.0, "ema": 0.0, "tta": "none", "pad": 4, "pad_mode": "zeros", "flip": "random",
                 "init": "default", "kd_loss": "kd-ls"},
-    "fast": {"epochs": 10, "teacher_epochs": 10, "batch_size": 1024, "lr_batch": 1024, "lr": 1.5,
+    "fast": {"epochs": 10, "finetune_epochs": 8, "teacher_epochs": 10, "batch_size": 1024, "lr_batch": 1024, "lr": 1.5,
              "finetune_lr": 0.3, "weight_decay": 0.0153 / 11.5, "schedule": "triangular", "momentum": 0.85,
              "warmup": 0.23, "decay_norm_and_bias": False, "bn_bias_lr_scale": 64.0, "bn_weight_lr_scale": 0.0,
              "label_smoothing": 0.2, "ema": 0.99, "tta": "flip-translate", "pad": 2, "pad_mode": "zeros",
              "flip": "alternating", "init": "whiten-dirac", "kd_loss": "kd"},
 }
-# "kd_loss" is prune_then_distill's fine-tuning loss (its field defaults to None; distill_only's to kd)
+# "kd_loss" is prune_then_distill's fine-tuning loss (its field defaults to None; distill_only's to kd), and
+# "finetune_epochs" its --epochs (a config whose EPOCHS_KEY names it): fast's 8 epochs of KD recover the seed's budget
+# to 87.4 % (BENCHMARKS.md's Δ table) within the 15 minutes the no-argument run is allowed on a 2-core CPU.
+RECIPE_CHOICES = ("auto", *RECIPES)
+FAST_MIN_IMAGES = 20_000  # auto: below this many training images, batches of 1024 leave too few steps per epoch
+FULL_SIZE_SETS = frozenset({"cifar10-jpeg", "cifar10", "cifar100"})  # 50,000 training images each
 _BATCH_SCALED = frozenset({"lr", "finetune_lr"})  # rates a recipe with "lr_batch" gives per lr_batch images
 
 
@@ -98,8 +103,8 @@ class RunConfig:
     limit_test: int | None = arg(None, "use a class-balanced subset of this many test images", limit=COUNT)
     cache_dir: str | None = arg(None, "where decoded images are cached (default $PTD_CACHE_DIR or "
                                 "~/.cache/prune-then-distill)")
-    recipe: str = arg("classic", "the defaults of the options marked 'from --recipe': classic (SGD, batch 128, "
-                      "cosine) or fast (airbench94's pieces, batch 1024); README lists both", tuple(RECIPES))
+    recipe: str = arg("auto", "sets the options marked 'from --recipe': classic (SGD, batch 128, cosine), fast "
+                      "(airbench94's, batch 1024); auto: fast on the CIFAR sets, else classic", RECIPE_CHOICES)
     epochs: int | None = arg(None, "training epochs (default: from --recipe)", limit=COUNT)
     batch_size: int | None = arg(None, "images per batch (default: from --recipe)", limit=COUNT)
     lr: float | None = arg(None, "peak learning rate (default: from --recipe; fast: 1.5 x batch / 1024)",
@@ -157,10 +162,25 @@ class RunConfig:
                         "only) instead of each process's slice")
 
 
+def resolve_recipe(cfg: Any) -> str:
+    """``cfg.recipe``, with ``auto`` resolved: fast for the 50,000-image CIFAR sets (unless ``--limit-train`` keeps
+    fewer than :data:`FAST_MIN_IMAGES`), classic elsewhere, where a batch of 1024 leaves a small data set one or two
+    steps per epoch (BENCHMARKS.md: a 2-epoch recovery was 4.8 points better with classic's many small steps)."""
+    if cfg.recipe != "auto":
+        return cfg.recipe
+    limit = getattr(cfg, "limit_train", None)
+    big = getattr(cfg, "dataset", None) in FULL_SIZE_SETS and (limit is None or limit >= FAST_MIN_IMAGES)
+    return "fast" if big else "classic"
+
+
 def apply_recipe(cfg: Any) -> Any:
-    """Fills every option of ``cfg`` left at None that ``RECIPES[cfg.recipe]`` sets. A learning rate given per
-    ``lr_batch`` images (the fast recipe's) is scaled linearly to ``--batch-size`` unless the rate was given."""
-    preset = RECIPES[cfg.recipe]
+    """Resolves ``--recipe auto`` (:func:`resolve_recipe`) and fills every option of ``cfg`` left at None that
+    ``RECIPES[cfg.recipe]`` sets (``--epochs`` from the key ``cfg.EPOCHS_KEY`` names, when the config has one). A
+    learning rate given per ``lr_batch`` images (the fast recipe's) is scaled linearly to ``--batch-size`` unless
+    the rate was given."""
+    cfg.recipe = resolve_recipe(cfg)
+    preset = dict(RECIPES[cfg.recipe])
+    preset["epochs"] = preset[getattr(cfg, "EPOCHS_KEY", "epochs")]
     names = {f.name for f in dataclasses.fields(cfg)}
     if "batch_size" in names and cfg.batch_size is None:
         cfg.batch_size = preset["batch_size"]
@@ -438,6 +458,7 @@ def config_differences(earlier: dict[str, Any], cfg: Any) -> list[str]:
     now = json_ready(dataclasses.asdict(cfg))
     preset = RECIPES.get(earlier.get("recipe", "classic"), {})
     defaults = {f.name: preset.get(f.name, f.default) for f in dataclasses.fields(cfg)}
+    defaults["recipe"] = "classic"  # a config.json without the option is from before --recipe: classic's values
     diffs = []
     for name, value in now.items():
         if name in RESUME_IGNORED:
