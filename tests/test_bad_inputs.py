@@ -501,15 +501,15 @@ def test_check_values_and_device():
 
 
 def test_config_differences_name_options_and_skip_harmless_ones():
-    earlier = json.loads(json.dumps(apply_recipe(RunConfig()).__dict__))
-    now = apply_recipe(RunConfig(epochs=5, resume=True, progress=False, overwrite=True, device="cpu", cache_dir="/x",
-                                 optimizer="adamw"))
-    assert config_differences(earlier, now) == ["--epochs 10 → 5", "--optimizer sgd → adamw"]  # auto: fast
+    earlier = json.loads(json.dumps(apply_recipe(RunConfig(recipe="classic")).__dict__))
+    now = apply_recipe(RunConfig(recipe="classic", epochs=5, resume=True, progress=False, overwrite=True, device="cpu",
+                                 cache_dir="/x", optimizer="adamw"))
+    assert config_differences(earlier, now) == ["--epochs 30 → 5", "--optimizer sgd → adamw"]
     del earlier["precision"]  # an option the earlier run did not know had its default
-    assert config_differences(earlier, apply_recipe(RunConfig())) == []
-    assert config_differences(earlier, apply_recipe(RunConfig(recipe="fast", limit_train=10))) == [
-        "--limit-train (not set) → 10"]
+    assert config_differences(earlier, apply_recipe(RunConfig(recipe="classic"))) == []
+    assert config_differences(earlier, apply_recipe(RunConfig(limit_train=10))) == ["--limit-train (not set) → 10"]
     assert "--momentum 0.9 → 0.85" in config_differences(earlier, apply_recipe(RunConfig(recipe="fast")))
+    assert "--recipe classic → fast" in config_differences(earlier, apply_recipe(RunConfig()))  # auto: fast here
 
 
 def test_build_model_lists_accepted_arguments():
