@@ -13,6 +13,6 @@ from kd.trainer import EpochRecord, EvalResult, FitResult, Trainer, evaluate, fi
 __all__ = [
     "LOSSES", "Callback", "DistillLoss", "DistillationLoss", "EarlyStopping", "EpochPrinter", "EpochRecord",
     "EvalResult", "FeatureHook", "FitResult", "HintLoss", "MetricsLogger", "TensorBoardLogger", "TrainState",
-    "TeacherEnsemble", "Trainer", "create_loss", "ensemble_members", "epoch_scalars", "evaluate", "fine_tuner", "fit_model", "make_optimizer",
-    "make_scheduler", "register_loss", "soft_target_kl", "total_loss",
+    "TeacherEnsemble", "Trainer", "create_loss", "ensemble_members", "epoch_scalars", "evaluate", "fine_tuner",
+    "fit_model", "make_optimizer", "make_scheduler", "register_loss", "soft_target_kl", "total_loss",
 ]

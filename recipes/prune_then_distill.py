@@ -6,7 +6,8 @@
         --teacher runs/teacher/teacher.pt --target-flops 76000000 --epochs 30
 
 Teacher (--teacher FILE; with --dataset cifar10 the committed one, sha256 checked; else, or with --train-teacher,
-trained first for --teacher-epochs at --lr) → deep copy → pruned to --target-flops, --target-params or --ratio by
+trained first for --teacher-epochs at --lr; several files teach the mean of their logits and the first is pruned;
+--teacher-tta averages each view with its mirror image) → deep copy → pruned to --target-flops, --target-params or --ratio by
 --importance (group L1 by default; the classifier keeps its outputs) → BatchNorm statistics re-estimated on
 --calibration-images → fine-tuned from the pruned weights at --finetune-lr (from --recipe: classic 0.01, fast 0.3 per
 1024 images) with --kd-loss from --recipe. fast: kd, (1 − α) · CE_ls(s, y) + α · T² · KL(softmax(t/T) ‖
@@ -30,6 +31,7 @@ from torch import nn
 import pruning
 from kd import HintLoss
 from kd.data import BatchIterator, DataSplits, subset
+from kd.ensemble import ensemble_members
 from pruning.importance import calibrated_names, needs_calibration
 from recipes.plumbing import lock
 from recipes.plumbing.config import (
@@ -96,7 +98,7 @@ def main(argv: list[str] | None = None) -> PruneThenDistillResult:
     train_batches, test_batches = loaders(cfg, data)  # after obtain_teacher: a loaded teacher's normalisation
 
     teacher.to(device)
-    pruned = pruning.prune(teacher, torch.zeros(data.input_size, device=device), target_flops=cfg.target_flops,
+    pruned = pruning.prune(ensemble_members(teacher)[0], torch.zeros(data.input_size, device=device), target_flops=cfg.target_flops,
                            target_params=cfg.target_params, ratio=cfg.ratio, importance=cfg.importance,
                            global_pruning=cfg.global_pruning, round_to=cfg.round_to,
                            calibration=_calibration(cfg, data), calibration_batches=_batches(cfg.calibration_images,
@@ -121,7 +123,7 @@ def main(argv: list[str] | None = None) -> PruneThenDistillResult:
         "accuracy": student_report.accuracy, **data.meta(), "importance": pruned.importance,
         "pruning_ratio": pruned.ratio})
 
-    reports = [run.teacher_report, pruned_report, student_report]
+    reports = [*run.member_reports, run.teacher_report, pruned_report, student_report]
     finish_run(cfg, out, reports, teacher=teacher, student=student, input_size=data.input_size,
                extra={"pruning": _pruning_summary(pruned), "history": result.to_dict()["history"]})
     print(f"\nstudent saved to {out / 'student.pt'} (load it with pruning.load)")

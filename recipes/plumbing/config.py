@@ -213,6 +213,17 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, None if said_elsewhere else f"error: {message} (--help lists the options)\n")
 
 
+class _Repeatable(argparse.Action):
+    """A list option's words: ``--teacher A --teacher B`` is ``--teacher A B``. The first occurrence replaces the
+    default (a ``--config`` file's value included), so the command line overrides the file instead of adding to it."""
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, values: Any,
+                 option_string: str | None = None) -> None:
+        earlier = getattr(namespace, self.dest, None)
+        words = [] if earlier is self.default or earlier is None else list(earlier)
+        setattr(namespace, self.dest, words + list(values))
+
+
 CONFIG_HELP = ("read the options from the config.json (or report.json) of an earlier run; options given on the command "
                "line override it (--resume and --overwrite are never read from it)")
 
@@ -228,7 +239,7 @@ def build_parser(cls: type, description: str | None = None) -> argparse.Argument
             parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=f.default, help=help_)
         elif base in (tuple, list):
             parser.add_argument(flag, nargs="+", type=_element_type(hints[f.name]), default=f.default,
-                                choices=choices, help=help_)
+                                choices=choices, help=help_, action=_Repeatable)
         else:
             parser.add_argument(flag, type=base, default=f.default, choices=choices, help=help_)
     parser.add_argument("--config", metavar="FILE", default=None, help=CONFIG_HELP)
@@ -298,6 +309,8 @@ def _config_value(name: str, value: Any, hint: Any, choices: tuple | None, where
         return None
     base, flag = _base_type(hint), "--" + name.replace("_", "-")
     if base in (tuple, list):
+        if isinstance(value, str) and _element_type(hint) is str:
+            value = [value]  # a run from before the option took several words (--teacher FILE)
         if not isinstance(value, list):
             raise ValueError(f"{where}: {flag} must be a list, got {value!r}")
         items = [_config_value(name, v, _element_type(hint), choices, where) for v in value]
@@ -373,6 +386,8 @@ def config_differences(earlier: dict[str, Any], cfg: Any) -> list[str]:
         if name in RESUME_IGNORED:
             continue
         before = earlier[name] if name in earlier else json_ready(defaults[name])
+        if isinstance(value, list) and isinstance(before, str):
+            before = [before]  # recorded before the option took several words (--teacher FILE)
         if before != value:
             diffs.append(f"--{name.replace('_', '-')} {_shown(before)} → {_shown(value)}")
     return diffs
@@ -407,9 +422,10 @@ def _summary(cls: type) -> str:
 class KDConfig(RunConfig):
     """Shared words of the distillation recipes: where the teacher comes from and the loss."""
 
-    teacher: str | None = arg(None, "teacher model file (written by train_teacher.py); without it, --dataset cifar10 "
-                              "starts from the committed teacher (benchmarks/weights/), any other data set trains a "
-                              "teacher first on the same data")
+    teacher: tuple[str, ...] | None = arg(None, "teacher model file(s) (written by train_teacher.py); several "
+                                          "teach by the mean of their logits (kd.ensemble), the first is pruned; "
+                                          "without it, --dataset cifar10 starts from the committed teacher "
+                                          "(benchmarks/weights/), any other data set trains a teacher first")
     train_teacher: bool = arg(False, "train the teacher here even where a committed one exists (--dataset cifar10)")
     teacher_arch: str = arg("wide_cnn", "architecture of the teacher trained when --teacher is not given")
     teacher_model_args: str = arg("{}", "JSON of the teacher's architecture arguments")
@@ -426,6 +442,8 @@ class KDConfig(RunConfig):
     latency_batch_sizes: tuple[int, ...] = arg((1, 64), "batch sizes of the latency measurement", limit=COUNT)
     export: str | None = arg(None, "onnx: also write OUT/student.onnx (dynamic batch), checked against PyTorch with "
                              "onnxruntime and timed beside it", ("onnx",))
+    teacher_tta: bool = arg(False, "the teacher scores the student's view and its mirror image and teaches the "
+                            "mean of the two logit vectors (kd.ensemble)")
     teacher_cache: int = arg(0, "K > 0: run the teacher once over K augmented views of every training image, keep "
                              "the logits on disk (--cache-dir) and train from them, never running the teacher again",
                              limit=NON_NEGATIVE_COUNT)
