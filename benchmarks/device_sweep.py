@@ -64,8 +64,8 @@ def grid(args: argparse.Namespace) -> list[Job]:
         jobs.append(Job(f"cell-{flops}-{epochs}-{loss}-{lr:g}-{seed}" + ("" if init == "pruned" else f"-{init}"), [
             py, "benchmarks/kd_gain.py", "--teacher", teacher_file, "--data-dir", args.data_dir,
             "--flops", str(flops), "--epochs", str(1 if args.smoke else epochs), "--losses", loss,
-            "--lrs", str(lr), "--seeds", str(seed), "--init", init, "--tag", args.cell_tag or f"{tag}-t40", "--out", str(runs / "kd"),
-            "--", *device, *small[:4]], after=after))
+            "--lrs", str(lr), "--seeds", str(seed), "--init", init, "--tag", args.cell_tag or f"{tag}-t40",
+            "--out", str(runs / "kd"), "--", *device, *small[:4]], after=after))
     if args.smoke:  # one teacher of each network (unless given) and the first two cells
         return jobs[-len(cells):][:2] if args.teacher else [jobs[0], jobs[len(teachers) - 1], *jobs[len(teachers):][:2]]
     return jobs

@@ -62,7 +62,7 @@ def test_prune_then_distill_trains_the_pruned_architecture_from_scratch(tmp_path
     save_model(teacher, tmp_path / "teacher.pt")
     argv = ["--dataset", "synthetic", "--limit-train", "64", "--limit-test", "32", "--image-size", "16", "--epochs",
             "1", "--batch-size", "32", "--no-progress", "--no-latency", "--teacher", str(tmp_path / "teacher.pt"),
-            "--ratio", "0.5", "--student-init", "scratch", "--out", str(tmp_path / "run")]
+            "--ratio", "0.5", "--student-init", "scratch", "--precision", "fp32", "--out", str(tmp_path / "run")]
     result = prune_then_distill.main(argv)
     assert [r.name for r in result.reports] == ["teacher", "student_scratch", "student"]
     expected = pruning.prune(teacher, torch.zeros(1, 3, 16, 16), ratio=0.5).after.flops

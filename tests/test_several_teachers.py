@@ -13,6 +13,7 @@ from kd.data import load_dataset, make_loaders
 from models import create_model, load_model, save_model
 from recipes import distill_only, progressive_prune, prune_then_distill
 from recipes.plumbing.config import KDConfig, config_differences, parse_config, read_config
+from recipes.plumbing import inputs
 from recipes.plumbing.errors import run_main
 
 SYNTHETIC = ["--dataset", "synthetic", "--limit-train", "64", "--limit-test", "32", "--image-size", "16",
@@ -95,3 +96,20 @@ def test_what_an_ensemble_cannot_do_is_refused_in_one_line_writing_nothing(recip
     argv = [*SYNTHETIC, "--teacher", _teacher_file(tmp_path, 1), *[files.get(w, w) for w in extra], "--out", str(out)]
     assert expected in _fail(recipe, argv, capsys)
     assert not out.exists()
+
+
+def test_resume_names_the_replaced_one_of_several_teachers(tmp_path, tiny):
+    a, b = _teacher_file(tmp_path, 1), _teacher_file(tmp_path, 2)
+    cfg = parse_config(KDConfig, ["--teacher", a, b, "--out", str(tmp_path)])
+    inputs.save(cfg, tiny, tmp_path)
+    inputs.check_unchanged(cfg, tiny, tmp_path)  # nothing changed: no error
+    Path(b).rename(tmp_path / "old.pt")
+    Path(_teacher_file(tmp_path, 5)).rename(b)  # the second file replaced by other weights
+    with pytest.raises(ValueError, match=f"the teacher file '{b}' changed"):
+        inputs.check_unchanged(cfg, tiny, tmp_path)
+    # an inputs.json from before several teachers holds one object: it is the first teacher's record
+    body = json.loads((tmp_path / "inputs.json").read_text())
+    body["teacher"] = {"path": a, "sha256": "0" * 64}
+    (tmp_path / "inputs.json").write_text(json.dumps(body))
+    with pytest.raises(ValueError, match=f"the teacher file '{a}' changed"):
+        inputs.check_unchanged(cfg, tiny, tmp_path)
