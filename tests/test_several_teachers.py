@@ -113,3 +113,18 @@ def test_resume_names_the_replaced_one_of_several_teachers(tmp_path, tiny):
     (tmp_path / "inputs.json").write_text(json.dumps(body))
     with pytest.raises(ValueError, match=f"the teacher file '{a}' changed"):
         inputs.check_unchanged(cfg, tiny, tmp_path)
+
+
+@pytest.mark.slow
+def test_a_teacher_trained_here_teaches_mirrored_with_teacher_tta(tmp_path):
+    out = tmp_path / "run"
+    distill_only.main([*SYNTHETIC, *STUDENT, "--teacher-tta", "--teacher-model-args", '{"widths": [8, 8, 8, 8], '
+                       '"hidden": 16}', "--teacher-epochs", "1", "--out", str(out)])
+    models = json.loads((out / "report.json").read_text())["models"]
+    assert list(models) == ["teacher_1", "teacher", "student"]
+    assert models["teacher"]["flops"] == 2 * models["teacher_1"]["flops"]  # each image and its mirror
+    trained = load_model(out / "teacher.pt")
+    data = load_dataset("synthetic", image_size=16, limit_train=64, limit_test=32, seed=0)
+    _, test = make_loaders(data, 32)
+    assert models["teacher"]["accuracy"] == pytest.approx(evaluate(TeacherEnsemble([trained], mirror=True),
+                                                                   test).accuracy)

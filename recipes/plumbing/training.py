@@ -202,9 +202,8 @@ def obtain_teacher(cfg: KDConfig, data: DataSplits, out: Path) -> tuple[nn.Modul
             foreign or non-finite teacher file.
     """
     if cfg.teacher is None:
-        trained, report = fit_teacher(cfg, data, cfg.teacher_arch, model_args(cfg.teacher_model_args,
-                                                                              "--teacher-model-args"),
-                                      out, epochs=cfg.teacher_epochs)
+        arch_args = model_args(cfg.teacher_model_args, "--teacher-model-args")
+        trained, report = fit_teacher(cfg, data, cfg.teacher_arch, arch_args, out, epochs=cfg.teacher_epochs)
         if not cfg.teacher_tta:
             return trained, report
         teacher = wrap_teacher([trained], mirror=True)
