@@ -422,10 +422,10 @@ def _summary(cls: type) -> str:
 class KDConfig(RunConfig):
     """Shared words of the distillation recipes: where the teacher comes from and the loss."""
 
-    teacher: tuple[str, ...] | None = arg(None, "teacher model file(s) (written by train_teacher.py); several "
-                                          "teach by the mean of their logits (kd.ensemble), the first is pruned; "
-                                          "without it, --dataset cifar10 starts from the committed teacher "
-                                          "(benchmarks/weights/), any other data set trains a teacher first")
+    teacher: tuple[str, ...] | None = arg(None, "teacher model file(s) (train_teacher.py); several teach the mean "
+                                          "of their logits, and a pruning recipe prunes the first; without it, "
+                                          "--dataset cifar10 starts from the committed teacher (benchmarks/weights/), "
+                                          "any other data set trains a teacher first")
     train_teacher: bool = arg(False, "train the teacher here even where a committed one exists (--dataset cifar10)")
     teacher_arch: str = arg("wide_cnn", "architecture of the teacher trained when --teacher is not given")
     teacher_model_args: str = arg("{}", "JSON of the teacher's architecture arguments")
