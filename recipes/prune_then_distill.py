@@ -76,8 +76,8 @@ class PruneThenDistillConfig(KDConfig):
                                     "better); fast 0.3 × batch / 1024, the best of 0.1, 0.3, 1.0 for cross-entropy in "
                                     "BENCHMARKS.md's 2-epoch cells", limit=POSITIVE)
     student_init: str = arg("pruned", "the student's starting weights: pruned (kept from the teacher) or scratch "
-                            "(the pruned architecture re-initialised, then --init: Liu et al. 2019's control)",
-                            STUDENT_INITS)
+                            "(the pruned architecture re-initialised, then --init, then trained at --finetune-lr: "
+                            "Liu et al. 2019's control)", STUDENT_INITS)
     hint_layer: str | None = arg(None, "FitNet hint on this layer of student and teacher (e.g. features.conv3), its "
                                  "regressor started from the channels pruning kept; off by default")
     hint_weight: float = arg(1.0, "weight of the FitNet hint loss", limit=NON_NEGATIVE)
@@ -121,7 +121,8 @@ def main(argv: list[str] | None = None) -> PruneThenDistillResult:
 
     seed_everything(cfg.seed)  # fine-tuning does not depend on how the teacher was obtained
     hint = _hint(cfg, student, teacher, pruned)
-    print(f"\nfine-tuning the pruned student for {cfg.epochs} epochs: "
+    print(f"\nfine-tuning the {'pruned' if cfg.student_init == 'pruned' else 're-initialised'} student for "
+          f"{cfg.epochs} epochs: "
           + (f"distilling with {loss}" if loss.needs_teacher else "cross-entropy only")
           + (f" + FitNet hint on {cfg.hint_layer}" if hint is not None else ""))
     result = fit_stage(student, cfg, train_batches, test_batches, out_dir=out / "student_train", lr=cfg.finetune_lr,
