@@ -115,7 +115,6 @@ def test_resume_names_the_replaced_one_of_several_teachers(tmp_path, tiny):
         inputs.check_unchanged(cfg, tiny, tmp_path)
 
 
-@pytest.mark.slow
 def test_a_teacher_trained_here_teaches_mirrored_with_teacher_tta(tmp_path):
     out = tmp_path / "run"
     distill_only.main([*SYNTHETIC, *STUDENT, "--teacher-tta", "--teacher-model-args", '{"widths": [8, 8, 8, 8], '
