@@ -10,6 +10,11 @@ into ``--out``. Made for a lent machine with minutes of time (see BENCHMARKS.md,
     python benchmarks/device_sweep.py --data-dir /tmp/c10 --out $OUT --deadline 420
 
 ``--smoke`` runs a tiny version of the same grid on the CPU (a few hundred images, one epoch) to test the plumbing.
+``--grid scratch`` runs the scratch arm's cells instead of the Δ table's (:func:`scratch_cells`), from the teacher
+given with ``--teacher`` (or trained first):
+
+    python benchmarks/device_sweep.py --data-dir /tmp/c10 --out $OUT --deadline 420 --grid scratch \\
+        --teacher benchmarks/weights/fast_cnn_cifar10_e40.pt
 """
 from __future__ import annotations
 
@@ -54,19 +59,41 @@ def grid(args: argparse.Namespace) -> list[Job]:
     teacher_file, after = str(teacher_dir(runs, TEACHER, tag) / "teacher.pt"), f"teacher-{TEACHER}"
     if args.teacher:  # the students' teacher is given: no teacher runs
         jobs, teacher_file, after = [], args.teacher, None
-    budgets = ((SEED_BUDGET, 8), (SEED_BUDGET, 40), (SEED_BUDGET, 2), (HALF, 2), (HALF, 8), (EIGHTH, 2), (EIGHTH, 8))
-    cells = [(f, e, loss, 0.3, seed) for f, e in budgets for seed in (0, 1, 2) for loss in ("ce", "kd")]
-    cells += [(SEED_BUDGET, e, loss, lr, 0) for e in (8, 2) for lr in (0.1, 1.0) for loss in ("ce", "kd")]  # rates
-    cells += [(SEED_BUDGET, 20, loss, 0.3, seed) for seed in (0, 1, 2) for loss in ("ce", "kd")]
-    for flops, epochs, loss, lr, seed in cells:
-        jobs.append(Job(f"cell-{flops}-{epochs}-{loss}-{lr:g}-{seed}", [
+    cells = scratch_cells() if args.grid == "scratch" else delta_cells()
+    for flops, epochs, loss, lr, seed, init in cells:
+        jobs.append(Job(f"cell-{flops}-{epochs}-{loss}-{lr:g}-{seed}" + ("" if init == "pruned" else f"-{init}"), [
             py, "benchmarks/kd_gain.py", "--teacher", teacher_file, "--data-dir", args.data_dir,
             "--flops", str(flops), "--epochs", str(1 if args.smoke else epochs), "--losses", loss,
-            "--lrs", str(lr), "--seeds", str(seed), "--tag", f"{tag}-t40", "--out", str(runs / "kd"), "--",
-            *device, *small[:4]], after=after))
+            "--lrs", str(lr), "--seeds", str(seed), "--init", init, "--tag", args.cell_tag or f"{tag}-t40",
+            "--out", str(runs / "kd"), "--", *device, *small[:4]], after=after))
     if args.smoke:  # one teacher of each network (unless given) and the first two cells
         return jobs[-len(cells):][:2] if args.teacher else [jobs[0], jobs[len(teachers) - 1], *jobs[len(teachers):][:2]]
     return jobs
+
+
+Cell = tuple[int, int, str, float, int, str]  # flops target, epochs, loss, fine-tuning rate, seed, student start
+
+
+def delta_cells() -> list[Cell]:
+    """The Δ table's cells (KD against CE from the pruned weights), in order of importance."""
+    budgets = ((SEED_BUDGET, 8), (SEED_BUDGET, 40), (SEED_BUDGET, 2), (HALF, 2), (HALF, 8), (EIGHTH, 2), (EIGHTH, 8))
+    cells = [(f, e, loss, 0.3, seed, "pruned") for f, e in budgets for seed in (0, 1, 2) for loss in ("ce", "kd")]
+    cells += [(SEED_BUDGET, e, loss, lr, 0, "pruned") for e in (8, 2) for lr in (0.1, 1.0) for loss in ("ce", "kd")]
+    return cells + [(SEED_BUDGET, 20, loss, 0.3, seed, "pruned") for seed in (0, 1, 2) for loss in ("ce", "kd")]
+
+
+def scratch_cells() -> list[Cell]:
+    """The four-way table's cells (issue 29; Liu et al. 2019's Scratch-E): the pruned architecture from fresh
+    weights with CE and KD, beside the pruned start, at the seed's budget (about ¼ of fast_cnn's flops) and ½, for
+    20, 40 and 8 epochs, 3 seeds. Scratch trains at the fine-tuning rate 0.3 and at 1.5, the fast recipe's rate for a
+    new model, so each arm is read at its own best rate. A pruned cell already under benchmarks/results is skipped by
+    kd_gain.py in a second."""
+    cells = []
+    for flops, epochs in ((SEED_BUDGET, 20), (SEED_BUDGET, 40), (SEED_BUDGET, 8), (HALF, 20), (HALF, 8), (HALF, 40)):
+        for seed in (0, 1, 2):
+            cells += [(flops, epochs, loss, lr, seed, "scratch") for lr in (1.5, 0.3) for loss in ("ce", "kd")]
+            cells += [(flops, epochs, loss, 0.3, seed, "pruned") for loss in ("ce", "kd")]
+    return cells
 
 
 def run_all(jobs: list[Job], parallel: int, deadline: float, logs: Path) -> None:
@@ -113,6 +140,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--deadline", type=float, default=420, help="seconds after which every run is stopped")
     parser.add_argument("--teacher", help="the students' teacher file (default: train it, as the run fast-40)")
     parser.add_argument("--smoke", action="store_true", help="tiny runs on few images, to test the plumbing")
+    parser.add_argument("--cell-tag", help="names the student cells' result files (default: TAG-t40, the cells "
+                        "from the 90.88 %% teacher); give another for another teacher")
+    parser.add_argument("--grid", choices=("delta", "scratch"), default="delta", help="the student cells: delta (KD "
+                        "against CE from the pruned weights) or scratch (the four-way table with the scratch arm)")
     args = parser.parse_args(argv)
     start = time.monotonic()
     out, logs = Path(args.out), Path(args.runs) / "logs"

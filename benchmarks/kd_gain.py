@@ -12,7 +12,17 @@ which cells are missing and what a cell has cost so far on this CPU, then the ta
     python benchmarks/kd_gain.py --table --tag h200-t40 --plot benchmarks/results/kd_gain_h200-t40.svg
 
 Δ per (compression, epochs): the best distilled row's mean minus the best cross-entropy row's mean, each at its own
-best rate (mean over the seeds run).
+best rate (mean over the seeds run), over the cells whose student starts from the pruned teacher's weights.
+
+The scratch arm (``--init scratch``, or ``--init pruned,scratch`` for both; ``"init": "scratch"`` in the cell's JSON,
+cells without the key are pruned ones) trains the same pruned architecture from fresh weights for the same epochs with
+the same losses (``prune_then_distill.py --student-init scratch``: Liu et al., ICLR 2019, "Rethinking the value of
+network pruning", Scratch-E). ``--table`` then adds the four-way table: pruned + KD, pruned + CE, scratch + KD,
+scratch + CE, and what the pruned start gained over the scratch one:
+
+    python benchmarks/kd_gain.py --teacher benchmarks/weights/fast_cnn_cifar10_e40.pt \\
+        --data-dir ../shared/data/cifar10 --flops 31269888 --epochs 20 --losses ce,kd --lrs 0.3 --seeds 0,1,2 \\
+        --init pruned,scratch --tag h200-t40
 """
 from __future__ import annotations
 
@@ -31,15 +41,25 @@ from recipes.plumbing.report import write_json
 RESULTS = Path(__file__).resolve().parent / "results" / "kd_gain"
 
 
-def cell_name(flops: int, epochs: int, loss: str, lr: float, seed: int, tag: str) -> str:
-    return f"{tag}_f{flops}_e{epochs}_{loss}_lr{lr:g}_s{seed}"
+def cell_name(flops: int, epochs: int, loss: str, lr: float, seed: int, tag: str, init: str = "pruned") -> str:
+    """A cell's file name; a scratch cell's loss is written ``scratch-<loss>`` (a pruned cell's name is unchanged
+    from before the scratch arm)."""
+    arm = loss if init == "pruned" else f"{init}-{loss}"
+    return f"{tag}_f{flops}_e{epochs}_{arm}_lr{lr:g}_s{seed}"
 
 
-def run_cell(args: argparse.Namespace, flops: int, epochs: int, loss: str, lr: float, seed: int) -> dict:
-    """One ``prune_then_distill`` run; its record is written to ``RESULTS/<cell>.json``."""
-    name = cell_name(flops, epochs, loss, lr, seed, args.tag)
+def cell_init(record: dict) -> str:
+    """``pruned`` or ``scratch``: how the cell's student started (cells from before the scratch arm were pruned)."""
+    return record.get("init", "pruned")
+
+
+def run_cell(args: argparse.Namespace, flops: int, epochs: int, loss: str, lr: float, seed: int,
+             init: str = "pruned") -> dict:
+    """One ``prune_then_distill`` run (``--student-init init``); its record is written to ``RESULTS/<cell>.json``."""
+    name = cell_name(flops, epochs, loss, lr, seed, args.tag, init)
     out = Path(args.out) / name
     words = ["--alpha", "0"] if loss == "ce" else ["--kd-loss", loss]
+    words += ["--student-init", init] if init != "pruned" else []
     argv = ["--dataset", "imagefolder", "--data-dir", args.data_dir, "--teacher", args.teacher, "--recipe",
             args.recipe, "--target-flops", str(flops), "--epochs", str(epochs), "--finetune-lr", str(lr),
             "--seed", str(seed), "--out", str(out), "--overwrite", "--no-progress", "--no-latency", *words,
@@ -48,10 +68,11 @@ def run_cell(args: argparse.Namespace, flops: int, epochs: int, loss: str, lr: f
     result = prune_then_distill.main(argv)
     wall = time.perf_counter() - start
     report = json.loads((out / "report.json").read_text())
-    student = result.reports[-1]
+    student, teacher = result.reports[-1], next(r for r in result.reports if r.name == "teacher")
     record = {"cell": name, "flops_target": flops, "epochs": epochs, "loss": loss, "lr": lr, "seed": seed,
-              "recipe": args.recipe, "teacher_sha256": file_sha256(args.teacher), "accuracy": student.accuracy,
-              "pruned_accuracy": result.reports[1].accuracy, "teacher_accuracy": result.reports[0].accuracy,
+              "init": init, "recipe": args.recipe, "teacher_sha256": file_sha256(args.teacher),
+              "accuracy": student.accuracy, "pruned_accuracy": result.reports[-2].accuracy,
+              "teacher_accuracy": teacher.accuracy,
               "flops": student.flops, "param_size_kb": student.param_size_kb, "wall_s": wall,
               "hardware": report.get("hardware"),
               "command": "python recipes/prune_then_distill.py " + " ".join(argv)}
@@ -82,7 +103,9 @@ def best_per_loss(cell: list[dict]) -> dict[str, tuple[float, float, list[float]
 
 
 def deltas(records: list[dict]) -> dict[tuple[int, int], tuple[dict, float | None]]:
-    """(flops target, epochs) → (:func:`best_per_loss`, Δ = best distilled mean − best CE mean, or None)."""
+    """(flops target, epochs) → (:func:`best_per_loss`, Δ = best distilled mean − best CE mean, or None), over the
+    pruned cells."""
+    records = [r for r in records if cell_init(r) == "pruned"]
     out = {}
     for flops, epochs in sorted({(r["flops_target"], r["epochs"]) for r in records}):
         best = best_per_loss([r for r in records if (r["flops_target"], r["epochs"]) == (flops, epochs)])
@@ -99,6 +122,34 @@ def table(records: list[dict]) -> str:
         shown = "; ".join(f"{loss} {_mean_std(accs)} at {lr:g} ({len(accs)})" for loss, (_, lr, accs) in best.items())
         lines.append(f"| {flops:,} | {epochs} | {shown} | {'–' if delta is None else f'{delta:+.2f}'} |")
     return "\n".join(lines)
+
+
+def four_way(records: list[dict]) -> str:
+    """Pruned + KD, pruned + CE, scratch + KD, scratch + CE per (compression, epochs) that has scratch cells (Liu et
+    al. 2019's Scratch-E: the pruned architecture re-initialised, trained as long): each at its best rate, KD the
+    best distillation loss; the last column is the best pruned mean − the best scratch mean (what starting from the
+    teacher's weights bought). Empty when no cell is a scratch one."""
+    keys = sorted({(r["flops_target"], r["epochs"]) for r in records if cell_init(r) == "scratch"})
+    if not keys:
+        return ""
+    lines = ["| flops target | epochs | pruned + KD | pruned + CE | scratch + KD | scratch + CE | pruned − scratch |",
+             "|---|---|---|---|---|---|---|"]
+    for flops, epochs in keys:
+        shown, best = [], {}
+        for init in ("pruned", "scratch"):
+            arm = best_per_loss([r for r in records if (r["flops_target"], r["epochs"], cell_init(r)) ==
+                                 (flops, epochs, init)])
+            kd = max(((m, loss) for loss, (m, _, _) in arm.items() if loss != "ce"), default=None)
+            shown += [_arm_cell(arm, kd[1]) if kd else "–", _arm_cell(arm, "ce") if "ce" in arm else "–"]
+            best[init] = max((m for m, _, _ in arm.values()), default=None)
+        gain = "–" if None in best.values() else f"{best['pruned'] - best['scratch']:+.2f}"
+        lines.append(f"| {flops:,} | {epochs} | {' | '.join(shown)} | {gain} |")
+    return "\n".join(lines)
+
+
+def _arm_cell(best: dict[str, tuple[float, float, list[float]]], loss: str) -> str:
+    _, lr, accs = best[loss]
+    return f"{_mean_std(accs)} ({loss} at {lr:g}, {len(accs)})"
 
 
 def plot_svg(records: list[dict], title: str) -> str:
@@ -134,6 +185,11 @@ def plot_svg(records: list[dict], title: str) -> str:
     return "\n".join(parts + ["</svg>"]) + "\n"
 
 
+def _name(cell: tuple[int, int, str, float, int, str], tag: str) -> str:
+    flops, epochs, loss, lr, seed, init = cell
+    return cell_name(flops, epochs, loss, lr, seed, tag, init)
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--teacher", default="benchmarks/weights/fast_cnn_cifar10_e40.pt")
@@ -144,6 +200,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--losses", default="ce,kd", help="comma-separated: ce or registered distillation losses")
     parser.add_argument("--lrs", default="0.1", help="comma-separated fine-tuning rates")
     parser.add_argument("--seeds", default="0")
+    parser.add_argument("--init", default="pruned", help="comma-separated student starts: pruned (the teacher's "
+                        "weights), scratch (the pruned architecture re-initialised, Liu et al. 2019's Scratch-E)")
     parser.add_argument("--tag", default="fast", help="prefix of the result files (one per teacher/recipe)")
     parser.add_argument("--out", default="runs/kd_gain")
     parser.add_argument("--table", action="store_true", help="only print the table of the finished cells")
@@ -152,19 +210,26 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("extra", nargs="*", help="more words for prune_then_distill.py after --")
     args = parser.parse_args(argv)
     print(Hardware.detect("auto", "cpu").describe())
-    grid = [(int(f), int(e), loss, float(lr), int(s)) for f in args.flops.split(",") for e in args.epochs.split(",")
-            for loss in args.losses.split(",") for lr in args.lrs.split(",") for s in args.seeds.split(",")]
-    missing = [c for c in grid if not (RESULTS / f"{cell_name(*c, args.tag)}.json").is_file()]
+    inits = args.init.split(",")
+    unknown = [i for i in inits if i not in prune_then_distill.STUDENT_INITS]
+    if unknown:
+        parser.error(f"--init {','.join(unknown)}: choose from {', '.join(prune_then_distill.STUDENT_INITS)}")
+    grid = [(int(f), int(e), loss, float(lr), int(s), init) for f in args.flops.split(",")
+            for e in args.epochs.split(",") for loss in args.losses.split(",") for lr in args.lrs.split(",")
+            for s in args.seeds.split(",") for init in inits]
+    missing = [c for c in grid if not (RESULTS / f"{_name(c, args.tag)}.json").is_file()]
     if not args.table:
         per_epoch = [d["wall_s"] / d["epochs"] for d in load_cells([args.tag])]
         cost = f", about {statistics.mean(per_epoch) / 60:.1f} min per epoch here so far" if per_epoch else ""
         print(f"{len(grid) - len(missing)} of {len(grid)} cells done; missing: {len(missing)}{cost}")
         for c in missing:
-            print(f"cell {cell_name(*c, args.tag)}", flush=True)
+            print(f"cell {_name(c, args.tag)}", flush=True)
             run_cell(args, *c)
     tags = (args.table_tags or args.tag).split(",")
     shown = load_cells(tags)
     print(table(shown))
+    if four_way(shown):
+        print("\n" + four_way(shown))
     if args.plot:
         Path(args.plot).write_text(plot_svg(shown, f"When distillation pays ({', '.join(tags)})"))
         print(f"wrote {args.plot}")

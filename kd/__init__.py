@@ -1,5 +1,6 @@
 """Knowledge distillation: losses, the Trainer, callbacks, metrics logs and the in-memory data pipeline."""
 from kd.callbacks import Callback, EarlyStopping, EpochPrinter, EstimatePrinter
+from kd.ensemble import TeacherEnsemble, ensemble_members
 from kd.features import HintLoss
 from kd.hooks import FeatureHook
 from kd.losses import (
@@ -12,6 +13,6 @@ from kd.trainer import EpochRecord, EvalResult, FitResult, Trainer, evaluate, fi
 __all__ = [
     "LOSSES", "Callback", "DistillLoss", "DistillationLoss", "EarlyStopping", "EpochPrinter", "EstimatePrinter", "EpochRecord",
     "EvalResult", "FeatureHook", "FitResult", "HintLoss", "MetricsLogger", "TensorBoardLogger", "TrainState",
-    "Trainer", "create_loss", "epoch_scalars", "evaluate", "fine_tuner", "fit_model", "make_optimizer",
-    "make_scheduler", "register_loss", "soft_target_kl", "total_loss",
+    "TeacherEnsemble", "Trainer", "create_loss", "ensemble_members", "epoch_scalars", "evaluate", "fine_tuner",
+    "fit_model", "make_optimizer", "make_scheduler", "register_loss", "soft_target_kl", "total_loss",
 ]

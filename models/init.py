@@ -111,3 +111,30 @@ def init_for_small_images(model: nn.Module, images: torch.Tensor | None, whiten:
         conv = whiten_first_conv(model, images)
         done.append(f"whitening (first conv, {conv.out_channels} channels)")
     return done
+
+
+@torch.no_grad()
+def reinitialize(model: nn.Module) -> int:
+    """Fresh weights for ``model`` as it is now (widths, kernels, layers unchanged): ``reset_parameters()`` of every
+    module that has one (PyTorch's default init: Kaiming-uniform convs and linears, BatchNorm weight 1, bias 0 and
+    running statistics reset), and every parameter trainable again, as in a newly built model (a frozen whitening
+    conv of the model it came from was a trained layer like the rest). Draws from torch's global generator: seed it
+    first.
+
+    Returns:
+        How many modules were reset.
+
+    Raises:
+        ValueError: a parameter belongs to a module without ``reset_parameters`` (it would keep its trained value, so
+            the model would not start from scratch).
+    """
+    reset = [m for m in model.modules() if callable(getattr(m, "reset_parameters", None))]
+    owned = {id(p) for m in reset for p in m.parameters(recurse=False)}
+    kept = [name for name, p in model.named_parameters() if id(p) not in owned]
+    if kept:
+        raise ValueError(f"{type(model).__name__} cannot be re-initialised: {', '.join(kept[:4])} belong to modules "
+                         "without reset_parameters()")
+    for module in reset:
+        module.reset_parameters()
+    model.requires_grad_(True)
+    return len(reset)

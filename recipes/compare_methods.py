@@ -21,6 +21,7 @@ from recipes.plumbing.config import BUDGET, COUNT, KDConfig, POSITIVE, VAL_SIZE,
 from recipes.plumbing.errors import run_main
 from recipes.plumbing.report import write_json
 from recipes.plumbing.run import start_kd_run
+from recipes.plumbing.teachers import check_single_teacher
 from recipes.plumbing.training import stage_fitter
 
 
@@ -49,6 +50,7 @@ def main(argv: list[str] | None = None) -> list[Summary]:
     unknown = [m for m in methods if m not in METHODS]
     if unknown:
         raise ValueError(f"unknown method(s) {unknown}; choose from {', '.join(METHODS)}")
+    check_single_teacher(cfg, "compare_methods.py")
     run = start_kd_run(cfg)
     data, out, teacher, teacher_report = run.data, run.out, run.teacher, run.teacher_report
     target = cfg.target_flops or int(cfg.budget * teacher_report.flops)

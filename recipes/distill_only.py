@@ -55,7 +55,7 @@ def main(argv: list[str] | None = None) -> list[ModelReport]:
         hint.remove()
     student_report = ModelReport.measure("student", student, result.last_accuracy, data.input_size)
     save_model(student, out / "student.pt", meta={"accuracy": student_report.accuracy, **data.meta()})
-    reports = [run.teacher_report, student_report]
+    reports = [*run.member_reports, run.teacher_report, student_report]
     finish_run(cfg, out, reports, teacher=run.teacher, student=student, input_size=data.input_size,
                extra={"history": result.to_dict()["history"]})
     print(f"\nstudent saved to {out / 'student.pt'}")

@@ -33,6 +33,7 @@ from recipes.plumbing.config import (
 from recipes.plumbing.errors import run_main
 from recipes.plumbing.report import ModelReport
 from recipes.plumbing.run import finish_run, start_kd_run
+from recipes.plumbing.teachers import check_single_teacher
 from recipes.plumbing.training import fit_stage, score
 
 
@@ -63,6 +64,7 @@ class ProgressiveConfig(KDConfig):
 def main(argv: list[str] | None = None) -> ProgressiveResult:
     cfg = parse_config(ProgressiveConfig, argv, description=__doc__.split("\n")[0])
     device = resolve_device(cfg.device)
+    check_single_teacher(cfg, "progressive_prune.py")
     run = start_kd_run(cfg)
     data, out, teacher, teacher_report = run.data, run.out, run.teacher, run.teacher_report
     fit, val, _ = validation_split(data.train, cfg.val_size, cfg.seed)

@@ -6,17 +6,20 @@
         --teacher runs/teacher/teacher.pt --target-flops 76000000 --epochs 30
 
 Teacher (--teacher FILE; with --dataset cifar10 the committed one, sha256 checked; else, or with --train-teacher,
-trained first for --teacher-epochs at --lr) → deep copy → pruned to --target-flops, --target-params or --ratio by
---importance (group L1 by default; the classifier keeps its outputs) → BatchNorm statistics re-estimated on
---calibration-images → fine-tuned from the pruned weights at --finetune-lr (from --recipe: classic 0.01, fast 0.3 per
-1024 images) with --kd-loss from --recipe. fast: kd, (1 − α) · CE_ls(s, y) + α · T² · KL(softmax(t/T) ‖
-softmax(s/T)), T 4, α 0.9, label smoothing 0.2 on the CE part: from the committed 90.88 % teacher it beat plain
-cross-entropy by 0.3–0.9 points in 6 of 8 cells of BENCHMARKS.md's Δ table (½–⅛ of the flops, 2–40 epochs, 3 seeds)
-and trailed it by 0.11 and 1.00 (± 2.1) in the other two. classic: kd-ls, CE(s, y) + 9 · T² · KL(softmax(Z(t)/T) ‖
-softmax(Z(s)/T)), Z = per-row z-score of the logits, T 2, chosen by the CPU sweeps from 57–71 % teachers, where plain
-cross-entropy at its own best rate was as good or better. --alpha 0 is plain cross-entropy.
-Prints the report block of the teacher, of the pruned student before fine-tuning and of the final student; writes
-OUT/report.json, OUT/config.json and OUT/student.pt (pickle-free: pruning.load reads it).
+trained first for --teacher-epochs at --lr; several files teach the mean of their logits and the first is pruned;
+--teacher-tta averages each view with its mirror image) → deep copy → pruned to --target-flops, --target-params or
+--ratio by --importance (group L1 by default; the classifier keeps its outputs) → BatchNorm statistics re-estimated on
+--calibration-images (--student-init scratch: then re-initialised, Liu et al. 2019's control) → fine-tuned from the
+pruned weights at --finetune-lr (from --recipe: classic 0.01, fast 0.3 per 1024 images) with --kd-loss from --recipe.
+fast: kd, (1 − α) · CE_ls(s, y) + α · T² · KL(softmax(t/T) ‖ softmax(s/T)), T 4, α 0.9, label smoothing 0.2 on the CE
+part: from the committed 90.88 % teacher it beat plain cross-entropy by 0.3–0.9 points in 6 of 8 cells of
+BENCHMARKS.md's Δ table (½–⅛ of the flops, 2–40 epochs, 3 seeds) and trailed it by 0.11 and 1.00 (± 2.1) in the other
+two. classic: kd-ls, CE(s, y) + 9 · T² · KL(softmax(Z(t)/T) ‖ softmax(Z(s)/T)), Z = per-row z-score of the logits, T
+2, chosen by the CPU sweeps from 57–71 % teachers, where plain cross-entropy at its own best rate was as good or
+better. --alpha 0 is plain cross-entropy.
+Prints the report block of the teacher (of each teacher, then of their ensemble), of the pruned student before
+fine-tuning and of the final student; writes OUT/report.json, OUT/config.json and OUT/student.pt (pickle-free:
+pruning.load reads it).
 """
 from __future__ import annotations
 
@@ -31,6 +34,8 @@ from torch import nn
 import pruning
 from kd import HintLoss
 from kd.data import BatchIterator, DataSplits, subset
+from kd.ensemble import ensemble_members
+from models.init import reinitialize
 from pruning.importance import calibrated_names, needs_calibration
 from recipes.plumbing import lock
 from recipes.plumbing.config import (
@@ -40,9 +45,10 @@ from recipes.plumbing.errors import run_main
 from recipes.plumbing.report import ModelReport
 from recipes.plumbing.run import finish_run, start_kd_run
 from recipes.plumbing.teachers import use_committed_teacher
-from recipes.plumbing.training import fit_stage, loaders, score, seed_everything
+from recipes.plumbing.training import fit_stage, init_model, loaders, score, seed_everything
 
 LAB_TARGET_FLOPS = 31_269_888  # the lab's student budget (thop MACs of one 32×32 image)
+STUDENT_INITS = ("pruned", "scratch")
 
 
 @dataclass
@@ -66,6 +72,8 @@ class PruneThenDistillConfig(KDConfig):
     finetune_lr: float | None = arg(None, "peak learning rate of the student's fine-tuning (--lr is a teacher's "
                                     "trained here) (default: from --recipe: classic 0.01, fast 0.3 x batch / 1024)",
                                     limit=POSITIVE)
+    student_init: str = arg("pruned", "the student's starting weights: pruned (the teacher's) or scratch (the pruned "
+                            "architecture re-initialised: Liu et al. 2019's control)", STUDENT_INITS)
     hint_layer: str | None = arg(None, "FitNet hint on this layer of student and teacher (e.g. features.conv3), its "
                                  "regressor started from the channels pruning kept; off by default")
     hint_weight: float = arg(1.0, "weight of the FitNet hint loss", limit=NON_NEGATIVE)
@@ -93,7 +101,8 @@ def main(argv: list[str] | None = None) -> PruneThenDistillResult:
     train_batches, test_batches = loaders(cfg, data)  # after obtain_teacher: a loaded teacher's normalisation
 
     teacher.to(device)
-    pruned = pruning.prune(teacher, torch.zeros(data.input_size, device=device), target_flops=cfg.target_flops,
+    pruned = pruning.prune(ensemble_members(teacher)[0], torch.zeros(data.input_size, device=device),
+                           target_flops=cfg.target_flops,
                            target_params=cfg.target_params, ratio=cfg.ratio, importance=cfg.importance,
                            global_pruning=cfg.global_pruning, round_to=cfg.round_to,
                            calibration=_calibration(cfg, data), calibration_batches=_batches(cfg.calibration_images,
@@ -101,12 +110,15 @@ def main(argv: list[str] | None = None) -> PruneThenDistillResult:
                            recalibrate_bn=cfg.recalibrate_bn, seed=cfg.seed)
     print_pruning(pruned)
     student = pruned.model
-    pruned_report = ModelReport("student_pruned", pruned.after.flops, pruned.after.params, pruned.after.param_size_kb,
-                                score(student, test_batches, cfg))
+    if cfg.student_init == "scratch":
+        restart(cfg, student, train_batches)
+    pruned_report = ModelReport(f"student_{cfg.student_init}", pruned.after.flops, pruned.after.params,
+                                pruned.after.param_size_kb, score(student, test_batches, cfg))
 
     seed_everything(cfg.seed)  # fine-tuning does not depend on how the teacher was obtained
     hint = _hint(cfg, student, teacher, pruned)
-    print(f"\nfine-tuning the pruned student for {cfg.epochs} epochs: "
+    print(f"\nfine-tuning the {'pruned' if cfg.student_init == 'pruned' else 're-initialised'} student for "
+          f"{cfg.epochs} epochs: "
           + (f"distilling with {loss}" if loss.needs_teacher else "cross-entropy only")
           + (f" + FitNet hint on {cfg.hint_layer}" if hint is not None else ""))
     result = fit_stage(student, cfg, train_batches, test_batches, out_dir=out / "student_train", lr=cfg.finetune_lr,
@@ -118,11 +130,20 @@ def main(argv: list[str] | None = None) -> PruneThenDistillResult:
         "accuracy": student_report.accuracy, **data.meta(), "importance": pruned.importance,
         "pruning_ratio": pruned.ratio})
 
-    reports = [run.teacher_report, pruned_report, student_report]
+    reports = [*run.member_reports, run.teacher_report, pruned_report, student_report]
     finish_run(cfg, out, reports, teacher=teacher, student=student, input_size=data.input_size,
                extra={"pruning": _pruning_summary(pruned), "history": result.to_dict()["history"]})
     print(f"\nstudent saved to {out / 'student.pt'} (load it with pruning.load)")
     return PruneThenDistillResult(reports, student, pruned)
+
+
+def restart(cfg: PruneThenDistillConfig, student: nn.Module, train_batches: BatchIterator) -> None:
+    """``--student-init scratch``: the pruned ``student`` re-initialised in place (:func:`models.init.reinitialize`,
+    seeded with ``--seed``), then given ``--init`` as every model built by a run is; its widths and flops stay."""
+    seed_everything(cfg.seed)
+    count = reinitialize(student)
+    print(f"  student from scratch: {count} modules re-initialised, widths kept", flush=True)
+    init_model(cfg, student, train_batches)
 
 
 def _calibration(cfg: PruneThenDistillConfig, data: DataSplits) -> BatchIterator | None:

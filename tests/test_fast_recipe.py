@@ -269,12 +269,12 @@ def test_committed_teacher_is_checked_and_used_only_without_teacher(tmp_path, mo
     monkeypatch.setitem(teachers.COMMITTED, "cifar10", good)
     cfg = parse_config(KDConfig, ["--dataset", "cifar10"])
     teachers.use_committed_teacher(cfg)
-    assert cfg.teacher == str(path) and "committed cifar10 teacher" in capsys.readouterr().out
+    assert cfg.teacher == (str(path),) and "committed cifar10 teacher" in capsys.readouterr().out
     for argv in (["--dataset", "cifar10", "--train-teacher"], ["--dataset", "cifar100"],
                  ["--dataset", "cifar10", "--teacher", "mine.pt"]):
         cfg = parse_config(KDConfig, argv)
         teachers.use_committed_teacher(cfg)
-        assert cfg.teacher in (None, "mine.pt")
+        assert cfg.teacher in (None, ("mine.pt",))
     path.write_bytes(b"weightz")  # same size, other bytes
     with pytest.raises(ValueError, match="sha256"):
         teachers.use_committed_teacher(parse_config(KDConfig, ["--dataset", "cifar10"]))

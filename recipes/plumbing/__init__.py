@@ -3,6 +3,8 @@
 - :mod:`~recipes.plumbing.config`: dataclass configs → command-line options, ``--config FILE``, value limits;
 - :mod:`~recipes.plumbing.run`: what every recipe does before and after its own work (``start_run``,
   ``start_kd_run``, ``finish_run``);
+- :mod:`~recipes.plumbing.teachers`: the committed teacher and ``load_teachers`` (``--teacher A [B ...]``,
+  ``--teacher-tta`` → one teacher module);
 - :mod:`~recipes.plumbing.checks`: models, model arguments, a teacher against the data, checked before any work;
 - :mod:`~recipes.plumbing.outdir`: the ``--out`` folder (earlier runs, ``--resume``, ``--overwrite``);
 - :mod:`~recipes.plumbing.training`: the loss, iterators and ``fit_stage``, the one way a recipe trains;

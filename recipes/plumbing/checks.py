@@ -10,9 +10,11 @@ from typing import Any
 from torch import nn
 
 from kd.data import DataSplits
-from models import create_model, load_model
+from kd.ensemble import ensemble_members
+from models import create_model
 from models.registry import model_arguments
 from recipes.plumbing.config import KDConfig, RunConfig
+from recipes.plumbing.teachers import load_teachers
 
 
 def build_model(arch: str, args_text: str, num_classes: int = 10, flag: str = "--model-args") -> nn.Module:
@@ -44,8 +46,10 @@ def check_models(cfg: RunConfig) -> nn.Module | None:
         student = build_model(cfg.arch, cfg.model_args)
     teacher, loaded = None, None
     if isinstance(cfg, KDConfig):
+        _check_hint_teacher(cfg)
         if cfg.teacher is not None:
-            teacher = loaded = load_model(cfg.teacher)
+            loaded = load_teachers(list(cfg.teacher), cfg.teacher_tta)
+            teacher = ensemble_members(loaded)[0]
         else:
             teacher = build_model(cfg.teacher_arch, cfg.teacher_model_args, flag="--teacher-model-args")
     if teacher is not None and getattr(cfg, "hint_layer", None) is not None:
@@ -58,6 +62,14 @@ def check_models(cfg: RunConfig) -> nn.Module | None:
     if teacher is not None and hint_teacher is not None:
         _check_layer(teacher, hint_teacher, "--hint-teacher-layer")
     return loaded
+
+
+def _check_hint_teacher(cfg: KDConfig) -> None:
+    """A FitNet hint reads one teacher's features on the student's view: not an ensemble's, nor a mirrored one's."""
+    hint = getattr(cfg, "hint_layer", None) or getattr(cfg, "hint_student_layer", None)
+    if hint is not None and (len(cfg.teacher or ()) > 1 or cfg.teacher_tta):
+        raise ValueError("a FitNet hint reads the features of one teacher on the student's view; drop the hint, or "
+                         "pass one --teacher without --teacher-tta")
 
 
 def _check_layer(model: nn.Module, name: str, flag: str, conv: bool = False) -> None:
@@ -73,22 +85,27 @@ def _check_layer(model: nn.Module, name: str, flag: str, conv: bool = False) -> 
 
 
 def check_teacher_fits(cfg: KDConfig, teacher: nn.Module, data: DataSplits) -> None:
-    """The loaded ``--teacher`` was trained on this data: same number of classes, same class names and order (where
-    its file records them) and the same image size.
+    """Each loaded ``--teacher`` (every member of an ensemble) was trained on this data: same number of classes, same
+    class names and order (where its file records them) and the same image size.
 
     Raises:
-        ValueError: naming what differs and what to pass.
+        ValueError: naming the teacher file, what differs and what to pass.
     """
+    for path, member in zip(cfg.teacher or ("",), ensemble_members(teacher)):
+        _check_fits(cfg, path, member, data)
+
+
+def _check_fits(cfg: KDConfig, path: str, teacher: nn.Module, data: DataSplits) -> None:
     classes = teacher.arch_spec["num_classes"]
     if classes != data.num_classes:
-        raise ValueError(f"teacher {cfg.teacher!r} has {classes} classes but --dataset {cfg.dataset} has "
+        raise ValueError(f"teacher {path!r} has {classes} classes but --dataset {cfg.dataset} has "
                          f"{data.num_classes}; train a teacher on this data set or pick the matching one")
     meta = getattr(teacher, "meta", {})
     if meta.get("classes") not in (None, data.classes):
-        raise ValueError(f"teacher {cfg.teacher!r} was trained on classes {meta['classes'][:5]}... but the data has "
+        raise ValueError(f"teacher {path!r} was trained on classes {meta['classes'][:5]}... but the data has "
                          f"{data.classes[:5]}...; the class order must match")
     if meta.get("image_size") not in (None, data.input_size[-1]):
-        raise ValueError(f"teacher {cfg.teacher!r} was trained on {meta['image_size']}-pixel images; pass "
+        raise ValueError(f"teacher {path!r} was trained on {meta['image_size']}-pixel images; pass "
                          f"--image-size {meta['image_size']}")
 
 

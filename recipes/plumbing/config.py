@@ -225,6 +225,17 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, None if said_elsewhere else f"error: {message} (--help lists the options)\n")
 
 
+class _Repeatable(argparse.Action):
+    """A list option's words: ``--teacher A --teacher B`` is ``--teacher A B``. The first occurrence replaces the
+    default (a ``--config`` file's value included), so the command line overrides the file instead of adding to it."""
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, values: Any,
+                 option_string: str | None = None) -> None:
+        earlier = getattr(namespace, self.dest, None)
+        words = [] if earlier is self.default or earlier is None else list(earlier)
+        setattr(namespace, self.dest, words + list(values))
+
+
 CONFIG_HELP = ("read options from a YAML or JSON file: your own, --print-config's output, or an earlier run's "
                "config.json / report.json; the command line overrides it")
 PRINT_CONFIG_HELP = "print the resolved configuration (YAML, readable by --config) and exit"
@@ -235,8 +246,9 @@ EPILOG = ("Options marked 'from --recipe' take the recipe's value unless given. 
 GROUPS: dict[str, tuple[str, ...]] = {
     "data": ("dataset", "data_dir", "image_size", "limit_train", "limit_test", "val_size", "cache_dir", "data_mode",
              "memory_budget", "workers", "skip_bad_images"),
-    "model": ("arch", "model_args", "init", "student"),
-    "teacher": ("teacher", "train_teacher", "teacher_arch", "teacher_model_args", "teacher_epochs", "teacher_cache"),
+    "model": ("arch", "model_args", "init", "student", "student_init"),
+    "teacher": ("teacher", "train_teacher", "teacher_arch", "teacher_model_args", "teacher_epochs", "teacher_cache",
+                "teacher_tta"),
     "pruning": ("target_flops", "target_params", "ratio", "budget", "importance", "global_pruning", "round_to",
                 "calibration_images", "calibration_batches", "recalibrate_bn", "progressive_steps", "step_ratio",
                 "max_drop", "max_steps", "methods", "num_steps", "tolerance"),
@@ -269,7 +281,7 @@ def build_parser(cls: type, description: str | None = None) -> argparse.Argument
             group.add_argument(flag, action=argparse.BooleanOptionalAction, default=f.default, help=help_)
         elif base in (tuple, list):
             group.add_argument(flag, nargs="+", type=_element_type(hints[f.name]), default=f.default,
-                               choices=choices, help=help_)
+                               choices=choices, help=help_, action=_Repeatable)
         else:
             group.add_argument(flag, type=base, default=f.default, choices=choices, help=help_)
     groups["output"].add_argument("-c", "--config", metavar="FILE", default=None, help=CONFIG_HELP)
@@ -388,6 +400,8 @@ def _config_value(name: str, value: Any, hint: Any, choices: tuple | None, where
         return None
     base, flag = _base_type(hint), "--" + name.replace("_", "-")
     if base in (tuple, list):
+        if isinstance(value, str) and _element_type(hint) is str:
+            value = [value]  # a run from before the option took several words (--teacher FILE)
         if not isinstance(value, list):
             raise ValueError(f"{where}: {flag} must be a list, got {value!r}")
         items = [_config_value(name, v, _element_type(hint), choices, where) for v in value]
@@ -464,6 +478,8 @@ def config_differences(earlier: dict[str, Any], cfg: Any) -> list[str]:
         if name in RESUME_IGNORED:
             continue
         before = earlier[name] if name in earlier else json_ready(defaults[name])
+        if isinstance(value, list) and isinstance(before, str):
+            before = [before]  # recorded before the option took several words (--teacher FILE)
         if before != value:
             diffs.append(f"--{name.replace('_', '-')} {_shown(before)} → {_shown(value)}")
     return diffs
@@ -498,8 +514,9 @@ def _summary(cls: type) -> str:
 class KDConfig(RunConfig):
     """Shared words of the distillation recipes: where the teacher comes from and the loss."""
 
-    teacher: str | None = arg(None, "teacher model file (train_teacher.py's); default: the committed teacher for "
-                              "CIFAR-10, else one trained here first")
+    teacher: tuple[str, ...] | None = arg(None, "teacher model file(s) (train_teacher.py's); several teach the mean "
+                                          "of their logits; default: the committed teacher for CIFAR-10, else one "
+                                          "trained here first")
     train_teacher: bool = arg(False, "train the teacher here even where a committed one exists (--dataset cifar10)")
     teacher_arch: str = arg("wide_cnn", "architecture of the teacher trained when --teacher is not given")
     teacher_model_args: str = arg("{}", "JSON of the teacher's architecture arguments")
@@ -516,6 +533,8 @@ class KDConfig(RunConfig):
     latency_batch_sizes: tuple[int, ...] = arg((1, 64), "batch sizes of the latency measurement", limit=COUNT)
     export: str | None = arg(None, "onnx: also write OUT/student.onnx (dynamic batch), checked against PyTorch with "
                              "onnxruntime and timed beside it", ("onnx",))
+    teacher_tta: bool = arg(False, "the teacher scores the student's view and its mirror image and teaches the "
+                            "mean of the two logit vectors (kd.ensemble)")
     teacher_cache: int = arg(0, "K > 0: run the teacher once over K augmented views of every training image, keep "
                              "the logits on disk (--cache-dir) and train from them, never running the teacher again",
                              limit=NON_NEGATIVE_COUNT)

@@ -29,10 +29,11 @@ def file_sha256(path: str | Path) -> str:
 
 
 def fingerprint(cfg: Any, data: DataSplits) -> dict[str, Any]:
-    """``{"data": {"train": {class: digest}, "test": {...}}, "teacher": {"path", "sha256"} | None}``."""
-    teacher = getattr(cfg, "teacher", None)
+    """``{"data": {"train": {class: digest}, "test": {...}}, "teacher": [{"path", "sha256"}, ...] | None}`` (one
+    entry per ``--teacher`` file)."""
+    paths = getattr(cfg, "teacher", None) or ()
     return {"data": data.fingerprint(),
-            "teacher": {"path": teacher, "sha256": file_sha256(teacher)} if teacher else None}
+            "teacher": [{"path": p, "sha256": file_sha256(p)} for p in paths] or None}
 
 
 def save(cfg: Any, data: DataSplits, out: Path) -> None:
@@ -64,8 +65,14 @@ def check_unchanged(cfg: Any, data: DataSplits, out: Path) -> None:
             more = f" (and {len(changes) - 1} more)" if len(changes) > 1 else ""
             raise ValueError(f"--resume: the {word} images changed since the earlier run in {cfg.out!r}: "
                              f"{changes[0]}{more}{advice}")
-    before, after = earlier.get("teacher"), now["teacher"]
-    if before and after and before.get("sha256") != after["sha256"]:
+    before = earlier.get("teacher")
+    before = [before] if isinstance(before, dict) else before or []  # one dict: recorded before several teachers
+    for then, after in zip(before, now["teacher"] or []):
+        _check_teacher_unchanged(cfg, then, after)
+
+
+def _check_teacher_unchanged(cfg: Any, before: dict[str, Any], after: dict[str, Any]) -> None:
+    if before.get("sha256") != after["sha256"]:
         raise ValueError(f"--resume: the teacher file {after['path']!r} changed since the earlier run in "
                          f"{cfg.out!r} (sha256 {str(before.get('sha256'))[:12]}... then, {after['sha256'][:12]}... "
                          "now), which pruned or distilled from the earlier one; put that file back, or start afresh "

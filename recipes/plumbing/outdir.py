@@ -88,7 +88,7 @@ def check_resume(cfg: RunConfig, out: Path) -> None:
 def prepare_out(cfg: RunConfig, out: Path) -> None:
     """Removes temporary files a killed write left in ``out`` (and old ones in the cache folder), and on
     ``--overwrite`` the earlier run's options, report and checkpoints, so nothing of it is mixed into this run or
-    resumed later. A ``--teacher`` file is never removed."""
+    resumed later. No ``--teacher`` file is ever removed."""
     for path in stale_temp_files(out) if out.is_dir() else []:
         path.unlink(missing_ok=True)
     cache = _cache_dir(cfg)
@@ -99,7 +99,7 @@ def prepare_out(cfg: RunConfig, out: Path) -> None:
         pass  # the cache is an optimisation; a folder we may not clean is not an error
     if not cfg.overwrite or not out.is_dir():
         return
-    keep = Path(cfg.teacher).resolve() if getattr(cfg, "teacher", None) else None
+    keep = {Path(p).resolve() for p in getattr(cfg, "teacher", None) or ()}
     for path in [out / "config.json", out / "report.json", *out.glob("*/last.pt"), *out.glob("*/best.pt")]:
-        if path.is_file() and path.resolve() != keep:
+        if path.is_file() and path.resolve() not in keep:
             path.unlink()

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +19,7 @@ from torch import nn
 
 from kd import distributed
 from kd.data import DataSplits, load_dataset
+from kd.ensemble import ensemble_members
 from kd.losses import DistillLoss
 from recipes.plumbing import inputs, option_checks
 from recipes.plumbing.checks import check_extras, check_models, check_teacher_fits
@@ -26,7 +27,7 @@ from recipes.plumbing.config import KDConfig, RunConfig, check_values, resolve_d
 from recipes.plumbing.deploy import deployment
 from recipes.plumbing.outdir import check_out, prepare_out
 from recipes.plumbing.report import ModelReport, print_reports, write_report
-from recipes.plumbing.training import hardware, make_loss, obtain_teacher, seed_everything
+from recipes.plumbing.training import hardware, make_loss, member_reports, obtain_teacher, seed_everything
 
 
 def load_data(cfg: RunConfig) -> DataSplits:
@@ -84,7 +85,7 @@ def start_run(cfg: RunConfig) -> tuple[DataSplits, Path]:
               f"the first: {data.skipped[0]}", file=sys.stderr, flush=True)
     if teacher is not None:
         check_teacher_fits(cfg, teacher, data)
-    option_checks.check_with_data(cfg, data, teacher)
+    option_checks.check_with_data(cfg, data, ensemble_members(teacher)[0] if teacher is not None else None)
     if cfg.resume:
         inputs.check_unchanged(cfg, data, out)
     if distributed.is_main():
@@ -97,13 +98,16 @@ def start_run(cfg: RunConfig) -> tuple[DataSplits, Path]:
 
 @dataclass
 class KDRun:
-    """What a distillation recipe starts from: its loss, data, output folder and teacher (with its report)."""
+    """What a distillation recipe starts from: its loss, data, output folder and teacher (with its report). With
+    several ``--teacher`` files or ``--teacher-tta`` the teacher is their :class:`kd.ensemble.TeacherEnsemble`, its
+    report the ensemble's, and ``member_reports`` each teacher's own (single view): the blocks printed first."""
 
     loss: DistillLoss
     data: DataSplits
     out: Path
     teacher: nn.Module
     teacher_report: ModelReport
+    member_reports: list[ModelReport] = field(default_factory=list)
 
 
 def start_kd_run(cfg: KDConfig) -> KDRun:
@@ -112,7 +116,7 @@ def start_kd_run(cfg: KDConfig) -> KDRun:
     loss = make_loss(cfg)
     data, out = start_run(cfg)
     teacher, report = obtain_teacher(cfg, data, out)
-    return KDRun(loss, data, out, teacher, report)
+    return KDRun(loss, data, out, teacher, report, member_reports(cfg, teacher, data))
 
 
 def finish_run(cfg: RunConfig, out: Path, reports: list[ModelReport], *, teacher: nn.Module | None = None,

@@ -1,5 +1,7 @@
-"""The committed CIFAR-10 teacher: where a distillation recipe starts when ``--dataset cifar10-jpeg`` (the default) or
-``cifar10`` has no ``--teacher``.
+"""The teachers of a distillation recipe: the committed CIFAR-10 teacher (where a recipe starts when ``--dataset
+cifar10-jpeg`` (the default) or ``cifar10`` has no ``--teacher``) and :func:`load_teachers`, the one way ``--teacher A
+[B ...]`` and ``--teacher-tta`` become the one teacher module that training, evaluation, the report and the teacher
+cache see.
 
 The file is ``benchmarks/weights/fast_cnn_cifar10_e40.pt`` (pickle-free, see ``benchmarks/weights/README.md`` for the
 command that made it); its sha256 is checked before it is used, so a changed or truncated file is refused by name
@@ -10,6 +12,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from torch import nn
+
+from kd.ensemble import TeacherEnsemble
+from models import load_model
 from recipes.plumbing.inputs import file_sha256
 
 REPO = Path(__file__).resolve().parents[2]
@@ -66,6 +72,65 @@ def use_committed_teacher(cfg: object) -> None:
     committed = committed_teacher(getattr(cfg, "dataset"))
     if committed is None:
         return
-    cfg.teacher = str(checked_path(committed))  # type: ignore[attr-defined]
-    print(f"teacher: the committed {committed.dataset} teacher {cfg.teacher} ({committed.accuracy:.2f} % on the "
+    cfg.teacher = (str(checked_path(committed)),)  # type: ignore[attr-defined]
+    print(f"teacher: the committed {committed.dataset} teacher {cfg.teacher[0]} ({committed.accuracy:.2f} % on the "
           "test split, sha256 checked); --train-teacher trains one here instead", flush=True)
+
+
+def teacher_paths(cfg: object) -> list[str]:
+    """The ``--teacher`` files of ``cfg`` (none when it has no ``--teacher``)."""
+    return list(getattr(cfg, "teacher", None) or ())
+
+
+def load_teachers(paths: list[str], mirror: bool = False) -> nn.Module:
+    """The teacher that ``--teacher PATH [PATH ...]`` and ``--teacher-tta`` (``mirror``) name: the one model file as
+    it is, or a :class:`kd.ensemble.TeacherEnsemble` (the mean of the members' logits, over each view and its mirror
+    image with ``mirror``) of them all. Files are read pickle-free (:func:`models.load_model`).
+
+    Raises:
+        ValueError: no path; teachers with different numbers of classes, class orders or normalisations (an
+            ensemble feeds every member the same normalised images and averages logits class by class).
+        FileNotFoundError, FileFormatError, NonFiniteError: an unreadable, foreign or non-finite file.
+    """
+    if not paths:
+        raise ValueError("load_teachers needs at least one teacher file")
+    members = [load_model(p) for p in paths]
+    if len(members) == 1 and not mirror:
+        return members[0]
+    for path, member in zip(paths[1:], members[1:]):
+        _check_alike(paths[0], members[0], path, member)
+    return wrap_teacher(members, mirror)
+
+
+def wrap_teacher(members: list[nn.Module], mirror: bool) -> nn.Module:
+    """``members[0]`` alone when it is the only one and unmirrored, else their :class:`TeacherEnsemble` (eval mode);
+    the ensemble carries the first member's ``meta`` (its normalisation and classes: all members share them)."""
+    if len(members) == 1 and not mirror:
+        return members[0]
+    ensemble = TeacherEnsemble(members, mirror=mirror)
+    ensemble.meta = dict(getattr(members[0], "meta", {}))
+    return ensemble
+
+
+def _check_alike(first_path: str, first: nn.Module, path: str, other: nn.Module) -> None:
+    """``other`` (from ``path``) has the classes, class order and normalisation of ``first``."""
+    a, b = getattr(first, "meta", {}), getattr(other, "meta", {})
+    if first.arch_spec["num_classes"] != other.arch_spec["num_classes"]:
+        raise ValueError(f"--teacher {path!r} has {other.arch_spec['num_classes']} classes but --teacher "
+                         f"{first_path!r} has {first.arch_spec['num_classes']}; an ensemble's teachers share classes")
+    for key, what in (("classes", "class order"), ("mean", "normalisation mean"), ("std", "normalisation std")):
+        if key in a and key in b and list(a[key]) != list(b[key]):
+            raise ValueError(f"--teacher {path!r} has another {what} than --teacher {first_path!r} ({b[key]} vs "
+                             f"{a[key]}); an ensemble's teachers must see the same normalised images")
+
+
+def check_single_teacher(cfg: object, recipe: str) -> None:
+    """Refuses several ``--teacher`` files and ``--teacher-tta`` in a recipe whose teacher is also the model it
+    compresses step by step (``recipe`` names it in the message).
+
+    Raises:
+        ValueError: naming the options and the recipes that take them.
+    """
+    if len(teacher_paths(cfg)) > 1 or getattr(cfg, "teacher_tta", False):
+        raise ValueError(f"{recipe} compresses the teacher it distils from and takes one --teacher without "
+                         "--teacher-tta; prune_then_distill.py and distill_only.py distil from several")

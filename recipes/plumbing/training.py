@@ -13,17 +13,19 @@ from torch import nn
 from kd import distributed
 from kd.callbacks import Callback, EpochPrinter, EstimatePrinter
 from kd.data import BatchIterator, DataSplits, make_loaders
+from kd.ensemble import TeacherEnsemble, ensemble_members
 from kd.losses import CrossEntropy, DistillLoss, create_loss, loss_arguments
 from kd.metrics import MetricsLogger, TensorBoardLogger
 from kd.precision import Hardware
 from kd.teacher_cache import CachedBatchIterator, load_or_build
 from kd.trainer import FitResult, evaluate, fit_model
-from models import create_model, load_model, save_model
+from models import create_model, save_model
 from models.common import Batches
 from models.init import init_for_small_images
 from recipes.plumbing.checks import check_teacher_fits, json_object, model_args
 from recipes.plumbing.config import KDConfig, RunConfig, check_values, resolve_device
 from recipes.plumbing.report import ModelReport
+from recipes.plumbing.teachers import load_teachers, wrap_teacher
 
 
 def loaders(cfg: RunConfig, data: DataSplits) -> tuple[BatchIterator, BatchIterator]:
@@ -199,8 +201,10 @@ def init_model(cfg: RunConfig, model: nn.Module, train_batches: Any) -> None:
 
 
 def obtain_teacher(cfg: KDConfig, data: DataSplits, out: Path) -> tuple[nn.Module, ModelReport]:
-    """The teacher of a distillation recipe: ``--teacher FILE`` loaded (pickle-free) and scored on this test split,
-    or, without it, one trained first (``--teacher-arch --teacher-model-args --teacher-epochs``).
+    """The teacher of a distillation recipe: ``--teacher FILE [FILE ...]`` loaded (pickle-free; several, or one with
+    ``--teacher-tta``, as the :class:`kd.ensemble.TeacherEnsemble` that teaches the mean of their logits:
+    :func:`~recipes.plumbing.teachers.load_teachers`) and scored on this test split as it teaches, or, without it, one
+    trained first (``--teacher-arch --teacher-model-args --teacher-epochs``; wrapped for ``--teacher-tta``).
 
     A loaded teacher's normalisation (``meta["mean"]``, ``meta["std"]``) replaces ``data.mean``/``data.std`` so the
     student sees inputs exactly as the teacher was trained on them.
@@ -211,13 +215,27 @@ def obtain_teacher(cfg: KDConfig, data: DataSplits, out: Path) -> tuple[nn.Modul
             foreign or non-finite teacher file.
     """
     if cfg.teacher is None:
-        return fit_teacher(cfg, data, cfg.teacher_arch, model_args(cfg.teacher_model_args, "--teacher-model-args"),
-                           out, epochs=cfg.teacher_epochs)
-    teacher = load_model(cfg.teacher)
-    check_teacher_fits(cfg, teacher, data)
+        arch_args = model_args(cfg.teacher_model_args, "--teacher-model-args")
+        trained, report = fit_teacher(cfg, data, cfg.teacher_arch, arch_args, out, epochs=cfg.teacher_epochs)
+        if not cfg.teacher_tta:
+            return trained, report
+        teacher = wrap_teacher([trained], mirror=True)
+    else:
+        teacher = load_teachers(list(cfg.teacher), cfg.teacher_tta)
+        check_teacher_fits(cfg, teacher, data)
     meta = getattr(teacher, "meta", {})
     if "mean" in meta and "std" in meta:
         data.mean, data.std = tuple(meta["mean"]), tuple(meta["std"])
     _, test_batches = loaders(cfg, data)
     accuracy = score(teacher, test_batches, cfg)  # as a teacher trained here was scored: same precision
     return teacher, ModelReport.measure("teacher", teacher, accuracy, data.input_size)
+
+
+def member_reports(cfg: KDConfig, teacher: nn.Module, data: DataSplits) -> list[ModelReport]:
+    """Each teacher's own block (``teacher_1``, ``teacher_2``, ...; single view, scored as :func:`score` scores) when
+    ``teacher`` is an ensemble or mirrored (:class:`kd.ensemble.TeacherEnsemble`); none for a plain teacher."""
+    if not isinstance(teacher, TeacherEnsemble):
+        return []
+    _, test_batches = loaders(cfg, data)
+    return [ModelReport.measure(f"teacher_{i}", member, score(member, test_batches, cfg), data.input_size)
+            for i, member in enumerate(ensemble_members(teacher), start=1)]
