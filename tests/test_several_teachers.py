@@ -56,8 +56,8 @@ def test_the_command_line_replaces_a_config_files_teachers(tmp_path):
     assert read_config(KDConfig, tmp_path / "old.json")["teacher"] == ("a.pt",)
     diffs = config_differences({"teacher": "a.pt"}, parse_config(KDConfig, ["--teacher", "a.pt"]))
     assert not [d for d in diffs if d.startswith("--teacher ")]  # --resume of such a run: same teacher, no change
-    assert config_differences({"teacher": "a.pt"}, parse_config(KDConfig, ["--teacher", "b.pt"]))[0] == \
-        "--teacher a.pt → b.pt"
+    assert "--teacher a.pt → b.pt" in config_differences({"teacher": "a.pt"}, parse_config(KDConfig, ["--teacher",
+                                                                                                  "b.pt"]))
 
 
 def test_two_mirrored_teachers_teach_and_are_reported_as_their_ensemble(tmp_path, capsys):
