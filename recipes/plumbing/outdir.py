@@ -4,6 +4,7 @@ and, on ``--overwrite``, of the earlier run."""
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 from kd import distributed
@@ -85,10 +86,18 @@ def check_resume(cfg: RunConfig, out: Path) -> None:
         check_finite(state["student"], f"checkpoint {str(path)!r}")
 
 
+# What recipe runs write into OUT, and into each training stage's folder (OUT/<stage>/): --overwrite removes these
+# and nothing else, so a file of the user's that happens to sit in OUT is never deleted.
+RUN_FILES = ("config.json", "inputs.json", "report.json", "teacher.pt", "student.pt", "student.onnx",
+             "student.export.json", "compare.md", "compare.png", "steps.md")
+STAGE_FILES = ("last.pt", "best.pt", "metrics.csv", "curves.png")
+STAGE_LOGS = "tb"  # --tensorboard's event files
+
+
 def prepare_out(cfg: RunConfig, out: Path) -> None:
     """Removes temporary files a killed write left in ``out`` (and old ones in the cache folder), and on
-    ``--overwrite`` the earlier run's options, report and checkpoints, so nothing of it is mixed into this run or
-    resumed later. A ``--teacher`` file is never removed."""
+    ``--overwrite`` the earlier run's outputs (:func:`remove_earlier_run`), so nothing of it is mixed into this run,
+    reported beside it or resumed later."""
     for path in stale_temp_files(out) if out.is_dir() else []:
         path.unlink(missing_ok=True)
     cache = _cache_dir(cfg)
@@ -97,9 +106,37 @@ def prepare_out(cfg: RunConfig, out: Path) -> None:
             path.unlink(missing_ok=True)  # only old ones: another run may be writing the cache right now
     except OSError:
         pass  # the cache is an optimisation; a folder we may not clean is not an error
-    if not cfg.overwrite or not out.is_dir():
-        return
-    keep = Path(cfg.teacher).resolve() if getattr(cfg, "teacher", None) else None
-    for path in [out / "config.json", out / "report.json", *out.glob("*/last.pt"), *out.glob("*/best.pt")]:
-        if path.is_file() and path.resolve() != keep:
+    if cfg.overwrite and out.is_dir():
+        remove_earlier_run(cfg, out)
+
+
+def remove_earlier_run(cfg: RunConfig, out: Path) -> list[Path]:
+    """Removes what runs write in ``out`` — :data:`RUN_FILES`, and in every stage folder (a subfolder holding one of
+    :data:`STAGE_FILES`) those files and its TensorBoard logs, then the folder when it is left empty — except an
+    input of this run (``--teacher``, ``--data-dir``, ``--cache-dir``) or a folder holding one, which is kept. Files
+    runs do not write stay. Returns what was removed."""
+    keep = _inputs(cfg)
+    removed = []
+    stages = [d for d in sorted(out.iterdir()) if d.is_dir() and not d.is_symlink()
+              and any((d / name).is_file() for name in STAGE_FILES)]
+    candidates = [out / name for name in RUN_FILES]
+    candidates += [d / name for d in stages for name in (*STAGE_FILES, STAGE_LOGS)]
+    for path in candidates:
+        if not (path.is_file() or path.is_dir()) or any(k == path.resolve() or path.resolve() in k.parents
+                                                        for k in keep):
+            continue  # missing, an input, or a folder holding one
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path)
+        else:
             path.unlink()
+        removed.append(path)
+    for d in stages:
+        if d.is_dir() and not any(d.iterdir()):
+            d.rmdir()
+    return removed
+
+
+def _inputs(cfg: RunConfig) -> list[Path]:
+    """The files and folders this run reads (resolved), which ``--overwrite`` must not remove."""
+    named = [getattr(cfg, "teacher", None), cfg.data_dir, cfg.cache_dir]
+    return [Path(p).resolve() for p in named if p]
