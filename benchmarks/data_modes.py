@@ -27,6 +27,8 @@ import torch
 from kd import Trainer
 from kd.data import load_dataset, make_loaders
 from models import create_model
+from recipes.plumbing.config import OneLineParser
+from recipes.plumbing.errors import run_main
 
 
 def _status_kib(pid: int | str, field: str) -> int:
@@ -88,8 +90,8 @@ def one_mode(args: argparse.Namespace) -> dict:
             "worker_rss_peak_mib": workers.peak / 1024, "mean": data.mean}
 
 
-def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+def main(argv: list[str] | None = None) -> None:
+    p = OneLineParser(description=__doc__.split("\n")[0])
     p.add_argument("--data-dir", default="../shared/data/cifar10")
     p.add_argument("--limit-train", type=int, default=None, help="class-balanced subset (default: all images)")
     p.add_argument("--limit-test", type=int, default=None)
@@ -102,7 +104,7 @@ def main() -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--modes", nargs="+", default=["memory", "stream"], choices=["memory", "stream"])
     p.add_argument("--one", choices=["memory", "stream"], help=argparse.SUPPRESS)  # the per-mode child process
-    args = p.parse_args()
+    args = p.parse_args(argv)
     if args.one:
         print(json.dumps(one_mode(args)))
         return
@@ -126,4 +128,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)
