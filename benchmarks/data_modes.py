@@ -110,9 +110,12 @@ def main(argv: list[str] | None = None) -> None:
         return
     rows = []
     for mode in args.modes:
-        child = [sys.executable, __file__, "--one", mode, *sys.argv[1:]]
-        out = subprocess.run(child, capture_output=True, text=True, check=True).stdout
-        rows.append(json.loads(out.strip().splitlines()[-1]))
+        child = [sys.executable, __file__, "--one", mode, *(argv if argv is not None else sys.argv[1:])]
+        done = subprocess.run(child, capture_output=True, text=True)
+        if done.returncode != 0:  # the child said what went wrong in its last line (run_main's error line)
+            said = done.stderr.strip().splitlines()[-1] if done.stderr.strip() else f"exit status {done.returncode}"
+            raise ValueError(f"--modes {mode}: {said.removeprefix('error: ')}")
+        rows.append(json.loads(done.stdout.strip().splitlines()[-1]))
     r0 = rows[0]
     print(f"\n{args.arch} {args.model_args}, {r0['train_images']} training / {r0['test_images']} test images, "
           f"batch {args.batch_size}, {args.epochs} epoch(s), seed {args.seed}, torch threads {args.threads}, "

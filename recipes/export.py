@@ -25,7 +25,7 @@ from models.export import DEFAULT_OPSET, DEFAULT_TOLERANCE, ExportReport, export
 from models.latency import DEFAULT_MIN_SECONDS, DEFAULT_REPEATS, DEFAULT_WARMUP, LatencyResult
 from recipes.plumbing import option_checks
 from recipes.plumbing.config import (
-    COUNT, NON_NEGATIVE, NON_NEGATIVE_COUNT, POSITIVE, Limit, arg, check_values, parse_config,
+    COUNT, NON_NEGATIVE, NON_NEGATIVE_COUNT, POSITIVE, Limit, arg, check_values, config_file, parse_config,
 )
 from recipes.plumbing.errors import run_main
 from recipes.plumbing.report import write_json
@@ -57,7 +57,8 @@ def main(argv: list[str] | None = None) -> ExportReport:
         raise ValueError("--student FILE is required: a model file written by pruning.save or models.save_model")
     option_checks.check_export(cfg)  # before the model file is read or anything written
     out = Path(cfg.out) if cfg.out else Path(cfg.student).with_suffix(".onnx")
-    _check_outputs_spare_the_input(cfg.student, [out, out.with_suffix(".export.json")])
+    _check_outputs_spare_the_inputs({"--student": cfg.student, "--config": config_file(argv)},
+                                    [out, out.with_suffix(".export.json")])
     model = pruning.load(cfg.student)
     input_size = _input_size(cfg, model)
     complexity = profile(model, (1, *input_size))
@@ -83,17 +84,18 @@ def main(argv: list[str] | None = None) -> ExportReport:
     return report
 
 
-def _check_outputs_spare_the_input(student: str, outputs: list[Path]) -> None:
-    """Neither written file (the ONNX file, its ``.export.json``) is the model file read: the export would replace
-    the trained model.
+def _check_outputs_spare_the_inputs(inputs: dict[str, str | None], outputs: list[Path]) -> None:
+    """No written file (the ONNX file, its ``.export.json``) is a file read (``{flag: path}``): the export would
+    replace the trained model, or the config it was asked to repeat.
 
     Raises:
         ValueError: naming the clash and what to pass.
     """
-    for path in outputs:
-        if Path(path).resolve() == Path(student).resolve() or (path.exists() and os.path.samefile(path, student)):
-            raise ValueError(f"--out {str(outputs[0])!r} would write {str(path)!r}, which is the --student file "
-                             "being exported; pass another --out (e.g. a name ending in .onnx)")
+    for flag, given in inputs.items():
+        for path in outputs if given else []:
+            if path.resolve() == Path(given).resolve() or (path.exists() and os.path.samefile(path, given)):
+                raise ValueError(f"--out {str(outputs[0])!r} would write {str(path)!r}, which is the {flag} file "
+                                 "this export reads; pass another --out (e.g. a name ending in .onnx)")
 
 
 def _input_size(cfg: ExportConfig, model: nn.Module) -> tuple[int, int, int]:

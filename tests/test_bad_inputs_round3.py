@@ -69,6 +69,17 @@ def test_export_refuses_an_out_that_is_its_own_student_file(out, model_file, tmp
     assert contents(tmp_path) == before  # the trained model is intact and nothing else was written
 
 
+def test_export_refuses_an_out_whose_export_json_is_its_config_file(model_file, tmp_path, monkeypatch, capsys):
+    import recipes.plumbing.option_checks as checks
+
+    monkeypatch.setattr(checks, "missing_deploy_packages", lambda: [])
+    config = tmp_path / "student.export.json"  # what an earlier export of student.pt wrote
+    config.write_text(json.dumps({"config": {"student": str(model_file), "batch_sizes": [1]}}))
+    before = contents(tmp_path)
+    line = fail(export.main, ["--config", str(config)], capsys)
+    assert "which is the --config file this export reads" in line and contents(tmp_path) == before
+
+
 def test_export_refuses_an_image_size_the_model_file_contradicts(model_file, tmp_path, monkeypatch, capsys):
     import recipes.plumbing.option_checks as checks
 
@@ -300,6 +311,17 @@ def test_overwrite_removes_the_earlier_runs_outputs_and_keeps_inputs_and_other_f
     earlier_run(out)
     prepare_out(parse_config(KDConfig, ["--out", str(out)]), out)  # without --overwrite nothing is removed
     assert "teacher_train/metrics.csv" in contents(out)
+
+
+def test_a_teacher_that_this_run_would_overwrite_is_refused(tmp_path, capsys):
+    out = tmp_path / "run"
+    earlier_run(out)
+    save_model(create_model("wide_cnn", 10, widths=[4, 4, 4, 4], hidden=8), out / "student.pt")  # a readable model
+    before = contents(out)
+    argv = [*SYNTHETIC, "--teacher", str(out / "student.pt"), "--out", str(out), "--overwrite"]
+    line = fail(distill_only.main, argv, capsys)
+    assert "is a file this run writes" in line and "student.pt" in line
+    assert contents(out) == before
 
 
 # ------------------------------------------------------------------------- 7. a slower student is slower

@@ -293,11 +293,9 @@ def parse_config(cls: type[C], argv: list[str] | None = None, description: str |
     Raises:
         ValueError: an unreadable config file, or one whose options do not fit ``cls``.
     """
-    first = OneLineParser(add_help=False)
-    first.add_argument("--config", default=None)
-    known, _ = first.parse_known_args(argv)
+    path = config_file(argv)
     parser = build_parser(cls, description)
-    saved = read_config(cls, known.config) if known.config is not None else None
+    saved = read_config(cls, path) if path is not None else None
     if saved is not None:
         parser.set_defaults(**saved.values)
     ns = parser.parse_args(argv)
@@ -313,6 +311,13 @@ def parse_config(cls: type[C], argv: list[str] | None = None, description: str |
     cfg = cls(**values)
     _mark_derived(cfg, kept)
     return fill_derived(cfg)
+
+
+def config_file(argv: list[str] | None = None) -> str | None:
+    """The ``--config FILE`` that ``argv`` (default ``sys.argv[1:]``) names, or None."""
+    first = OneLineParser(add_help=False)
+    first.add_argument("--config", default=None)
+    return first.parse_known_args(argv)[0].config
 
 
 _UNSET = object()

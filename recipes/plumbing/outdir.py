@@ -15,6 +15,14 @@ from recipes.plumbing import lock
 from recipes.plumbing.config import RunConfig, config_differences
 
 
+# What recipe runs write into OUT, and into each training stage's folder (OUT/<stage>/): --overwrite removes these
+# and nothing else, so a file of the user's that happens to sit in OUT is never deleted.
+RUN_FILES = ("config.json", "inputs.json", "report.json", "teacher.pt", "student.pt", "student.onnx",
+             "student.export.json", "compare.md", "compare.png", "steps.md")
+STAGE_FILES = ("last.pt", "best.pt", "metrics.csv", "curves.png")
+STAGE_LOGS = "tb"  # --tensorboard's event files
+
+
 def _cache_dir(cfg: RunConfig) -> Path:
     return Path(cfg.cache_dir) if cfg.cache_dir else default_cache_dir()
 
@@ -42,6 +50,7 @@ def check_out(cfg: RunConfig) -> Path:
         raise ValueError(f"--out {cfg.out!r} is a file; pass a folder (it is created when missing)")
     if cfg.resume and cfg.overwrite:
         raise ValueError("--resume continues the earlier run in --out and --overwrite replaces it; pass only one")
+    _check_teacher_is_no_output(cfg, out)
     if distributed.is_main():
         lock.acquire(out)  # before the folder is read or written: one run per folder (released by run_main)
     if cfg.resume:
@@ -53,6 +62,16 @@ def check_out(cfg: RunConfig) -> Path:
         raise ValueError(f"--out {cfg.out!r} already holds an earlier run ({shown}); pass --resume to continue it, "
                          "--overwrite to replace it, or choose another --out")
     return out
+
+
+def _check_teacher_is_no_output(cfg: RunConfig, out: Path) -> None:
+    """A ``--teacher`` file in ``out`` must not be one the run writes (any of :data:`RUN_FILES` but ``teacher.pt``,
+    which a run with ``--teacher`` does not write): the student would replace the model it was distilled from."""
+    teacher = getattr(cfg, "teacher", None)
+    written = {(out / name).resolve() for name in RUN_FILES if name != "teacher.pt"}
+    if teacher and Path(teacher).resolve() in written:
+        raise ValueError(f"--teacher {teacher!r} is a file this run writes in --out {cfg.out!r} and would be replaced; "
+                         "copy it elsewhere first, or choose another --out")
 
 
 def check_resume(cfg: RunConfig, out: Path) -> None:
@@ -84,14 +103,6 @@ def check_resume(cfg: RunConfig, out: Path) -> None:
             raise FileFormatError(f"checkpoint {str(path)!r} is not a kd.Trainer last.pt; start afresh with "
                                   "--overwrite")
         check_finite(state["student"], f"checkpoint {str(path)!r}")
-
-
-# What recipe runs write into OUT, and into each training stage's folder (OUT/<stage>/): --overwrite removes these
-# and nothing else, so a file of the user's that happens to sit in OUT is never deleted.
-RUN_FILES = ("config.json", "inputs.json", "report.json", "teacher.pt", "student.pt", "student.onnx",
-             "student.export.json", "compare.md", "compare.png", "steps.md")
-STAGE_FILES = ("last.pt", "best.pt", "metrics.csv", "curves.png")
-STAGE_LOGS = "tb"  # --tensorboard's event files
 
 
 def prepare_out(cfg: RunConfig, out: Path) -> None:
