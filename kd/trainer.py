@@ -220,7 +220,7 @@ class Trainer:
                 if val is not None:
                     ev = self.evaluate(val)
                     record.val_loss, record.val_accuracy = ev.loss, ev.accuracy
-                self._check_finite(record, validated=val is not None)
+                self._check_losses_finite(record, validated=val is not None)
                 self._record(record, train)
                 for cb in self.callbacks:
                     cb.on_epoch_end(self, record)
@@ -230,7 +230,7 @@ class Trainer:
                 self.result.tta_accuracy = self.evaluate(val, tta=self.tta).accuracy
         return self.result
 
-    def _check_finite(self, record: EpochRecord, validated: bool) -> None:
+    def _check_losses_finite(self, record: EpochRecord, validated: bool) -> None:
         """Every step's loss was finite, yet the epoch's mean or the validation loss may not be (weights that
         overflow only on unseen images): then no checkpoint or metrics row of the epoch is written."""
         peak = self.optimizer.param_groups[0].get("initial_lr", record.lr)  # the schedule's base, not its end
