@@ -5,7 +5,6 @@
 """
 from __future__ import annotations
 
-import argparse
 import time
 
 import torch
@@ -13,6 +12,8 @@ import torch.nn.functional as F
 
 from kd.precision import Hardware, autocast
 from models import create_model
+from recipes.plumbing.config import OneLineParser
+from recipes.plumbing.errors import run_main
 
 
 def images_per_s(batch_size: int, hw: Hardware, images: int = 2048) -> float:
@@ -41,7 +42,7 @@ def images_per_s(batch_size: int, hw: Hardware, images: int = 2048) -> float:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = OneLineParser(description=__doc__.split("\n")[0])
     parser.add_argument("--batch-sizes", type=int, nargs="+", default=[128, 256, 512, 1024])
     args = parser.parse_args(argv)
     hw = Hardware.detect("auto", "cpu")
@@ -53,4 +54,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

@@ -18,7 +18,6 @@ GPU, the full setting (all 50,000 / 10,000 images, 30 epochs of recovery, 3 seed
 """
 from __future__ import annotations
 
-import argparse
 import math
 import time
 from pathlib import Path
@@ -31,10 +30,12 @@ from kd.precision import Hardware
 from kd.teacher_cache import load_or_build
 from models import load_model, profile
 from recipes.plumbing.compare import Summary, make_setup, markdown_table, plot, run_method, summarize
+from recipes.plumbing.config import OneLineParser
+from recipes.plumbing.errors import run_main
 
 
-def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+def main(argv: list[str] | None = None) -> None:
+    p = OneLineParser(description=__doc__.split("\n")[0])
     p.add_argument("--teacher", required=True, help="a teacher.pt written by recipes/train_teacher.py")
     p.add_argument("--data-dir", default="../shared/data/cifar10")
     p.add_argument("--limit-train", type=int, default=10000)
@@ -51,7 +52,7 @@ def main() -> None:
     p.add_argument("--full", action="store_true", help="all images, 30 epochs (a GPU setting)")
     p.add_argument("--device", default="cpu")
     p.add_argument("--out", default="runs/cifar10_budget")
-    args = p.parse_args()
+    args = p.parse_args(argv)
     if args.full:
         args.limit_train, args.limit_test, args.epochs = None, None, 30
 
@@ -93,4 +94,4 @@ def main() -> None:
 
 if __name__ == "__main__":
     torch.set_flush_denormal(True)
-    main()
+    run_main(main)

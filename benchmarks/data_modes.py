@@ -27,6 +27,8 @@ import torch
 from kd import Trainer
 from kd.data import load_dataset, make_loaders
 from models import create_model
+from recipes.plumbing.config import OneLineParser
+from recipes.plumbing.errors import run_main
 
 
 def _status_kib(pid: int | str, field: str) -> int:
@@ -88,8 +90,8 @@ def one_mode(args: argparse.Namespace) -> dict:
             "worker_rss_peak_mib": workers.peak / 1024, "mean": data.mean}
 
 
-def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+def main(argv: list[str] | None = None) -> None:
+    p = OneLineParser(description=__doc__.split("\n")[0])
     p.add_argument("--data-dir", default="../shared/data/cifar10")
     p.add_argument("--limit-train", type=int, default=None, help="class-balanced subset (default: all images)")
     p.add_argument("--limit-test", type=int, default=None)
@@ -102,15 +104,18 @@ def main() -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--modes", nargs="+", default=["memory", "stream"], choices=["memory", "stream"])
     p.add_argument("--one", choices=["memory", "stream"], help=argparse.SUPPRESS)  # the per-mode child process
-    args = p.parse_args()
+    args = p.parse_args(argv)
     if args.one:
         print(json.dumps(one_mode(args)))
         return
     rows = []
     for mode in args.modes:
-        child = [sys.executable, __file__, "--one", mode, *sys.argv[1:]]
-        out = subprocess.run(child, capture_output=True, text=True, check=True).stdout
-        rows.append(json.loads(out.strip().splitlines()[-1]))
+        child = [sys.executable, __file__, "--one", mode, *(argv if argv is not None else sys.argv[1:])]
+        done = subprocess.run(child, capture_output=True, text=True)
+        if done.returncode != 0:  # the child said what went wrong in its last line (run_main's error line)
+            said = done.stderr.strip().splitlines()[-1] if done.stderr.strip() else f"exit status {done.returncode}"
+            raise ValueError(f"--modes {mode}: {said.removeprefix('error: ')}")
+        rows.append(json.loads(done.stdout.strip().splitlines()[-1]))
     r0 = rows[0]
     print(f"\n{args.arch} {args.model_args}, {r0['train_images']} training / {r0['test_images']} test images, "
           f"batch {args.batch_size}, {args.epochs} epoch(s), seed {args.seed}, torch threads {args.threads}, "
@@ -126,4 +131,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

@@ -9,7 +9,6 @@ The first kd.data run decodes the images once into the cache (not timed); DataLo
 """
 from __future__ import annotations
 
-import argparse
 import time
 from pathlib import Path
 
@@ -20,6 +19,8 @@ from torchvision import datasets, transforms
 
 from kd.data import balanced_indices, load_dataset, make_loaders
 from models import create_model
+from recipes.plumbing.config import OneLineParser
+from recipes.plumbing.errors import run_main
 
 
 def images_per_s(batches, steps: int, step=None, warmup: int = 2) -> float:
@@ -49,15 +50,15 @@ def sgd_step(model: torch.nn.Module):
     return step
 
 
-def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+def main(argv: list[str] | None = None) -> None:
+    p = OneLineParser(description=__doc__.split("\n")[0])
     p.add_argument("--data-dir", default="../shared/data/cifar10")
     p.add_argument("--limit-train", type=int, default=10000)
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--steps", type=int, default=20)
     p.add_argument("--arch", default="wide_cnn")
     p.add_argument("--workers", type=int, default=2)
-    args = p.parse_args()
+    args = p.parse_args(argv)
 
     data = load_dataset("imagefolder", args.data_dir, limit_train=args.limit_train, limit_test=10)
     ours, _ = make_loaders(data, args.batch_size)
@@ -81,4 +82,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

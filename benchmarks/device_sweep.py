@@ -27,6 +27,8 @@ import tarfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from recipes.plumbing.config import OneLineParser
+from recipes.plumbing.errors import run_main
 
 REPO = Path(__file__).resolve().parent.parent
 TEACHER = "fast-40"  # the teacher the students start from
@@ -130,7 +132,7 @@ def run_all(jobs: list[Job], parallel: int, deadline: float, logs: Path) -> None
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = OneLineParser(description=__doc__.split("\n")[0])
     parser.add_argument("--data-dir", required=True, help="CIFAR-10 in ImageFolder layout")
     parser.add_argument("--out", required=True, help="where the archive and the teachers' files go")
     parser.add_argument("--runs", default="/tmp/device_runs", help="the runs' folders")
@@ -161,4 +163,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

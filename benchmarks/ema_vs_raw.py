@@ -5,7 +5,6 @@ last epoch (``teacher_train/last.pt``), both scored single-view on the test spli
 """
 from __future__ import annotations
 
-import argparse
 
 import torch
 
@@ -13,10 +12,12 @@ from kd.data import load_dataset, make_loaders
 from kd.precision import Hardware
 from kd.trainer import evaluate
 from models import load_model
+from recipes.plumbing.config import OneLineParser
+from recipes.plumbing.errors import run_main
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = OneLineParser(description=__doc__.split("\n")[0])
     parser.add_argument("run", help="the --out folder of a train_teacher.py run with --ema")
     parser.add_argument("--data-dir", default="../shared/data/cifar10")
     args = parser.parse_args(argv)
@@ -34,4 +35,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import sys
 import time
 from pathlib import Path
 
@@ -25,6 +24,8 @@ from kd.precision import Hardware
 from models.checkpoint import read_model_file
 from recipes import train_teacher
 from recipes.plumbing.report import write_json
+from recipes.plumbing.config import OneLineParser
+from recipes.plumbing.errors import run_main
 
 RESULTS = Path(__file__).resolve().parent / "results"
 WIDE = '{"widths": [128, 128, 384, 384, 384, 384]}'  # airbench95's widths in fast_cnn's three blocks
@@ -123,7 +124,7 @@ def _mean_std(values: list[float]) -> str:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = OneLineParser(description=__doc__.split("\n")[0])
     parser.add_argument("--data-dir", default="../shared/data/cifar10", help="CIFAR-10 in ImageFolder layout")
     parser.add_argument("--arch", default="fast_cnn")
     parser.add_argument("--runs", default="fast,classic", help=f"comma-separated, of {', '.join(RUNS)}")
@@ -148,4 +149,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run_main(main)

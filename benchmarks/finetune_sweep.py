@@ -13,7 +13,6 @@ Prints the accuracy right after pruning (with and without BatchNorm re-estimatio
 """
 from __future__ import annotations
 
-import argparse
 import copy
 import statistics
 import time
@@ -30,6 +29,8 @@ from kd.precision import Hardware
 from kd.teacher_cache import CachedBatchIterator, load_or_build
 from models import load_model, profile
 from pruning.fitting import recalibrate_bn
+from recipes.plumbing.config import OneLineParser
+from recipes.plumbing.errors import run_main
 
 
 @dataclass
@@ -77,8 +78,8 @@ def prune_student(teacher: nn.Module, data, budget: float, calibration: list) ->
     return raw, recalibrate_bn(copy.deepcopy(raw), calibration)  # as prune(calibration=...), one search
 
 
-def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+def main(argv: list[str] | None = None) -> None:
+    p = OneLineParser(description=__doc__.split("\n")[0])
     p.add_argument("--teacher", required=True)
     p.add_argument("--data-dir", default="../shared/data/cifar10")
     p.add_argument("--limit-train", type=int, default=10000)
@@ -89,7 +90,7 @@ def main() -> None:
     p.add_argument("--views", type=int, default=4, help="teacher-cache views per training image")
     p.add_argument("--seeds", type=int, default=1)
     p.add_argument("--rows", default=",".join(ROWS), help=f"comma-separated, from: {', '.join(ROWS)}")
-    args = p.parse_args()
+    args = p.parse_args(argv)
 
     teacher = load_model(args.teacher).eval()
     data = load_dataset("imagefolder", args.data_dir, limit_train=args.limit_train, limit_test=args.limit_test,
@@ -141,4 +142,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

@@ -23,18 +23,30 @@ scratch + CE, and what the pruned start gained over the scratch one:
     python benchmarks/kd_gain.py --teacher benchmarks/weights/fast_cnn_cifar10_e40.pt \\
         --data-dir ../shared/data/cifar10 --flops 31269888 --epochs 20 --losses ce,kd --lrs 0.3 --seeds 0,1,2 \\
         --init pruned,scratch --tag h200-t40
+
+A finished cell is reused only when it was measured as this run would measure it: same teacher file (sha256), same
+recipe and same images (the sha256 of their names and sizes; a cell from before that was recorded names its
+--data-dir). Otherwise the run stops in one line naming the cell and the difference, before any cell runs: committed
+measurements are never silently replaced or mixed. Pass another --tag, or move the cell away to measure it again.
 """
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import math
+import os
+import shlex
 import statistics
 import time
+from collections.abc import Callable
 from pathlib import Path
 
+from kd.losses import LOSSES
 from kd.precision import Hardware
 from recipes import prune_then_distill
+from recipes.plumbing.config import OneLineParser
+from recipes.plumbing.errors import run_main
 from recipes.plumbing.inputs import file_sha256
 from recipes.plumbing.report import write_json
 
@@ -53,9 +65,15 @@ def cell_init(record: dict) -> str:
     return record.get("init", "pruned")
 
 
-def run_cell(args: argparse.Namespace, flops: int, epochs: int, loss: str, lr: float, seed: int,
-             init: str = "pruned") -> dict:
-    """One ``prune_then_distill`` run (``--student-init init``); its record is written to ``RESULTS/<cell>.json``."""
+def _name(cell: tuple[int, int, str, float, int, str], tag: str) -> str:
+    flops, epochs, loss, lr, seed, init = cell
+    return cell_name(flops, epochs, loss, lr, seed, tag, init)
+
+
+def run_cell(args: argparse.Namespace, flops: int, epochs: int, loss: str, lr: float, seed: int, init: str,
+             inputs: dict[str, str]) -> dict:
+    """One ``prune_then_distill`` run (``--student-init init``); its record (with ``inputs``,
+    :func:`current_inputs`) is written to ``RESULTS/<cell>.json``."""
     name = cell_name(flops, epochs, loss, lr, seed, args.tag, init)
     out = Path(args.out) / name
     words = ["--alpha", "0"] if loss == "ce" else ["--kd-loss", loss]
@@ -70,9 +88,8 @@ def run_cell(args: argparse.Namespace, flops: int, epochs: int, loss: str, lr: f
     report = json.loads((out / "report.json").read_text())
     student, teacher = result.reports[-1], next(r for r in result.reports if r.name == "teacher")
     record = {"cell": name, "flops_target": flops, "epochs": epochs, "loss": loss, "lr": lr, "seed": seed,
-              "init": init, "recipe": args.recipe, "teacher_sha256": file_sha256(args.teacher),
-              "accuracy": student.accuracy, "pruned_accuracy": result.reports[-2].accuracy,
-              "teacher_accuracy": teacher.accuracy,
+              "init": init, "recipe": args.recipe, **inputs, "accuracy": student.accuracy,
+              "pruned_accuracy": result.reports[-2].accuracy, "teacher_accuracy": teacher.accuracy,
               "flops": student.flops, "param_size_kb": student.param_size_kb, "wall_s": wall,
               "hardware": report.get("hardware"),
               "command": "python recipes/prune_then_distill.py " + " ".join(argv)}
@@ -80,9 +97,78 @@ def run_cell(args: argparse.Namespace, flops: int, epochs: int, loss: str, lr: f
     return record
 
 
+def data_sha256(data_dir: str | Path) -> str:
+    """A sha256 of the relative path and size of every file under ``data_dir`` (hidden ones left out): the same for
+    a copy of the images on another machine, different when an image is added, removed, renamed or resized."""
+    root, entries = Path(data_dir), []
+    for folder, dirs, files in os.walk(root):
+        dirs[:] = [d for d in dirs if not d.startswith(".")]  # pruned in place: os.walk then skips them
+        entries += [(str(Path(folder, f).relative_to(root)), Path(folder, f).stat().st_size) for f in files
+                    if not f.startswith(".")]
+    return hashlib.sha256(repr(sorted(entries)).encode()).hexdigest()
+
+
+def current_inputs(args: argparse.Namespace) -> dict[str, str]:
+    """What the cells of this run are measured from: the teacher file's sha256, the data folder and its
+    :func:`data_sha256`.
+
+    Raises:
+        ValueError: a missing teacher file or data folder.
+    """
+    if not Path(args.teacher).is_file():
+        raise ValueError(f"--teacher {args.teacher!r} is not a file; pass a model file (e.g. "
+                         "benchmarks/weights/fast_cnn_cifar10_e40.pt)")
+    if not Path(args.data_dir).is_dir():
+        raise ValueError(f"--data-dir {args.data_dir!r} is not a folder; pass the images in ImageFolder layout")
+    return {"teacher_sha256": file_sha256(args.teacher), "data_dir": args.data_dir,
+            "data_sha256": data_sha256(args.data_dir)}
+
+
+def reuse_difference(record: dict, args: argparse.Namespace, inputs: dict[str, str]) -> str | None:
+    """How a finished cell's record differs from what this run would measure (teacher, recipe, images), or None.
+    A cell from before ``data_sha256`` was recorded is compared by the ``--data-dir`` its command names."""
+    if record.get("teacher_sha256") != inputs["teacher_sha256"]:
+        return (f"it was measured from a teacher with sha256 {str(record.get('teacher_sha256'))[:12]}..., --teacher "
+                f"{args.teacher!r} has {inputs['teacher_sha256'][:12]}...")
+    if record.get("recipe", args.recipe) != args.recipe:
+        return f"it was measured with --recipe {record['recipe']}, this run has --recipe {args.recipe}"
+    if "data_sha256" in record:
+        if record["data_sha256"] != inputs["data_sha256"]:
+            return (f"it was measured on other images (data sha256 {record['data_sha256'][:12]}... in "
+                    f"{record.get('data_dir')!r}; {inputs['data_sha256'][:12]}... in --data-dir {args.data_dir!r})")
+        return None
+    words = shlex.split(record.get("command", ""))
+    recorded = words[words.index("--data-dir") + 1] if "--data-dir" in words[:-1] else None
+    if recorded is None or Path(recorded).resolve() != Path(args.data_dir).resolve():
+        return (f"it was measured on --data-dir {recorded!r} (as written then, from the folder it ran in), this run "
+                f"has --data-dir {args.data_dir!r}")
+    return None
+
+
+CELL_KEYS = ("flops_target", "epochs", "loss", "lr", "accuracy", "wall_s")
+
+
+def read_cell(path: Path) -> dict:
+    """A finished cell's record.
+
+    Raises:
+        ValueError: naming the file when it is not a cell's JSON object (truncated, edited, another file).
+    """
+    try:
+        record = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise ValueError(f"{str(path)!r} is not valid JSON ({getattr(err, 'msg', err)}): a truncated or edited cell; "
+                         "delete it to measure the cell again") from None
+    missing = [k for k in CELL_KEYS if k not in record] if isinstance(record, dict) else list(CELL_KEYS)
+    if missing:
+        raise ValueError(f"{str(path)!r} is not a finished cell's record (no {', '.join(missing)}); delete it to "
+                         "measure the cell again")
+    return record
+
+
 def load_cells(tags: list[str]) -> list[dict]:
-    """The finished cells' records of every tag in ``tags``."""
-    return [json.loads(p.read_text()) for tag in tags for p in sorted(RESULTS.glob(f"{tag}_*.json"))]
+    """The finished cells' records of every tag in ``tags`` (:func:`read_cell`)."""
+    return [read_cell(p) for tag in tags for p in sorted(RESULTS.glob(f"{tag}_*.json"))]
 
 
 def _mean_std(values: list[float]) -> str:
@@ -185,23 +271,31 @@ def plot_svg(records: list[dict], title: str) -> str:
     return "\n".join(parts + ["</svg>"]) + "\n"
 
 
-def _name(cell: tuple[int, int, str, float, int, str], tag: str) -> str:
-    flops, epochs, loss, lr, seed, init = cell
-    return cell_name(flops, epochs, loss, lr, seed, tag, init)
+def comma_list(kind: Callable[[str], object]) -> Callable[[str], list]:
+    """An argparse type: ``"2,8"`` → ``[2, 8]`` with every item read by ``kind``; a bad item is a one-line error."""
+    def parse(text: str) -> list:
+        try:
+            return [kind(item) for item in text.split(",")]
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a comma-separated list of "
+                                             f"{getattr(kind, '__name__', 'value')}s") from None
+    return parse
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = OneLineParser(description=__doc__.split("\n")[0])
     parser.add_argument("--teacher", default="benchmarks/weights/fast_cnn_cifar10_e40.pt")
     parser.add_argument("--data-dir", default="../shared/data/cifar10")
-    parser.add_argument("--recipe", default="fast")
-    parser.add_argument("--flops", default="31269888", help="comma-separated FLOPs targets")
-    parser.add_argument("--epochs", default="2,8", help="comma-separated recovery budgets")
-    parser.add_argument("--losses", default="ce,kd", help="comma-separated: ce or registered distillation losses")
-    parser.add_argument("--lrs", default="0.1", help="comma-separated fine-tuning rates")
-    parser.add_argument("--seeds", default="0")
-    parser.add_argument("--init", default="pruned", help="comma-separated student starts: pruned (the teacher's "
-                        "weights), scratch (the pruned architecture re-initialised, Liu et al. 2019's Scratch-E)")
+    parser.add_argument("--recipe", default="fast", choices=("classic", "fast"))
+    parser.add_argument("--flops", type=comma_list(int), default="31269888", help="comma-separated FLOPs targets")
+    parser.add_argument("--epochs", type=comma_list(int), default="2,8", help="comma-separated recovery budgets")
+    parser.add_argument("--losses", type=comma_list(str), default="ce,kd",
+                        help="comma-separated: ce or registered distillation losses")
+    parser.add_argument("--lrs", type=comma_list(float), default="0.1", help="comma-separated fine-tuning rates")
+    parser.add_argument("--seeds", type=comma_list(int), default="0")
+    parser.add_argument("--init", type=comma_list(str), default="pruned",
+                        help="comma-separated student starts: pruned (the teacher's weights), scratch (the pruned "
+                        "architecture re-initialised, Liu et al. 2019's Scratch-E)")
     parser.add_argument("--tag", default="fast", help="prefix of the result files (one per teacher/recipe)")
     parser.add_argument("--out", default="runs/kd_gain")
     parser.add_argument("--table", action="store_true", help="only print the table of the finished cells")
@@ -209,23 +303,18 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--plot", help="also draw Δ against the FLOPs target, one line per budget, into this .svg")
     parser.add_argument("extra", nargs="*", help="more words for prune_then_distill.py after --")
     args = parser.parse_args(argv)
-    print(Hardware.detect("auto", "cpu").describe())
-    inits = args.init.split(",")
-    unknown = [i for i in inits if i not in prune_then_distill.STUDENT_INITS]
+    unknown = [loss for loss in args.losses if loss != "ce" and loss not in LOSSES]
     if unknown:
-        parser.error(f"--init {','.join(unknown)}: choose from {', '.join(prune_then_distill.STUDENT_INITS)}")
-    grid = [(int(f), int(e), loss, float(lr), int(s), init) for f in args.flops.split(",")
-            for e in args.epochs.split(",") for loss in args.losses.split(",") for lr in args.lrs.split(",")
-            for s in args.seeds.split(",") for init in inits]
-    missing = [c for c in grid if not (RESULTS / f"{_name(c, args.tag)}.json").is_file()]
-    if not args.table:
-        per_epoch = [d["wall_s"] / d["epochs"] for d in load_cells([args.tag])]
-        cost = f", about {statistics.mean(per_epoch) / 60:.1f} min per epoch here so far" if per_epoch else ""
-        print(f"{len(grid) - len(missing)} of {len(grid)} cells done; missing: {len(missing)}{cost}")
-        for c in missing:
-            print(f"cell {_name(c, args.tag)}", flush=True)
-            run_cell(args, *c)
+        raise ValueError(f"--losses: unknown {', '.join(unknown)}; use ce or {', '.join(LOSSES)}")
+    unknown = [i for i in args.init if i not in prune_then_distill.STUDENT_INITS]
+    if unknown:
+        raise ValueError(f"--init {','.join(unknown)}: choose from {', '.join(prune_then_distill.STUDENT_INITS)}")
+    if args.plot and not Path(args.plot).resolve().parent.is_dir():
+        raise ValueError(f"--plot {args.plot!r}: the folder {str(Path(args.plot).parent)!r} does not exist")
+    print(Hardware.detect("auto", "cpu").describe())
     tags = (args.table_tags or args.tag).split(",")
+    if not args.table:
+        run_missing(args)
     shown = load_cells(tags)
     print(table(shown))
     if four_way(shown):
@@ -235,5 +324,31 @@ def main(argv: list[str] | None = None) -> None:
         print(f"wrote {args.plot}")
 
 
+def run_missing(args: argparse.Namespace) -> None:
+    """Runs the grid's cells that have no result yet, after checking that every finished one may be reused
+    (:func:`reuse_difference`).
+
+    Raises:
+        ValueError: naming the first finished cell measured from other inputs, and the difference.
+    """
+    grid = [(f, e, loss, lr, s, init) for f in args.flops for e in args.epochs for loss in args.losses
+            for lr in args.lrs for s in args.seeds for init in args.init]
+    inputs = current_inputs(args)
+    paths = {c: RESULTS / f"{_name(c, args.tag)}.json" for c in grid}
+    done = {c: read_cell(p) for c, p in paths.items() if p.is_file()}
+    for c, record in done.items():
+        difference = reuse_difference(record, args, inputs)
+        if difference is not None:
+            raise ValueError(f"cell {_name(c, args.tag)} cannot be reused: {difference}; pass another --tag, "
+                             f"or move {str(paths[c])!r} away to measure it again")
+    missing = [c for c in grid if c not in done]
+    per_epoch = [d["wall_s"] / d["epochs"] for d in load_cells([args.tag])]
+    cost = f", about {statistics.mean(per_epoch) / 60:.1f} min per epoch here so far" if per_epoch else ""
+    print(f"{len(grid) - len(missing)} of {len(grid)} cells done; missing: {len(missing)}{cost}")
+    for c in missing:
+        print(f"cell {_name(c, args.tag)}", flush=True)
+        run_cell(args, *c, inputs)
+
+
 if __name__ == "__main__":
-    main()
+    run_main(main)

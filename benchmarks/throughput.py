@@ -18,7 +18,6 @@ Prints the CPU model, instruction set and the precision ``auto`` chose; numbers 
 """
 from __future__ import annotations
 
-import argparse
 import copy
 import time
 from collections.abc import Callable, Iterable
@@ -36,6 +35,8 @@ from kd.data import BatchIterator, balanced_indices, load_dataset
 from kd.precision import Hardware
 from kd.teacher_cache import CachedBatchIterator, build_teacher_cache
 from models import create_model, measure_latency, profile
+from recipes.plumbing.config import OneLineParser
+from recipes.plumbing.errors import run_main
 
 
 class StepClock(Callback):
@@ -85,8 +86,8 @@ def toolkit_rate(student: nn.Module, teacher: nn.Module | None, batches: Iterabl
     return rate(clock.times, warmup, batch_size)
 
 
-def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+def main(argv: list[str] | None = None) -> None:
+    p = OneLineParser(description=__doc__.split("\n")[0])
     p.add_argument("--data-dir", default="../shared/data/cifar10")
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--steps", type=int, default=20, help="timed training steps per row")
@@ -94,7 +95,7 @@ def main() -> None:
     p.add_argument("--views", type=int, default=2, help="teacher-cache views built for the cached row")
     p.add_argument("--workers", type=int, default=2, help="DataLoader workers of the tutorial loop")
     p.add_argument("--compile", action="store_true", help="also time torch.compile (compile time included)")
-    args = p.parse_args()
+    args = p.parse_args(argv)
 
     n = (args.steps + args.warmup) * args.batch_size
     data = load_dataset("imagefolder", args.data_dir, limit_train=n, limit_test=10, progress=False)
@@ -162,4 +163,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

@@ -8,6 +8,7 @@ the teacher is not run at all.
 from __future__ import annotations
 
 import contextlib
+import math
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
@@ -32,6 +33,11 @@ from models.errors import NonFiniteError
 
 CHECKPOINT_FORMAT = 1
 DEFAULT_LOSS = "kd"  # the loss a Trainer with a teacher uses when none is given
+
+
+class DivergedError(NonFiniteError):
+    """The training or validation loss stopped being finite: the run diverged. Raised before that epoch's
+    checkpoint, metrics row or model is written, so nothing non-finite is saved; the message names the epoch."""
 
 
 @dataclass
@@ -117,8 +123,9 @@ class Trainer:
     and buffers.
 
     Raises:
-        models.errors.NonFiniteError: from ``fit`` when the loss becomes NaN or infinite; no checkpoint of that epoch is
-            written, so ``best.pt`` and ``last.pt`` only ever hold finite weights.
+        DivergedError: (a ``models.errors.NonFiniteError``) from ``fit`` when the training or validation loss becomes
+            NaN or infinite; no checkpoint of that epoch is written, so ``best.pt`` and ``last.pt`` only ever hold
+            finite weights.
     """
 
     def __init__(self, student: nn.Module, teacher: nn.Module | None = None, loss: nn.Module | None = None, *,
@@ -213,6 +220,7 @@ class Trainer:
                 if val is not None:
                     ev = self.evaluate(val)
                     record.val_loss, record.val_accuracy = ev.loss, ev.accuracy
+                self._check_losses_finite(record, validated=val is not None)
                 self._record(record, train)
                 for cb in self.callbacks:
                     cb.on_epoch_end(self, record)
@@ -221,6 +229,15 @@ class Trainer:
             if self.tta != "none" and val is not None and self.epoch == self.epochs:
                 self.result.tta_accuracy = self.evaluate(val, tta=self.tta).accuracy
         return self.result
+
+    def _check_losses_finite(self, record: EpochRecord, validated: bool) -> None:
+        """Every step's loss was finite, yet the epoch's mean or the validation loss may not be (weights that
+        overflow only on unseen images): then no checkpoint or metrics row of the epoch is written."""
+        peak = self.optimizer.param_groups[0].get("initial_lr", record.lr)  # the schedule's base, not its end
+        for name, value in (("training", record.train_loss), ("validation", record.val_loss)):
+            if (name == "training" or validated) and not math.isfinite(value):
+                raise DivergedError(f"the {name} loss became {value} at epoch {record.epoch} (peak lr {peak:.3g}): "
+                                    "the run diverged")
 
     def _data_parallel(self) -> nn.Module:
         """The student (and the feature loss, whose regressor trains too) in DistributedDataParallel, so backward
@@ -287,7 +304,7 @@ class Trainer:
                 parts["hint"] = self.feature_loss()
         loss = total_loss(parts)
         if not torch.isfinite(loss):
-            raise NonFiniteError(
+            raise DivergedError(
                 f"the training loss became {float(loss.detach())} at epoch {state.epoch}, step {state.step + 1} (lr "
                 f"{self.optimizer.param_groups[0]['lr']:.3g}): the run diverged")
         self.optimizer.zero_grad(set_to_none=True)

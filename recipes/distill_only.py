@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import recipes.plumbing.signals  # noqa: F401,I001 (first: Ctrl-C while torch loads is one line)
 from dataclasses import dataclass
+from typing import Any, ClassVar
 
 from kd import HintLoss
 from models import create_model, list_models, save_model
@@ -24,15 +25,25 @@ from recipes.plumbing.teachers import use_committed_teacher
 from recipes.plumbing.training import fit_stage, init_model, loaders, seed_everything
 
 
+WIDE_STUDENT = '{"widths": [32, 64, 128, 128], "hidden": 256}'  # half the teacher's widths
+
+
 @dataclass
 class DistillConfig(KDConfig):
     arch: str = arg("wide_cnn", f"student architecture: {', '.join(list_models())} or timm:<name>")
-    model_args: str = arg('{"widths": [32, 64, 128, 128], "hidden": 256}', "JSON of the student's architecture "
-                          "arguments")
+    model_args: str | None = arg(None, "JSON of the student's architecture arguments (default: for wide_cnn "
+                                 f"{WIDE_STUDENT}, for any other --arch its own defaults, {{}})")
     hint_student_layer: str | None = arg(None, "FitNet hint: student layer (e.g. features.conv3); off by default")
     hint_teacher_layer: str | None = arg(None, "FitNet hint: teacher layer matched to --hint-student-layer")
     hint_weight: float = arg(1.0, "weight of the FitNet hint loss", limit=NON_NEGATIVE)
     out: str = arg("runs/distill", "output folder")
+
+    DERIVED_FROM: ClassVar[tuple[str, ...]] = (*KDConfig.DERIVED_FROM, "arch")
+
+    def option_defaults(self) -> dict[str, Any]:
+        """``--model-args`` when not given: the lab's small student for ``wide_cnn``, the architecture's own
+        defaults for any other ``--arch`` (wide_cnn's widths would not fit it)."""
+        return {"model_args": WIDE_STUDENT if self.arch == "wide_cnn" else "{}"}
 
 
 @lock.releasing

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import recipes.plumbing.signals  # noqa: F401,I001 (first: Ctrl-C while torch loads is one line)
 import dataclasses
+import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,7 +25,7 @@ from models.export import DEFAULT_OPSET, DEFAULT_TOLERANCE, ExportReport, export
 from models.latency import DEFAULT_MIN_SECONDS, DEFAULT_REPEATS, DEFAULT_WARMUP, LatencyResult
 from recipes.plumbing import option_checks
 from recipes.plumbing.config import (
-    COUNT, NON_NEGATIVE, NON_NEGATIVE_COUNT, POSITIVE, Limit, arg, check_values, parse_config,
+    COUNT, NON_NEGATIVE, NON_NEGATIVE_COUNT, POSITIVE, Limit, arg, check_values, config_file, parse_config,
 )
 from recipes.plumbing.errors import run_main
 from recipes.plumbing.report import write_json
@@ -36,7 +37,8 @@ class ExportConfig:
     out: str | None = arg(None, "ONNX file to write (default: the model file with .onnx)")
     batch_sizes: tuple[int, ...] = arg((1, 64), "batch sizes to check and time", limit=COUNT)
     threads: int | None = arg(None, "CPU threads of both runtimes (default: torch's current number)", limit=COUNT)
-    image_size: int | None = arg(None, "input height and width (default: the model file's image_size, else 32)",
+    image_size: int | None = arg(None, "input height and width, for a model file that records none (default: the "
+                                 "file's image_size, else 32; a different size than the file's is refused)",
                                  limit=Limit(lambda v: v >= 8, ">= 8 (pixels)"))
     opset: int = arg(DEFAULT_OPSET, "ONNX opset version", limit=COUNT)
     dynamo: bool = arg(True, "torch.export-based exporter; --no-dynamo uses the deprecated TorchScript one")
@@ -54,8 +56,10 @@ def main(argv: list[str] | None = None) -> ExportReport:
     if cfg.student is None:
         raise ValueError("--student FILE is required: a model file written by pruning.save or models.save_model")
     option_checks.check_export(cfg)  # before the model file is read or anything written
-    model = pruning.load(cfg.student)
     out = Path(cfg.out) if cfg.out else Path(cfg.student).with_suffix(".onnx")
+    _check_outputs_spare_the_inputs({"--student": cfg.student, "--config": config_file(argv)},
+                                    [out, out.with_suffix(".export.json")])
+    model = pruning.load(cfg.student)
     input_size = _input_size(cfg, model)
     complexity = profile(model, (1, *input_size))
     print(f"exporting {cfg.student} ({model.arch_spec['name']}, {complexity.flops:,} flops, {complexity.params:,} "
@@ -80,9 +84,32 @@ def main(argv: list[str] | None = None) -> ExportReport:
     return report
 
 
+def _check_outputs_spare_the_inputs(inputs: dict[str, str | None], outputs: list[Path]) -> None:
+    """No written file (the ONNX file, its ``.export.json``) is a file read (``{flag: path}``): the export would
+    replace the trained model, or the config it was asked to repeat.
+
+    Raises:
+        ValueError: naming the clash and what to pass.
+    """
+    for flag, given in inputs.items():
+        for path in outputs if given else []:
+            if path.resolve() == Path(given).resolve() or (path.exists() and os.path.samefile(path, given)):
+                raise ValueError(f"--out {str(outputs[0])!r} would write {str(path)!r}, which is the {flag} file "
+                                 "this export reads; pass another --out (e.g. a name ending in .onnx)")
+
+
 def _input_size(cfg: ExportConfig, model: nn.Module) -> tuple[int, int, int]:
-    """(C, H, W): channels from the architecture arguments, size from --image-size or the file's meta (else 32)."""
-    size = cfg.image_size or getattr(model, "meta", {}).get("image_size") or 32
+    """(C, H, W): channels from the architecture arguments, size from the file's meta, else --image-size, else 32.
+
+    Raises:
+        ValueError: ``--image-size`` differs from the size the model file records (it was trained on that size;
+            the recipes refuse the same mismatch).
+    """
+    recorded = getattr(model, "meta", {}).get("image_size")
+    if cfg.image_size is not None and recorded is not None and cfg.image_size != recorded:
+        raise ValueError(f"{cfg.student!r} was trained on {recorded}-pixel images (its file says so); pass "
+                         f"--image-size {recorded} or leave --image-size out")
+    size = recorded or cfg.image_size or 32
     return int(model.arch_spec["kwargs"].get("in_chans", 3)), int(size), int(size)
 
 

@@ -15,7 +15,7 @@ import typing
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, NoReturn, TypeVar
+from typing import Any, ClassVar, NoReturn, TypeVar
 
 import torch
 
@@ -94,6 +94,10 @@ def arg(default: Any, help: str, choices: tuple | None = None, limit: Limit | No
 class RunConfig:
     """The command-line words every recipe shares."""
 
+    # the options that the derived values (from --recipe) are computed from: a --config re-run that changes one of
+    # them derives those values again (parse_config)
+    DERIVED_FROM: ClassVar[tuple[str, ...]] = ("recipe", "batch_size")
+
     dataset: str = arg("cifar10-jpeg", "cifar10-jpeg (CIFAR-10 as JPEG q75, ships with the project), cifar10 / "
                        "cifar100 (torchvision download), imagefolder (--data-dir), or synthetic", DATASETS)
     data_dir: str | None = arg(None, "where the data set is (imagefolder) or goes (cifar)")
@@ -140,8 +144,9 @@ class RunConfig:
     device: str = arg("auto", "cpu, cuda, cuda:N, or auto (cuda when available)")
     resume: bool = arg(False, "continue an interrupted run from OUT/.../last.pt (with the options it was started "
                        "with)")
-    overwrite: bool = arg(False, "replace the earlier run in a non-empty OUT (without --resume or --overwrite such "
-                          "an OUT is refused)")
+    overwrite: bool = arg(False, "replace the earlier run in OUT: remove what runs write there (config, report, "
+                          "model files, stage checkpoints, metrics) except this run's inputs (--teacher); keep the "
+                          "rest")
     skip_bad_images: bool = arg(False, "leave out image files that cannot be decoded (counted once) instead of "
                                 "stopping at the first")
     precision: str = arg("auto", "auto: bf16 autocast where the hardware computes bf16 natively (CUDA, AMX or "
@@ -173,22 +178,65 @@ def resolve_recipe(cfg: Any) -> str:
     return "fast" if big else "classic"
 
 
+def recipe_values(recipe: str, batch_size: int | None = None, epochs_key: str = "epochs") -> dict[str, Any]:
+    """Every option value ``RECIPES[recipe]`` gives, its batch size included; a rate the recipe gives per
+    ``lr_batch`` images (the fast recipe's) is scaled linearly to ``batch_size`` (default: the recipe's batch):
+    ``lr = lr_recipe · batch_size / lr_batch``. ``epochs`` is the preset's ``epochs_key`` entry (prune_then_distill
+    fine-tunes for ``finetune_epochs``)."""
+    preset = dict(RECIPES[recipe])
+    preset["epochs"] = preset[epochs_key]
+    batch = batch_size if batch_size is not None else preset["batch_size"]
+    scale = batch / preset["lr_batch"] if "lr_batch" in preset else 1.0
+    return {name: value * scale if name in _BATCH_SCALED else value for name, value in preset.items()
+            if name != "lr_batch"}
+
+
 def apply_recipe(cfg: Any) -> Any:
-    """Resolves ``--recipe auto`` (:func:`resolve_recipe`) and fills every option of ``cfg`` left at None that
-    ``RECIPES[cfg.recipe]`` sets (``--epochs`` from the key ``cfg.EPOCHS_KEY`` names, when the config has one). A
-    learning rate given per ``lr_batch`` images (the fast recipe's) is scaled linearly to ``--batch-size`` unless
-    the rate was given."""
+    """Resolves ``--recipe auto`` (:func:`resolve_recipe`), fills every option of ``cfg`` left at None that
+    ``RECIPES[cfg.recipe]`` sets (:func:`recipe_values`, rates scaled to the batch size unless given, ``--epochs``
+    from the key ``cfg.EPOCHS_KEY`` names when the config has one) and records the filled names as derived
+    (:func:`derived_options`)."""
     cfg.recipe = resolve_recipe(cfg)
-    preset = dict(RECIPES[cfg.recipe])
-    preset["epochs"] = preset[getattr(cfg, "EPOCHS_KEY", "epochs")]
     names = {f.name for f in dataclasses.fields(cfg)}
+    filled = set()
     if "batch_size" in names and cfg.batch_size is None:
-        cfg.batch_size = preset["batch_size"]
-    scale = cfg.batch_size / preset["lr_batch"] if "lr_batch" in preset else 1.0
-    for name, value in preset.items():
+        cfg.batch_size, filled = RECIPES[cfg.recipe]["batch_size"], {"batch_size"}
+    epochs_key = getattr(cfg, "EPOCHS_KEY", "epochs")
+    for name, value in recipe_values(cfg.recipe, getattr(cfg, "batch_size", None), epochs_key).items():
         if name in names and getattr(cfg, name) is None:
-            setattr(cfg, name, value * scale if name in _BATCH_SCALED else value)
+            setattr(cfg, name, value)
+            filled.add(name)
+    _mark_derived(cfg, derived_options(cfg) | filled)
     return cfg
+
+
+def fill_derived(cfg: Any) -> Any:
+    """Fills the options of ``cfg`` left at None whose default is computed from other options: the recipe's values
+    (:func:`apply_recipe`, for a config with ``recipe``) and those of the config's own ``option_defaults()`` method
+    (distill_only's ``--model-args`` per ``--arch``); records them as derived."""
+    if hasattr(cfg, "recipe"):
+        apply_recipe(cfg)
+    own = cfg.option_defaults() if hasattr(cfg, "option_defaults") else {}
+    filled = {name for name in own if getattr(cfg, name) is None}
+    for name in filled:
+        setattr(cfg, name, own[name])
+    _mark_derived(cfg, derived_options(cfg) | filled)
+    return cfg
+
+
+# The key of config.json that lists the options whose values were derived (from --recipe, the batch size, --arch)
+# rather than given; a --config re-run that changes what they were derived from derives them again.
+DERIVED_KEY = "_derived"
+
+
+def derived_options(cfg: Any) -> frozenset[str]:
+    """The names of the options of ``cfg`` whose values were derived from other options, not given."""
+    return frozenset(getattr(cfg, DERIVED_KEY, ()))
+
+
+def _mark_derived(cfg: Any, names: set[str] | frozenset[str]) -> None:
+    # an attribute, not a field: it is not an option (no --flag), and asdict leaves it out
+    setattr(cfg, DERIVED_KEY, tuple(sorted(names)))
 
 
 def _base_type(tp: Any) -> Any:
@@ -217,7 +265,7 @@ class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
         return super()._get_help_string(action)
 
 
-class _Parser(argparse.ArgumentParser):
+class OneLineParser(argparse.ArgumentParser):
     """argparse with its errors in the recipes' form: one line, ``error: ...``, exit status 2."""
 
     def error(self, message: str) -> NoReturn:
@@ -236,8 +284,8 @@ class _Repeatable(argparse.Action):
         setattr(namespace, self.dest, words + list(values))
 
 
-CONFIG_HELP = ("read options from a YAML or JSON file: your own, --print-config's output, or an earlier run's "
-               "config.json / report.json; the command line overrides it")
+CONFIG_HELP = ("read options from a YAML or JSON file (yours, --print-config's, or a run's config.json); the command "
+               "line overrides it, and values derived from --recipe are derived again when it changes")
 PRINT_CONFIG_HELP = "print the resolved configuration (YAML, readable by --config) and exit"
 EPILOG = ("Options marked 'from --recipe' take the recipe's value unless given. Why each default was chosen: "
           "BENCHMARKS.md.")
@@ -270,7 +318,7 @@ JSON_FIELDS = frozenset({"model_args", "teacher_model_args", "loss_args"})  # JS
 def build_parser(cls: type, description: str | None = None) -> argparse.ArgumentParser:
     """An ``argparse`` parser with one ``--option`` per field of the dataclass ``cls``, in the :data:`GROUPS` of
     ``--help``, and ``--config FILE`` / ``--print-config``."""
-    parser = _Parser(description=description, formatter_class=_HelpFormatter, epilog=EPILOG,
+    parser = OneLineParser(description=description, formatter_class=_HelpFormatter, epilog=EPILOG,
                      usage="%(prog)s [options]   (-h lists them by group)")
     groups = {name: parser.add_argument_group(f"{name} options") for name in (*GROUPS, OTHER_GROUP)}
     hints = typing.get_type_hints(cls)
@@ -294,22 +342,34 @@ def build_parser(cls: type, description: str | None = None) -> argparse.Argument
 
 def parse_config(cls: type[C], argv: list[str] | None = None, description: str | None = None) -> C:
     """Parses ``argv`` (default ``sys.argv[1:]``) into an instance of the dataclass ``cls``. With ``--config FILE``
-    the file's options (:func:`read_config`) replace the defaults, and the command line overrides both.
+    the file's options (:func:`read_config`) replace the defaults, and the command line overrides both. Options left
+    unset are then derived (:func:`fill_derived`). A value the file records as derived is derived again when the
+    command line changes an option it was derived from (``cls.DERIVED_FROM``: ``--recipe``, ``--batch-size``,
+    ``--arch``): a fast run's config re-run with ``--recipe classic`` trains classic's batch, rate and schedule,
+    with ``--batch-size 64`` at the rate scaled to 64. A value given on the earlier run's command line stays.
 
     Raises:
         ValueError: an unreadable config file, or one whose options do not fit ``cls``.
     """
-    first = _Parser(add_help=False)
-    first.add_argument("-c", "--config", default=None)
-    known, _ = first.parse_known_args(argv)
+    path = config_file(argv)
     parser = build_parser(cls, description)
-    if known.config is not None:
-        parser.set_defaults(**read_config(cls, known.config))
+    saved = read_config(cls, path) if path is not None else None
+    if saved is not None:
+        parser.set_defaults(**saved.values)
     ns = parser.parse_args(argv)
     values = {k: tuple(v) if isinstance(v, list) else v for k, v in vars(ns).items()
               if k not in ("config", "print_config")}
+    kept: frozenset[str] = frozenset()
+    if saved is not None:
+        given = _given_options(cls, argv, description)
+        kept = saved.derived - given
+        changed = [n for n in getattr(cls, "DERIVED_FROM", ()) if n in given and values[n] != saved.values.get(n)]
+        if changed:
+            values.update({name: None for name in kept})  # derived again below, from the options as they are now
+            kept = frozenset()
     cfg = cls(**values)
-    cfg = apply_recipe(cfg) if hasattr(cfg, "recipe") else cfg
+    _mark_derived(cfg, kept)
+    cfg = fill_derived(cfg)
     if ns.print_config:
         print_config(cfg)
         parser.exit(0)
@@ -329,17 +389,44 @@ def print_config(cfg: Any) -> None:
     print(yaml.safe_dump(values, sort_keys=False, allow_unicode=True), end="", flush=True)
 
 
+def config_file(argv: list[str] | None = None) -> str | None:
+    """The ``--config FILE`` that ``argv`` (default ``sys.argv[1:]``) names, or None."""
+    first = OneLineParser(add_help=False)
+    first.add_argument("-c", "--config", default=None)
+    return first.parse_known_args(argv)[0].config
+
+
+_UNSET = object()
+
+
+def _given_options(cls: type, argv: list[str] | None, description: str | None) -> frozenset[str]:
+    """The names of the options ``argv`` gives on the command line (whatever their value)."""
+    parser = build_parser(cls, description)
+    parser.set_defaults(**{f.name: _UNSET for f in dataclasses.fields(cls)})
+    return frozenset(k for k, v in vars(parser.parse_args(argv)).items() if v is not _UNSET and k not in ("config", "print_config"))
+
+
 # Options of an earlier run that a re-run does not take from its config file: they say what to do with that run's
 # folder, not what to compute.
 CONFIG_IGNORED = frozenset({"resume", "overwrite"})
 
 
-def read_config(cls: type, path: str | Path) -> dict[str, Any]:
-    """The options of ``cls`` that the YAML or JSON file ``path`` holds: one written by hand or by
-    ``--print-config``, a ``config.json`` written by an earlier run, or the ``"config"`` object of its
-    ``report.json``; each value checked against the field's type and choices, lists made tuples, a mapping given
-    for a JSON option (``model_args``) made its JSON string, except :data:`CONFIG_IGNORED`. Keys may be spelt with
-    dashes, as on the command line.
+@dataclass(frozen=True)
+class SavedConfig:
+    """The options a config file holds (checked), and which of them were derived rather than given."""
+
+    values: dict[str, Any]
+    derived: frozenset[str]
+
+
+def read_config(cls: type, path: str | Path) -> SavedConfig:
+    """The options of ``cls`` that the YAML or JSON file ``path`` holds: one written by hand or by ``--print-config``,
+    a ``config.json`` written by an earlier run, or the ``"config"`` object of its ``report.json``; each value checked
+    against the field's type and choices, lists made tuples, a mapping given for a JSON option (``model_args``) made
+    its JSON string, except :data:`CONFIG_IGNORED`; keys may be spelt with dashes, as on the command line. Which
+    were derived is read from the file's :data:`DERIVED_KEY` list; a file written before that list existed counts as
+    derived each value equal to what its recipe gives (:func:`recipe_values` at its batch size) for an option whose
+    default is None.
 
     Raises:
         ValueError: naming the file and what is wrong with it (missing, not YAML/JSON, an option ``cls`` lacks, a
@@ -353,6 +440,7 @@ def read_config(cls: type, path: str | Path) -> dict[str, Any]:
         body = body["config"]  # a report.json
     if not isinstance(body, dict):
         raise ValueError(f"{where} does not hold an object of options")
+    derived = body.pop(DERIVED_KEY, None)
     fields = {f.name: f for f in dataclasses.fields(cls)}
     hints = typing.get_type_hints(cls)
     unknown = sorted(set(body) - set(fields))
@@ -365,7 +453,21 @@ def read_config(cls: type, path: str | Path) -> dict[str, Any]:
             value = json.dumps(value)
         if name not in CONFIG_IGNORED:
             values[name] = _config_value(name, value, hints[name], fields[name].metadata.get("choices"), where)
-    return values
+    if derived is None:
+        return SavedConfig(values, _guess_derived(values, fields))
+    if not isinstance(derived, list) or not set(derived) <= set(fields):
+        raise ValueError(f"{where}: {DERIVED_KEY} must list option names of this recipe, got {derived!r}")
+    return SavedConfig(values, frozenset(derived) & set(values))
+
+
+def _guess_derived(values: dict[str, Any], fields: dict[str, dataclasses.Field]) -> frozenset[str]:
+    """For a file from before :data:`DERIVED_KEY`: the unset-by-default options whose value is the recipe's."""
+    recipe = values.get("recipe", "classic")
+    if "recipe" not in fields or recipe not in RECIPES:
+        return frozenset()
+    preset = recipe_values(recipe, values.get("batch_size"))
+    return frozenset(name for name, value in preset.items()
+                     if name in values and fields[name].default is None and values[name] == value)
 
 
 def _parsed_file(path: Path, where: str) -> Any:
@@ -415,9 +517,15 @@ def _config_value(name: str, value: Any, hint: Any, choices: tuple | None, where
     return value
 
 
+def config_record(cfg: Any) -> dict[str, Any]:
+    """The options of ``cfg`` as ``config.json`` records them: every field, and under :data:`DERIVED_KEY` the names
+    of those derived from other options (:func:`derived_options`)."""
+    return {**dataclasses.asdict(cfg), DERIVED_KEY: sorted(derived_options(cfg))}
+
+
 def save_config(cfg: Any, path: str | Path) -> None:
-    """Writes the config as JSON next to the results (atomically)."""
-    write_json(path, dataclasses.asdict(cfg))
+    """Writes the config (:func:`config_record`) as JSON next to the results (atomically)."""
+    write_json(path, config_record(cfg))
 
 
 def resolve_device(name: str) -> torch.device:

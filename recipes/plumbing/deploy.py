@@ -34,7 +34,7 @@ def deployment(cfg: KDConfig, teacher: nn.Module, student: nn.Module, input_size
         print(f"\nlatency ({precision}, {rows['student'][0].threads} threads, median of >= 10 forward passes):")
         for t, s in zip(rows["teacher"], rows["student"]):
             print(f"  batch {t.batch_size:3d}: teacher {t.median_ms:9.2f} ms  student {s.median_ms:9.2f} ms  "
-                  f"{t.median_ms / s.median_ms:5.2f}x faster  ({s.images_per_s:,.0f} images/s)")
+                  f"{speed_wording(t.median_ms, s.median_ms)}  ({s.images_per_s:,.0f} images/s)")
         found["latency"] = {name: [dataclasses.asdict(r) for r in res] for name, res in rows.items()}
         found["latency"]["speedup"] = {t.batch_size: t.median_ms / s.median_ms for t, s in zip(*rows.values())}
     if cfg.export == "onnx":
@@ -48,3 +48,12 @@ def deployment(cfg: KDConfig, teacher: nn.Module, student: nn.Module, input_size
             print(f"  batch {t.batch_size:3d}: PyTorch {t.median_ms:9.2f} ms  onnxruntime {o.median_ms:9.2f} ms")
         found["onnx"] = rep.to_dict()
     return found
+
+
+def speed_wording(teacher_ms: float, student_ms: float) -> str:
+    """How the student's latency compares with the teacher's, as a factor above 1: ``teacher_ms / student_ms``
+    ``x faster`` when the student is quicker, ``student_ms / teacher_ms`` ``x slower`` when it is not (never
+    "0.83x faster")."""
+    if student_ms <= teacher_ms:
+        return f"{teacher_ms / student_ms:5.2f}x faster"
+    return f"{student_ms / teacher_ms:5.2f}x slower"

@@ -40,6 +40,7 @@ def check_options(cfg: Any) -> None:
     if sizes is not None and (not sizes or any(s < 1 for s in sizes)):
         raise ValueError(f"--latency-batch-sizes must be whole numbers >= 1, got {' '.join(map(str, sizes))}")
     _check_teacher_cache(cfg)
+    _check_reflect_padding(cfg)
     if getattr(cfg, "data_mode", "auto") == "stream":
         _check_memory_only(cfg, "--data-mode stream")
     if getattr(cfg, "export", None) == "onnx":
@@ -47,6 +48,15 @@ def check_options(cfg: Any) -> None:
         if missing:
             raise ValueError(f"--export onnx needs the {', '.join(missing)} package(s), which are not installed; "
                              "install them with pip install -e \".[deploy]\" or drop --export")
+
+
+def _check_reflect_padding(cfg: Any) -> None:
+    """Reflect padding mirrors the image without repeating its edge, so it can add at most ``size - 1`` pixels:
+    ``--pad`` must be below ``--image-size`` (the images are resized to it before any batch is cropped)."""
+    pad, size = getattr(cfg, "pad", None), getattr(cfg, "image_size", None)
+    if getattr(cfg, "pad_mode", "zeros") == "reflect" and pad is not None and size is not None and pad >= size:
+        raise ValueError(f"--pad-mode reflect mirrors at most {size - 1} pixels of a {size}-pixel image, but --pad is "
+                         f"{pad}; pass --pad {size - 1} or less, or --pad-mode zeros")
 
 
 def _check_memory_only(cfg: Any, why: str) -> None:

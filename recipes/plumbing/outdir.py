@@ -4,6 +4,7 @@ and, on ``--overwrite``, of the earlier run."""
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 from kd import distributed
@@ -12,6 +13,14 @@ from models.checkpoint import check_finite, safe_load, stale_temp_files
 from models.errors import FileFormatError
 from recipes.plumbing import lock
 from recipes.plumbing.config import RunConfig, config_differences
+
+
+# What recipe runs write into OUT, and into each training stage's folder (OUT/<stage>/): --overwrite removes these
+# and nothing else, so a file of the user's that happens to sit in OUT is never deleted.
+RUN_FILES = ("config.json", "inputs.json", "report.json", "teacher.pt", "student.pt", "student.onnx",
+             "student.export.json", "compare.md", "compare.png", "steps.md")
+STAGE_FILES = ("last.pt", "best.pt", "metrics.csv", "curves.png")
+STAGE_LOGS = "tb"  # --tensorboard's event files
 
 
 def _cache_dir(cfg: RunConfig) -> Path:
@@ -41,6 +50,7 @@ def check_out(cfg: RunConfig) -> Path:
         raise ValueError(f"--out {cfg.out!r} is a file; pass a folder (it is created when missing)")
     if cfg.resume and cfg.overwrite:
         raise ValueError("--resume continues the earlier run in --out and --overwrite replaces it; pass only one")
+    _check_teacher_is_no_output(cfg, out)
     if distributed.is_main():
         lock.acquire(out)  # before the folder is read or written: one run per folder (released by run_main)
     if cfg.resume:
@@ -52,6 +62,16 @@ def check_out(cfg: RunConfig) -> Path:
         raise ValueError(f"--out {cfg.out!r} already holds an earlier run ({shown}); pass --resume to continue it, "
                          "--overwrite to replace it, or choose another --out")
     return out
+
+
+def _check_teacher_is_no_output(cfg: RunConfig, out: Path) -> None:
+    """A ``--teacher`` file in ``out`` must not be one the run writes (any of :data:`RUN_FILES` but ``teacher.pt``,
+    which a run with ``--teacher`` does not write): the student would replace the model it was distilled from."""
+    teacher = getattr(cfg, "teacher", None)
+    written = {(out / name).resolve() for name in RUN_FILES if name != "teacher.pt"}
+    if teacher and Path(teacher).resolve() in written:
+        raise ValueError(f"--teacher {teacher!r} is a file this run writes in --out {cfg.out!r} and would be replaced; "
+                         "copy it elsewhere first, or choose another --out")
 
 
 def check_resume(cfg: RunConfig, out: Path) -> None:
@@ -87,8 +107,8 @@ def check_resume(cfg: RunConfig, out: Path) -> None:
 
 def prepare_out(cfg: RunConfig, out: Path) -> None:
     """Removes temporary files a killed write left in ``out`` (and old ones in the cache folder), and on
-    ``--overwrite`` the earlier run's options, report and checkpoints, so nothing of it is mixed into this run or
-    resumed later. No ``--teacher`` file is ever removed."""
+    ``--overwrite`` the earlier run's outputs (:func:`remove_earlier_run`), so nothing of it is mixed into this run,
+    reported beside it or resumed later."""
     for path in stale_temp_files(out) if out.is_dir() else []:
         path.unlink(missing_ok=True)
     cache = _cache_dir(cfg)
@@ -97,9 +117,37 @@ def prepare_out(cfg: RunConfig, out: Path) -> None:
             path.unlink(missing_ok=True)  # only old ones: another run may be writing the cache right now
     except OSError:
         pass  # the cache is an optimisation; a folder we may not clean is not an error
-    if not cfg.overwrite or not out.is_dir():
-        return
-    keep = {Path(p).resolve() for p in getattr(cfg, "teacher", None) or ()}
-    for path in [out / "config.json", out / "report.json", *out.glob("*/last.pt"), *out.glob("*/best.pt")]:
-        if path.is_file() and path.resolve() not in keep:
+    if cfg.overwrite and out.is_dir():
+        remove_earlier_run(cfg, out)
+
+
+def remove_earlier_run(cfg: RunConfig, out: Path) -> list[Path]:
+    """Removes what runs write in ``out`` — :data:`RUN_FILES`, and in every stage folder (a subfolder holding one of
+    :data:`STAGE_FILES`) those files and its TensorBoard logs, then the folder when it is left empty — except an
+    input of this run (``--teacher``, ``--data-dir``, ``--cache-dir``) or a folder holding one, which is kept. Files
+    runs do not write stay. Returns what was removed."""
+    keep = _inputs(cfg)
+    removed = []
+    stages = [d for d in sorted(out.iterdir()) if d.is_dir() and not d.is_symlink()
+              and any((d / name).is_file() for name in STAGE_FILES)]
+    candidates = [out / name for name in RUN_FILES]
+    candidates += [d / name for d in stages for name in (*STAGE_FILES, STAGE_LOGS)]
+    for path in candidates:
+        if not (path.is_file() or path.is_dir()) or any(k == path.resolve() or path.resolve() in k.parents
+                                                        for k in keep):
+            continue  # missing, an input, or a folder holding one
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path)
+        else:
             path.unlink()
+        removed.append(path)
+    for d in stages:
+        if d.is_dir() and not any(d.iterdir()):
+            d.rmdir()
+    return removed
+
+
+def _inputs(cfg: RunConfig) -> list[Path]:
+    """The files and folders this run reads (resolved), which ``--overwrite`` must not remove."""
+    named = [*(getattr(cfg, "teacher", None) or ()), cfg.data_dir, cfg.cache_dir]  # --teacher: one or more files
+    return [Path(p).resolve() for p in named if p]

@@ -9,7 +9,6 @@ ONNX), ``errors`` (one-line errors, exit status), ``report`` (the blocks and ``r
 """
 from __future__ import annotations
 
-import dataclasses
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,7 +22,7 @@ from kd.ensemble import ensemble_members
 from kd.losses import DistillLoss
 from recipes.plumbing import inputs, option_checks
 from recipes.plumbing.checks import check_extras, check_models, check_teacher_fits
-from recipes.plumbing.config import KDConfig, RunConfig, check_values, resolve_device, save_config
+from recipes.plumbing.config import KDConfig, RunConfig, check_values, config_record, resolve_device, save_config
 from recipes.plumbing.deploy import deployment
 from recipes.plumbing.outdir import check_out, prepare_out
 from recipes.plumbing.report import ModelReport, print_reports, write_report
@@ -128,5 +127,5 @@ def finish_run(cfg: RunConfig, out: Path, reports: list[ModelReport], *, teacher
     print_reports(reports)
     deployed = deployment(cfg, teacher, student, input_size, out) if teacher is not None and student is not None \
         else {}
-    write_report(out / "report.json", reports, dataclasses.asdict(cfg), {**(extra or {}), **deployed})
+    write_report(out / "report.json", reports, config_record(cfg), {**(extra or {}), **deployed})
     return deployed

@@ -18,7 +18,7 @@ from kd.losses import CrossEntropy, DistillLoss, create_loss, loss_arguments
 from kd.metrics import MetricsLogger, TensorBoardLogger
 from kd.precision import Hardware
 from kd.teacher_cache import CachedBatchIterator, load_or_build
-from kd.trainer import FitResult, evaluate, fit_model
+from kd.trainer import DivergedError, FitResult, evaluate, fit_model
 from models import create_model, save_model
 from models.common import Batches
 from models.init import init_for_small_images
@@ -81,7 +81,18 @@ def fit_stage(model: nn.Module, cfg: RunConfig, train_batches: Batches, eval_bat
 
     Raises:
         ValueError: ``--teacher-cache`` with a feature loss (which needs the teacher's features).
+        DivergedError: the stage's loss stopped being finite; the message names the stage (its folder) and epoch.
     """
+    try:
+        return _fit_stage(model, cfg, train_batches, eval_batches, out_dir=out_dir, teacher=teacher, loss=loss,
+                          epochs=epochs, lr=lr, feature_loss=feature_loss, eval_split=eval_split, tta=tta)
+    except DivergedError as err:
+        raise DivergedError(f"stage {Path(out_dir).name!r}: {err}") from None
+
+
+def _fit_stage(model: nn.Module, cfg: RunConfig, train_batches: Batches, eval_batches: Batches | None, *,
+               out_dir: str | Path, teacher: nn.Module | None, loss: nn.Module | None, epochs: int | None,
+               lr: float | None, feature_loss: nn.Module | None, eval_split: str, tta: str) -> FitResult:
     resume = cfg.resume and (Path(out_dir) / "last.pt").is_file()
     if resume:
         print(f"  resuming from {Path(out_dir) / 'last.pt'}", flush=True)
