@@ -53,7 +53,7 @@ def test_the_command_line_replaces_a_config_files_teachers(tmp_path):
     assert cfg.teacher == ("c.pt",) and cfg.teacher_tta
     # a config.json from before --teacher took several files holds one string: read as that one file
     (tmp_path / "old.json").write_text(json.dumps({"teacher": "a.pt"}))
-    assert read_config(KDConfig, tmp_path / "old.json")["teacher"] == ("a.pt",)
+    assert read_config(KDConfig, tmp_path / "old.json").values["teacher"] == ("a.pt",)
     diffs = config_differences({"teacher": "a.pt"}, parse_config(KDConfig, ["--teacher", "a.pt"]))
     assert not [d for d in diffs if d.startswith("--teacher ")]  # --resume of such a run: same teacher, no change
     assert "--teacher a.pt → b.pt" in config_differences({"teacher": "a.pt"}, parse_config(KDConfig, ["--teacher",

@@ -67,11 +67,11 @@ def check_out(cfg: RunConfig) -> Path:
 def _check_teacher_is_no_output(cfg: RunConfig, out: Path) -> None:
     """A ``--teacher`` file in ``out`` must not be one the run writes (any of :data:`RUN_FILES` but ``teacher.pt``,
     which a run with ``--teacher`` does not write): the student would replace the model it was distilled from."""
-    teacher = getattr(cfg, "teacher", None)
     written = {(out / name).resolve() for name in RUN_FILES if name != "teacher.pt"}
-    if teacher and Path(teacher).resolve() in written:
-        raise ValueError(f"--teacher {teacher!r} is a file this run writes in --out {cfg.out!r} and would be replaced; "
-                         "copy it elsewhere first, or choose another --out")
+    for teacher in getattr(cfg, "teacher", None) or ():  # one or more files
+        if Path(teacher).resolve() in written:
+                raise ValueError(f"--teacher {teacher!r} is a file this run writes in --out {cfg.out!r} and would be "
+                             "replaced; copy it elsewhere first, or choose another --out")
 
 
 def check_resume(cfg: RunConfig, out: Path) -> None:
