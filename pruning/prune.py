@@ -23,6 +23,7 @@ import torch_pruning as tp
 from torch import nn
 
 from models.common import Batches, num_threads
+from models.heads import classifier_name
 from models.profile import Complexity, profile
 from pruning.failures import check_forward, traced
 from pruning.importance import calibrate, calibrated_names, clear_calibration, make_importance, needs_calibration
@@ -139,7 +140,7 @@ def prune(model: nn.Module, example_inputs: torch.Tensor, *, target_flops: int |
     work.eval()  # BatchNorm in train mode fails on 1×1 maps of a batch of one during tracing
     work.requires_grad_(True)  # Torch-Pruning traces the autograd graph: a frozen model (a teacher) has none
     try:
-        ignored = _ignored_names(model, ignored_layers) | {_classifier_name(model)}
+        ignored = _ignored_names(model, ignored_layers) | {classifier_name(model)}
         options = TorchPruningOptions.named(model, num_heads, unwrapped_parameters, customized_pruners,
                                             pruning_ratio_dict)
         if needs_calibration(imp):
@@ -180,7 +181,7 @@ def smallest_reachable(model: nn.Module, example_inputs: torch.Tensor, *, round_
     not changed; nothing is trained or calibrated, so a caller can check a target before any work."""
     work = copy.deepcopy(model).eval()
     work.requires_grad_(True)  # Torch-Pruning traces the autograd graph
-    ignored = _ignored_names(model, ignored_layers) | {_classifier_name(model)}
+    ignored = _ignored_names(model, ignored_layers) | {classifier_name(model)}
     with num_threads(1):
         plan = traced(work, example_inputs, lambda: _Plan(work, example_inputs, make_importance("l1", 0)[1], ignored,
                                                           False, round_to or 1, TorchPruningOptions.named(model)))
@@ -213,19 +214,6 @@ def _check_target(target_flops: int | None, target_params: int | None, ratio: fl
     if round_to is not None and round_to < 1:
         raise ValueError(f"round_to must be a positive channel count, got {round_to}")
     return kind.removeprefix("target_"), value
-
-
-def _classifier_name(model: nn.Module) -> str:
-    """The final classifier: ``model.get_classifier()`` when it is a layer with weights, else the last linear layer."""
-    names = {id(m): n for n, m in model.named_modules()}
-    head = model.get_classifier() if hasattr(model, "get_classifier") else None
-    if isinstance(head, nn.Module) and id(head) in names and any(True for _ in head.parameters()):
-        return names[id(head)]
-    linear = [n for n, m in model.named_modules() if isinstance(m, nn.Linear)]
-    if not linear:
-        raise ValueError(f"cannot tell the final classifier of {type(model).__name__}: it has no get_classifier() "
-                         "and no nn.Linear layer")
-    return linear[-1]
 
 
 def _ignored_names(model: nn.Module, layers: Sequence[nn.Module | str] | None) -> set[str]:
