@@ -257,16 +257,28 @@ def _plain_kwargs(kwargs: dict[str, Any]) -> dict[str, Any]:
 def read_model_file(path: str | os.PathLike) -> dict[str, Any]:
     """Reads a model file with ``weights_only=True`` and checks its format (see :func:`safe_load` for errors)."""
     if weights_kind(path) == "safetensors":
-        raise FileFormatError(f"{str(path)!r} is a safetensors file: weights without an architecture, not a "
-                              "prune-then-distill model file; load it with models.load_network(arch, path)")
+        raise NotAModelFile(f"{str(path)!r} is a safetensors file: weights without an architecture, not a "
+                            "prune-then-distill model file; load it with models.load_network(arch, path)",
+                            "safetensors")
     payload = safe_load(path, "model file")
     if not isinstance(payload, dict) or payload.get("format") != FORMAT or "arch" not in payload \
             or not isinstance(payload.get("state_dict"), dict):
-        what = "a state dict of weights without an architecture" if _is_state_dict(payload) else "not"
-        raise FileFormatError(f"{str(path)!r} is {what} a prune-then-distill model file (format {FORMAT})"
-                              + ("; load it with models.load_network(arch, path)" if what != "not" else
-                                 "; write one with models.save_model or pruning.save"))
+        if _is_state_dict(payload):
+            raise NotAModelFile(f"{str(path)!r} is a state dict: weights without an architecture, not a "
+                                "prune-then-distill model file; load it with models.load_network(arch, path)",
+                                "state_dict")
+        raise FileFormatError(f"{str(path)!r} is not a prune-then-distill model file (format {FORMAT}); "
+                              "write one with models.save_model or pruning.save")
     return payload
+
+
+class NotAModelFile(FileFormatError):
+    """A readable file of weights where a model file was expected, or the reverse; ``kind`` says what it is:
+    ``"safetensors"``, ``"state_dict"`` (bare weights) or ``"model_file"`` (a model file of this project)."""
+
+    def __init__(self, message: str, kind: str) -> None:
+        super().__init__(message)
+        self.kind = kind
 
 
 def weights_kind(path: str | os.PathLike) -> str:

@@ -31,7 +31,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from models.checkpoint import FORMAT, check_finite, safe_load, weights_kind
+from models.checkpoint import FORMAT, NotAModelFile, check_finite, safe_load, weights_kind
 from models.errors import FileFormatError
 from models.heads import classes_in, num_outputs, replace_head
 from models.registry import TIMM_PREFIX, create_model
@@ -64,8 +64,8 @@ def read_weights(path: str | os.PathLike) -> dict[str, torch.Tensor]:
         return _clean(_read_safetensors(path))
     payload = safe_load(path, "weight file")
     if isinstance(payload, dict) and payload.get("format") == FORMAT and "arch" in payload:
-        raise FileFormatError(f"weight file {str(path)!r} is a prune-then-distill model file (architecture "
-                              f"{payload['arch']!r}, widths and weights); read it with models.load_model")
+        raise NotAModelFile(f"weight file {str(path)!r} is a prune-then-distill model file (architecture "
+                            f"{payload['arch']!r}, widths and weights); read it with models.load_model", "model_file")
     inner = next((payload[k] for k in WRAPPER_KEYS if isinstance(payload, dict) and isinstance(payload.get(k), dict)),
                  payload)
     if not isinstance(inner, dict) or not inner or not all(isinstance(v, torch.Tensor) for v in inner.values()):
@@ -100,9 +100,9 @@ def load_network(arch: str, weights: str | os.PathLike | None = None, *, pretrai
         weights: a weight file (see the module docstring); built with its classifier's number of classes.
         pretrained: timm's pretrained weights (``timm:`` architectures only; downloaded by timm, or from its cache).
         num_classes: the classes of the data the network will see; None takes the weights' head as it is.
-        new_head: when the head gives another number of classes than ``num_classes``, replace it with a freshly
-            initialised one (:func:`models.heads.replace_head`) instead of refusing: the network must then be
-            fine-tuned before it can teach.
+        new_head: replace the head with a freshly initialised one of ``num_classes`` outputs
+            (:func:`models.heads.replace_head`; also when the counts agree: the classes may differ) instead of
+            refusing another number of classes: the network must then be fine-tuned before it can teach.
         model_args: architecture arguments (``create_model``'s ``**kwargs``).
 
     Returns:
@@ -119,11 +119,11 @@ def load_network(arch: str, weights: str | os.PathLike | None = None, *, pretrai
     args = dict(model_args or {})
     model = _pretrained(arch, args) if pretrained else _from_file(arch, Path(weights), args)
     classes = num_outputs(model)
-    if num_classes is not None and classes != num_classes:
-        if not new_head:
-            raise HeadMismatchError(f"{arch}'s classifier gives {classes} classes but the data has {num_classes}")
+    if num_classes is not None and new_head:
         replace_head(model, num_classes)
         model.arch_spec = {**model.arch_spec, "num_classes": int(num_classes)}
+    elif num_classes is not None and classes != num_classes:
+        raise HeadMismatchError(f"{arch}'s classifier gives {classes} classes but the data has {num_classes}")
     return model.eval()
 
 

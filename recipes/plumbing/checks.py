@@ -11,6 +11,7 @@ from torch import nn
 
 from kd.data import DataSplits
 from models import create_model, load_model
+from models.checkpoint import NotAModelFile
 from models.registry import model_arguments
 from recipes.plumbing.config import KDConfig, RunConfig
 
@@ -45,7 +46,7 @@ def check_models(cfg: RunConfig) -> nn.Module | None:
     teacher, loaded = None, None
     if isinstance(cfg, KDConfig):
         if cfg.teacher is not None:
-            teacher = loaded = load_model(cfg.teacher)
+            teacher = loaded = load_teacher_file(cfg.teacher)
         else:
             teacher = build_model(cfg.teacher_arch, cfg.teacher_model_args, flag="--teacher-model-args")
     if teacher is not None and getattr(cfg, "hint_layer", None) is not None:
@@ -60,12 +61,30 @@ def check_models(cfg: RunConfig) -> nn.Module | None:
     return loaded
 
 
+def load_teacher_file(path: str) -> nn.Module:
+    """``--teacher FILE`` (:func:`models.load_model`); bare weights (a safetensors file, a state dict) are pointed at
+    ``--teacher-arch NAME --teacher-weights FILE``.
+
+    Raises:
+        ValueError: for bare weights; what load_model raises otherwise.
+    """
+    try:
+        return load_model(path)
+    except NotAModelFile as err:
+        what = {"safetensors": "a safetensors file", "state_dict": "a state dict"}.get(err.kind)
+        if what is None:
+            raise
+        raise ValueError(f"--teacher {path!r} is {what}: weights without an architecture; pass --teacher-arch NAME "
+                         f"--teacher-weights {path} (NAME: timm:NAME, a registered name or module:qualname)") from None
+
+
 def _check_layer(model: nn.Module, name: str, flag: str, conv: bool = False) -> None:
     """``name`` is a layer of ``model`` (and holds a conv layer when ``conv``); else a ValueError listing some."""
     layers = dict(model.named_modules())
     if name not in layers or not name:
         shown = [n for n, m in layers.items() if n and len(list(m.children())) > 0][:12]
-        raise ValueError(f"{flag} {name!r} is not a layer of the {model.arch_spec['name']} model; its layers "
+        arch = (getattr(model, "arch_spec", None) or {}).get("name", type(model).__name__)
+        raise ValueError(f"{flag} {name!r} is not a layer of the {arch} model; its layers "
                          f"include {', '.join(shown)}")
     if conv and not any(isinstance(m, nn.Conv2d) for m in layers[name].modules()):
         raise ValueError(f"{flag} {name!r} has no conv layer whose channels pruning kept; pick a conv block such "

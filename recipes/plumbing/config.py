@@ -411,7 +411,14 @@ class KDConfig(RunConfig):
                               "starts from the committed teacher (benchmarks/weights/), any other data set trains a "
                               "teacher first on the same data")
     train_teacher: bool = arg(False, "train the teacher here even where a committed one exists (--dataset cifar10)")
-    teacher_arch: str = arg("wide_cnn", "architecture of the teacher trained when --teacher is not given")
+    teacher_arch: str = arg("wide_cnn", "architecture of the teacher trained here or loaded with --teacher-weights / "
+                            "--pretrained: a registered name, timm:NAME or module:qualname (your own code)")
+    teacher_weights: str | None = arg(None, "weights of the --teacher-arch network as the teacher: .safetensors, or a "
+                                      ".pth/.pt state dict (plain or under state_dict / model / state_dict_ema)")
+    pretrained: bool = arg(False, "the teacher is --teacher-arch timm:NAME with timm's pretrained weights "
+                           "(downloaded, or from timm's cache)")
+    new_head: bool = arg(False, "replace the classifier of the --teacher-weights / --pretrained network with one for "
+                         "this data's classes and fine-tune it for --teacher-epochs before it teaches")
     teacher_model_args: str = arg("{}", "JSON of the teacher's architecture arguments")
     teacher_epochs: int | None = arg(None, "epochs of the teacher trained when --teacher is not given (default: from "
                                      "--recipe)", limit=COUNT)

@@ -20,7 +20,7 @@ from torch import nn
 from kd import distributed
 from kd.data import DataSplits, load_dataset
 from kd.losses import DistillLoss
-from recipes.plumbing import inputs, option_checks
+from recipes.plumbing import external_teacher, inputs, option_checks
 from recipes.plumbing.checks import check_extras, check_models, check_teacher_fits
 from recipes.plumbing.config import KDConfig, RunConfig, check_values, resolve_device, save_config
 from recipes.plumbing.deploy import deployment
@@ -61,6 +61,7 @@ def start_run(cfg: RunConfig) -> tuple[DataSplits, Path]:
     check_values(cfg)
     check_extras(cfg)
     option_checks.check_options(cfg)
+    external_teacher.check_options(cfg)
     if cfg.sync_bn and resolve_device(cfg.device).type != "cuda":
         raise ValueError("--sync-bn needs CUDA (SyncBatchNorm trains on GPUs only); drop it on the CPU")
     info = distributed.init_distributed(resolve_device(cfg.device))
@@ -69,6 +70,9 @@ def start_run(cfg: RunConfig) -> tuple[DataSplits, Path]:
         cfg.device = str(distributed.local_device(resolve_device(cfg.device)))  # this rank's GPU
         cfg.progress = cfg.progress and info.is_main
     teacher = check_models(cfg)
+    external = external_teacher.source(cfg)
+    if external is not None:
+        teacher = external_teacher.load(external)  # the weights read and checked now, the head once the data is known
     out = check_out(cfg)
     seed_everything(cfg.seed)
     print(hardware(cfg).describe(), flush=True)
@@ -82,7 +86,9 @@ def start_run(cfg: RunConfig) -> tuple[DataSplits, Path]:
     if data.skipped:
         print(f"warning: left out {len(data.skipped)} image file(s) that could not be decoded (--skip-bad-images), "
               f"the first: {data.skipped[0]}", file=sys.stderr, flush=True)
-    if teacher is not None:
+    if external is not None:
+        external_teacher.check_fits(external, teacher, data)
+    elif teacher is not None:
         check_teacher_fits(cfg, teacher, data)
     option_checks.check_with_data(cfg, data, teacher)
     if cfg.resume:

@@ -55,8 +55,11 @@ def checked_path(teacher: CommittedTeacher) -> Path:
 
 def use_committed_teacher(cfg: object) -> None:
     """Points ``cfg.teacher`` at the committed teacher of ``cfg.dataset`` (checked) when no ``--teacher`` was given
-    and ``--train-teacher`` was not asked for; says so on stdout."""
+    and ``--train-teacher`` was not asked for (nor an outside teacher, ``--teacher-weights`` / ``--pretrained``);
+    says so on stdout."""
     if getattr(cfg, "teacher") is not None or getattr(cfg, "train_teacher"):
+        return
+    if getattr(cfg, "teacher_weights", None) is not None or getattr(cfg, "pretrained", False):
         return
     committed = committed_teacher(getattr(cfg, "dataset"))
     if committed is None:
