@@ -337,7 +337,8 @@ def load_model(path: str | os.PathLike, model: nn.Module | None = None) -> nn.Mo
     model.meta = payload.get("meta", {})
     check_output(model, payload["num_classes"], input_size(model.meta), where)
     if arch is not None and not hasattr(model, "arch_spec"):
-        model.arch_spec = {"name": arch, "num_classes": payload["num_classes"], "kwargs": payload.get("arch_kwargs", {})}
+        model.arch_spec = {"name": arch, "num_classes": payload["num_classes"],
+                           "kwargs": payload.get("arch_kwargs", {})}
     return model.eval()
 
 

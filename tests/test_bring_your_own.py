@@ -1,5 +1,6 @@
-"""Bring your own network (issue 25): teachers from weight files, any nn.Module through prune / save / load, Torch-Pruning's
-own options, and refusals that name the option. End-to-end recipe runs are marked slow."""
+"""Bring your own network (issue 25): teachers from weight files, any nn.Module through prune / save / load,
+Torch-Pruning's own options, students that leave the project, and refusals that name the option. End-to-end recipe
+runs are marked slow."""
 from __future__ import annotations
 
 import json
@@ -23,8 +24,9 @@ from recipes.plumbing.errors import run_main
 
 REPO = Path(__file__).resolve().parents[1]
 TESTS = Path(__file__).resolve().parent
-SYNTHETIC = ["--dataset", "synthetic", "--limit-train", "64", "--limit-test", "32", "--image-size", "16",
-             "--epochs", "1", "--batch-size", "32", "--no-progress", "--no-latency", "--device", "cpu"]
+DATA = ["--dataset", "synthetic", "--limit-train", "64", "--limit-test", "32", "--image-size", "16", "--epochs", "1",
+        "--batch-size", "32", "--no-progress", "--device", "cpu", "--precision", "fp32"]
+SYNTHETIC = [*DATA, "--no-latency"]
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -183,7 +185,7 @@ def test_new_head_fine_tunes_the_teacher_first(tmp_path):
 @pytest.mark.slow
 def test_train_teacher_initial_checkpoint_is_transfer_learning(tmp_path, capsys):
     _, plain, _ = _timm_files(tmp_path, classes=7)
-    argv = [*SYNTHETIC, "--arch", "timm:test_resnet", "--initial-checkpoint", str(plain)]
+    argv = [*DATA, "--arch", "timm:test_resnet", "--initial-checkpoint", str(plain)]
     line = _fail(train_teacher, [*argv, "--out", str(tmp_path / "a")], capsys)
     assert "gives 7 classes" in line and not (tmp_path / "a").exists()
     train_teacher.main([*argv, "--new-head", "--out", str(tmp_path / "b")])

@@ -431,8 +431,10 @@ class KDConfig(RunConfig):
                               limit=Limit(lambda v: 0.0 <= v <= 1.0, "in [0, 1]"))
     latency: bool = arg(True, "measure teacher and student forward latency after training (report.json)")
     latency_batch_sizes: tuple[int, ...] = arg((1, 64), "batch sizes of the latency measurement", limit=COUNT)
-    export: str | None = arg(None, "onnx: also write OUT/student.onnx (dynamic batch), checked against PyTorch with "
-                             "onnxruntime and timed beside it", ("onnx",))
+    export: str | None = arg(None, "onnx: also write OUT/student.onnx (dynamic batch; mean, std, classes and image "
+                             "size in its metadata), checked against PyTorch with onnxruntime and timed beside it; "
+                             "torch-export: OUT/student.pt2 (torch.export, needs only torch), checked against PyTorch",
+                             ("onnx", "torch-export"))
     teacher_cache: int = arg(0, "K > 0: run the teacher once over K augmented views of every training image, keep "
                              "the logits on disk (--cache-dir) and train from them, never running the teacher again",
                              limit=NON_NEGATIVE_COUNT)

@@ -123,12 +123,13 @@ def start_kd_run(cfg: KDConfig) -> KDRun:
 
 def finish_run(cfg: RunConfig, out: Path, reports: list[ModelReport], *, teacher: nn.Module | None = None,
                student: nn.Module | None = None, input_size: tuple[int, ...] | None = None,
-               extra: dict[str, Any] | None = None) -> dict[str, Any]:
+               extra: dict[str, Any] | None = None, meta: dict[str, Any] | None = None) -> dict[str, Any]:
     """Prints the report blocks; with a teacher and a student, measures their latency (and exports ONNX with
-    ``--export onnx``, :func:`~recipes.plumbing.deploy.deployment`); writes ``OUT/report.json`` with ``extra``.
+    ``--export onnx``, a torch.export program with ``--export torch-export``, carrying ``meta``'s mean, std, classes
+    and image size: :func:`~recipes.plumbing.deploy.deployment`); writes ``OUT/report.json`` with ``extra``.
     Returns what deployment measured."""
     print_reports(reports)
-    deployed = deployment(cfg, teacher, student, input_size, out) if teacher is not None and student is not None \
+    deployed = deployment(cfg, teacher, student, input_size, out, meta) if teacher is not None and student is not None \
         else {}
     write_report(out / "report.json", reports, dataclasses.asdict(cfg), {**(extra or {}), **deployed})
     return deployed
