@@ -17,7 +17,9 @@ from torch import nn
 
 import pruning
 from byon_nets import SmallNet
-from models import HeadMismatchError, create_model, load_model, load_network, profile, read_weights, save_model
+from models import (
+    HeadMismatchError, create_model, load_model, load_network, profile, read_weights, save_model, save_portable,
+)
 from models.errors import FileFormatError
 from recipes import prune_then_distill, train_teacher
 from recipes.plumbing.errors import run_main
@@ -160,8 +162,9 @@ def test_timm_weights_teach_a_pruned_distilled_student_that_needs_no_weight_file
     _, plain, wrapped = _timm_files(tmp_path)
     weights = plain if kind == "safetensors" else wrapped
     out = tmp_path / "run"
+    export = ["--export", "torch-export"] if kind == "safetensors" else []
     result = prune_then_distill.main([*SYNTHETIC, "--teacher-arch", "timm:test_resnet", "--teacher-weights",
-                                      str(weights), "--target-flops", "400000", "--out", str(out)])
+                                      str(weights), "--target-flops", "400000", "--out", str(out), *export])
     assert result.pruning.after.flops <= 400_000 < result.pruning.before.flops
     weights.unlink()  # the student must not need the teacher's file
     student = load_model(out / "student.pt")
@@ -169,6 +172,12 @@ def test_timm_weights_teach_a_pruned_distilled_student_that_needs_no_weight_file
     assert str(weights) not in json.dumps(torch.load(out / "student.pt")["meta"], default=str)
     report = json.loads((out / "report.json").read_text())
     assert report["config"]["teacher_weights"] == str(weights) and report["models"]["teacher"]["flops"] > 0
+    spec = json.loads((out / "student.json").read_text())
+    assert spec["architecture"]["name"] == "test_resnet" and (out / "student.safetensors").is_file()
+    assert (out / "student.pt2").is_file() == bool(export)
+    if export:
+        assert report["torch_export"]["max_abs_diff"] < 1e-3 and json.loads(report["torch_export"]["metadata"]
+                                                                            ["image_size"]) == 16
 
 
 @pytest.mark.slow
@@ -302,3 +311,99 @@ def test_per_layer_ratios_and_unwrapped_parameters_pass_through():
     assert pruned.pos_embed.shape[2] == pruned.cls_token.shape[2] == pruned.patch_embed.proj.out_channels < 192
     with pytest.raises(ValueError, match="not a layer"):
         pruning.prune(net, torch.zeros(1, 3, 16, 16), ratio=0.5, pruning_ratio_dict={"nope": 0.5})
+
+
+# ---------------------------------------------------------------------------------------- 4. students that leave
+
+# The README's lines ("Taking the student out"), run where only torch, timm, safetensors and json are imported
+REBUILD_SCRIPT = """
+import json, sys
+import timm, torch
+from safetensors.torch import load_file
+
+spec = json.load(open(sys.argv[1] + ".json"))
+arch = spec["architecture"]
+model = timm.create_model(arch["name"], num_classes=arch["num_classes"], **arch["kwargs"])
+for name, attrs in spec["widths"].items():  # the pruned widths
+    for attr, value in attrs.items():
+        setattr(model.get_submodule(name), attr, tuple(value) if isinstance(value, list) else value)
+for key, tensor in load_file(sys.argv[1] + ".safetensors").items():  # the pruned tensors
+    owner, _, attr = key.rpartition(".")
+    module = model.get_submodule(owner)
+    setattr(module, attr, torch.nn.Parameter(tensor) if attr in module._parameters else tensor)
+model.eval()
+
+check = load_file(sys.argv[2])
+ours = {"models", "pruning", "kd", "recipes"} & set(sys.modules)
+with torch.no_grad():
+    diff = float((model(check["x"]) - check["y"]).abs().max())
+print(diff, sorted(ours), spec["image_size"], len(spec["classes"]))
+"""
+
+
+def _pruned_timm_student(channels_last: bool = True) -> nn.Module:
+    student = pruning.prune(create_model("timm:test_resnet", 10), torch.zeros(1, 3, 16, 16), ratio=0.5).model.eval()
+    return student.to(memory_format=torch.channels_last) if channels_last else student
+
+
+def test_portable_files_hold_contiguous_tensors_and_what_rebuilds_them(tmp_path):
+    from models.portable import rebuild
+
+    student = _pruned_timm_student()
+    assert not student.conv1[0].weight.is_contiguous()  # channels-last: what safetensors refuses as it is
+    meta = {"mean": [0.5, 0.4, 0.3], "std": [0.2, 0.2, 0.2], "classes": [f"c{i}" for i in range(10)], "image_size": 16}
+    weights, spec_path = save_portable(student, tmp_path / "student", meta)
+    spec = json.loads(spec_path.read_text())
+    assert spec["architecture"] == {"source": "timm", "name": "test_resnet", "num_classes": 10, "kwargs": {},
+                                    "class": "timm.models.resnet:ResNet"}
+    assert spec["widths"]["conv1.0"]["out_channels"] == student.conv1[0].out_channels
+    assert {k: spec[k] for k in meta} == meta
+    fresh = rebuild(timm.create_model("test_resnet", num_classes=10), spec["widths"],
+                    safetensors.torch.load_file(str(weights)))
+    x = torch.randn(2, 3, 16, 16)
+    assert torch.equal(fresh(x), student(x))
+
+
+@pytest.mark.slow  # a fresh interpreter imports torch and timm: seconds
+def test_a_student_is_rebuilt_without_this_package_with_the_same_outputs(tmp_path):
+    student = _pruned_timm_student()
+    save_portable(student, tmp_path / "student", {"image_size": 16, "classes": [str(i) for i in range(10)]})
+    x = torch.randn(3, 3, 16, 16)
+    with torch.no_grad():
+        safetensors.torch.save_file({"x": x, "y": student(x).contiguous()}, str(tmp_path / "check.safetensors"))
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    proc = subprocess.run([sys.executable, "-c", REBUILD_SCRIPT, str(tmp_path / "student"),
+                           str(tmp_path / "check.safetensors")], capture_output=True, text=True, env=env,
+                          cwd=tmp_path, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    diff, *rest = proc.stdout.split()
+    assert float(diff) < 1e-5  # the same up to the summation order of another thread count
+    assert rest == ["[]", "16", "10"]
+
+
+def test_torch_export_program_matches_and_carries_the_metadata(tmp_path):
+    from models.export import deploy_metadata, export_program
+
+    student = pruning.prune(SmallNet(), torch.zeros(1, 3, 16, 16), ratio=0.5).model.eval()
+    metadata = deploy_metadata({"mean": [0.5, 0.5, 0.5], "std": [0.25, 0.25, 0.25], "classes": ["a"] * 10,
+                                "image_size": 16})
+    diff = export_program(student, tmp_path / "student.pt2", (3, 16, 16), metadata)
+    assert diff < 1e-5
+    extra = {"metadata.json": ""}
+    program = torch.export.load(str(tmp_path / "student.pt2"), extra_files=extra)
+    assert json.loads(extra["metadata.json"]) == metadata and json.loads(metadata["mean"]) == [0.5, 0.5, 0.5]
+    x = torch.randn(4, 3, 16, 16)  # a batch size it was not exported with
+    assert torch.allclose(program.module()(x), student(x), atol=1e-5)
+
+
+@pytest.mark.slow  # the dynamo ONNX exporter takes seconds
+def test_onnx_metadata_holds_mean_std_classes_and_image_size(tmp_path):
+    onnx = pytest.importorskip("onnx")
+    pytest.importorskip("onnxscript")
+    from models.export import deploy_metadata, export_onnx
+
+    student = pruning.prune(SmallNet(), torch.zeros(1, 3, 16, 16), ratio=0.5).model.eval()
+    meta = {"mean": [0.5, 0.4, 0.3], "std": [0.2, 0.2, 0.2], "classes": [f"c{i}" for i in range(10)], "image_size": 16}
+    export_onnx(student, tmp_path / "s.onnx", (3, 16, 16), metadata=deploy_metadata(meta))
+    props = {p.key: p.value for p in onnx.load(str(tmp_path / "s.onnx")).metadata_props}
+    assert {k: json.loads(props[k]) for k in meta} == meta and "mean" in props["input"]
