@@ -407,3 +407,15 @@ def test_onnx_metadata_holds_mean_std_classes_and_image_size(tmp_path):
     export_onnx(student, tmp_path / "s.onnx", (3, 16, 16), metadata=deploy_metadata(meta))
     props = {p.key: p.value for p in onnx.load(str(tmp_path / "s.onnx")).metadata_props}
     assert {k: json.loads(props[k]) for k in meta} == meta and "mean" in props["input"]
+
+
+def test_the_report_says_where_thop_misses_attention_matmuls():
+    from recipes.plumbing.report import flops_check
+
+    vit = timm.create_model("deit_tiny_patch16_224", pretrained=False, num_classes=10, img_size=32, depth=2).eval()
+    found = flops_check({"teacher": vit, "student": SmallNet()}, (1, 3, 32, 32))
+    assert set(found) == {"teacher"}
+    # per block q·kᵀ and attn·v: heads · N² · head_dim MACs each, N = 4 patches + the class token
+    matmuls = 2 * 2 * 3 * 5 * 5 * 64
+    assert found["teacher"]["thop"] == profile(vit, (1, 3, 32, 32)).flops
+    assert found["teacher"]["thop_missed"] >= matmuls

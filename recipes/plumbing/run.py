@@ -25,7 +25,7 @@ from recipes.plumbing.checks import check_extras, check_models, check_teacher_fi
 from recipes.plumbing.config import KDConfig, RunConfig, check_values, resolve_device, save_config
 from recipes.plumbing.deploy import deployment
 from recipes.plumbing.outdir import check_out, prepare_out
-from recipes.plumbing.report import ModelReport, print_reports, write_report
+from recipes.plumbing.report import ModelReport, flops_check, print_flops_check, print_reports, write_report
 from recipes.plumbing.training import hardware, make_loss, obtain_teacher, seed_everything
 
 
@@ -126,10 +126,15 @@ def finish_run(cfg: RunConfig, out: Path, reports: list[ModelReport], *, teacher
                extra: dict[str, Any] | None = None, meta: dict[str, Any] | None = None) -> dict[str, Any]:
     """Prints the report blocks; with a teacher and a student, measures their latency (and exports ONNX with
     ``--export onnx``, a torch.export program with ``--export torch-export``, carrying ``meta``'s mean, std, classes
-    and image size: :func:`~recipes.plumbing.deploy.deployment`); writes ``OUT/report.json`` with ``extra``.
-    Returns what deployment measured."""
+    and image size: :func:`~recipes.plumbing.deploy.deployment`); where thop's flops miss operations (attention
+    matmuls) says so with Torch-Pruning's count beside them (report.json ``flops_check``); writes
+    ``OUT/report.json`` with ``extra``. Returns what deployment measured."""
     print_reports(reports)
-    deployed = deployment(cfg, teacher, student, input_size, out, meta) if teacher is not None and student is not None \
-        else {}
+    both = teacher is not None and student is not None
+    missed = flops_check({"teacher": teacher, "student": student}, input_size) if both else {}
+    print_flops_check(missed)
+    deployed = deployment(cfg, teacher, student, input_size, out, meta) if both else {}
+    if missed:
+        deployed = {**deployed, "flops_check": missed}
     write_report(out / "report.json", reports, dataclasses.asdict(cfg), {**(extra or {}), **deployed})
     return deployed
