@@ -330,12 +330,19 @@ def load_model(path: str | os.PathLike, model: nn.Module | None = None) -> nn.Mo
     where = f"model file {str(path)!r} (architecture {arch if model is None else type(model).__name__!r})"
     check_payload({**payload, "arch": arch or "?"}, where)
     check_finite(payload["state_dict"], f"model file {str(path)!r}")
-    model = _instance(path, payload) if model is None else model.cpu()
-    apply_widths(model, payload.get("widths", {}), payload["state_dict"], where)
-    check_state_dict(model, payload["state_dict"], where)
-    model.load_state_dict(payload["state_dict"])
+    by_name, model = model is None, _instance(path, payload) if model is None else model.cpu()
+    try:
+        apply_widths(model, payload.get("widths", {}), payload["state_dict"], where)
+        check_state_dict(model, payload["state_dict"], where)
+        model.load_state_dict(payload["state_dict"])
+        check_output(model, payload["num_classes"], input_size(payload.get("meta", {})), where)
+    except FileFormatError as err:
+        if not by_name or payload.get("arch_kwargs") or not (arch.startswith(TIMM_PREFIX) or is_import_path(arch)):
+            raise
+        # a network built outside create_model (timm.create_model(name, img_size=...)) records only its name
+        raise FileFormatError(f"{err}; if the saved network was built with other arguments than the file records, "
+                              "pass a fresh instance: load_model(path, model=...)") from None
     model.meta = payload.get("meta", {})
-    check_output(model, payload["num_classes"], input_size(model.meta), where)
     if arch is not None and not hasattr(model, "arch_spec"):
         model.arch_spec = {"name": arch, "num_classes": payload["num_classes"],
                            "kwargs": payload.get("arch_kwargs", {})}

@@ -244,6 +244,21 @@ def test_a_class_that_cannot_be_imported_needs_an_instance(tmp_path):
     assert torch.equal(load_model(tmp_path / "local.pt", model=Local())(x), student(x))
 
 
+def test_timm_models_built_by_timm_itself_reload_by_name_or_from_an_instance(tmp_path):
+    student = pruning.prune(timm.create_model("test_resnet", num_classes=10).eval(), torch.zeros(1, 3, 16, 16),
+                            ratio=0.5).model.eval()
+    save_model(student, tmp_path / "r.pt", meta={"image_size": 16})
+    x = torch.randn(2, 3, 16, 16)
+    assert torch.load(tmp_path / "r.pt")["arch"] == "timm:test_resnet"
+    assert torch.equal(load_model(tmp_path / "r.pt")(x), student(x))
+    vit = timm.create_model("test_vit", num_classes=10, img_size=32).eval()  # img_size: not recorded by timm
+    save_model(vit, tmp_path / "v.pt")
+    with pytest.raises(FileFormatError, match=r"other arguments than the file records.*model=\.\.\."):
+        load_model(tmp_path / "v.pt")
+    x = torch.randn(2, 3, 32, 32)
+    assert torch.equal(load_model(tmp_path / "v.pt", model=timm.create_model("test_vit", img_size=32))(x), vit(x))
+
+
 def test_a_model_file_may_not_name_an_arbitrary_callable(tmp_path):
     save_model(SmallNet(), tmp_path / "m.pt")
     payload = torch.load(tmp_path / "m.pt")
@@ -285,14 +300,17 @@ def test_timm_cnns_prune_to_a_flops_target(name):
     assert result.model(torch.randn(2, 3, 32, 32)).shape == (2, 10)
 
 
-def test_a_small_vit_prunes_to_a_flops_target_and_reloads():
-    vit = timm.create_model("deit_tiny_patch16_224", pretrained=False, num_classes=10, img_size=32, depth=2).eval()
+def test_a_small_vit_prunes_to_a_flops_target_and_reloads(tmp_path):
+    vit = create_model("timm:deit_tiny_patch16_224", 10, img_size=32, depth=2).eval()
     assert pruning.find_num_heads(vit) == {"blocks.0.attn.qkv": 3, "blocks.1.attn.qkv": 3}
     target = profile(vit, (1, 3, 32, 32)).flops // 2
     result = pruning.prune(vit, torch.zeros(1, 3, 32, 32), target_flops=target)
     assert target * 0.9 <= result.after.flops <= target
     attn = result.model.blocks[0].attn
     assert attn.num_heads == 3 and attn.head_dim * 3 * 3 == attn.qkv.out_features < 3 * 192
+    save_model(result.model, tmp_path / "vit.pt")
+    x = torch.randn(2, 3, 32, 32)
+    assert torch.equal(load_model(tmp_path / "vit.pt")(x), result.model.eval()(x))
 
 
 def test_a_vit_without_its_heads_fails_in_one_error_naming_the_layer():
