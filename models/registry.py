@@ -94,6 +94,10 @@ def _create_timm(name: str, num_classes: int, **kwargs: Any) -> nn.Module:
 
     if not timm.is_model(name):
         raise ValueError(f"unknown timm model {name!r}; see timm.list_models() for the names timm knows")
+    dropped = sorted(k for k, v in kwargs.items() if v is None)
+    if dropped:  # timm.create_model drops None arguments unread: an unknown name would pass unnoticed
+        raise ValueError(f"timm model {name!r}: arguments set to null are ignored by timm ({', '.join(dropped)}); "
+                         "leave them out or give a value")
     return timm.create_model(name, pretrained=False, num_classes=num_classes, **kwargs)
 
 

@@ -119,6 +119,7 @@ def test_seven_class_weights_on_ten_class_data_are_refused_with_nothing_written(
     (["--teacher-model-args", '{"pretrained_cfg_overlay": {"file": "w.pth"}}'], "--teacher-weights"),
     (["--teacher-model-args", '{"checkpoint_path": "w.pth"}'], "--teacher-weights"),
     (["--teacher-arch", "timm:test_resnet", "--teacher-model-args", '{"no_such_argument": 1}'], "no_such_argument"),
+    (["--teacher-arch", "timm:test_resnet", "--teacher-model-args", '{"no_such_argument": null}'], "no_such_argument"),
     (["--new-head"], "--new-head replaces the classifier of a loaded network"),
     (["--teacher-arch", "wide_cnn", "--pretrained"], "--pretrained takes timm's weights"),
 ])
