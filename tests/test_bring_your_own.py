@@ -157,6 +157,21 @@ def test_pretrained_offline_is_one_line_naming_the_file_option(tmp_path, monkeyp
     assert not out.exists()
 
 
+def test_resume_refuses_a_changed_weight_file(tmp_path, tiny):
+    from types import SimpleNamespace
+
+    from recipes.plumbing import inputs
+
+    weights = tmp_path / "w.safetensors"
+    weights.write_bytes(b"first")
+    cfg = SimpleNamespace(teacher=None, teacher_weights=str(weights), out=str(tmp_path))
+    inputs.save(cfg, tiny, tmp_path)
+    inputs.check_unchanged(cfg, tiny, tmp_path)  # the same file: goes on
+    weights.write_bytes(b"other")
+    with pytest.raises(ValueError, match=r"--resume: the --teacher-weights file .* changed"):
+        inputs.check_unchanged(cfg, tiny, tmp_path)
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("kind", ["safetensors", "wrapped pth"])
 def test_timm_weights_teach_a_pruned_distilled_student_that_needs_no_weight_file(kind, tmp_path, capsys):
