@@ -3,11 +3,14 @@
 ONNX export is :mod:`models.export` (its functions need the optional ``deploy`` packages)."""
 from models import resnet, shufflenet, wide_cnn  # noqa: F401  (registers the architectures)
 from models.checkpoint import load_model, save_model
+from models.external import HeadMismatchError, WeightsUnavailableError, load_network, read_weights
 from models.latency import LatencyResult, measure_latency, time_callable
+from models.portable import save_portable
 from models.profile import Complexity, format_report, profile
 from models.registry import create_model, list_models, register_model
 
 __all__ = [
-    "Complexity", "LatencyResult", "create_model", "format_report", "list_models", "load_model", "measure_latency",
-    "profile", "register_model", "save_model", "time_callable",
+    "Complexity", "HeadMismatchError", "LatencyResult", "WeightsUnavailableError", "create_model", "format_report",
+    "list_models", "load_model", "load_network", "measure_latency", "profile", "read_weights", "register_model",
+    "save_model", "save_portable", "time_callable",
 ]

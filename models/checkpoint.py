@@ -28,7 +28,9 @@ import torch
 from torch import nn
 
 from models.errors import FileFormatError, NonFiniteError
-from models.registry import create_model
+from models.heads import num_outputs
+from models.importable import import_path, is_import_path, resolve
+from models.registry import TIMM_PREFIX, create_model
 from models.validate import WIDTH_ATTRS, apply_widths, check_output, check_payload, check_state_dict, input_size
 
 FORMAT = 1
@@ -207,18 +209,22 @@ def _plain(value: Any) -> Any:
 
 
 def save_model(model: nn.Module, path: str | os.PathLike, meta: dict[str, Any] | None = None) -> None:
-    """Writes ``model`` (built by :func:`models.create_model`, pruned or not) to ``path`` without pickled code.
+    """Writes ``model`` (any ``nn.Module``, pruned or not) to ``path`` without pickled code.
+
+    How it is rebuilt is recorded as ``arch`` (:func:`architecture_of`): the ``create_model`` name of a model built
+    by it, ``timm:NAME`` of a timm model, ``module:qualname`` of a class that imports and builds without arguments;
+    else None, and :func:`load_model` needs a fresh instance (``load_model(path, model=MyNet(...))``). ``class``
+    always records the model's ``module:qualname``, for messages.
 
     Raises:
-        ValueError: when the model has no ``arch_spec`` (it was not built by ``create_model``).
+        ValueError: when the number of classes cannot be told (no ``get_classifier()``, no linear layer).
         NonFiniteError: when a weight is NaN or infinite (nothing is written).
     """
-    spec = getattr(model, "arch_spec", None)
-    if spec is None:
-        raise ValueError("save_model needs a model built by models.create_model (it records the architecture name)")
+    spec = architecture_of(model)
     payload = {
         "format": FORMAT,
         "arch": spec["name"],
+        "class": f"{type(model).__module__}:{type(model).__qualname__}",
         "num_classes": spec["num_classes"],
         "arch_kwargs": _plain_kwargs(spec["kwargs"]),
         "widths": module_widths(model),
@@ -229,44 +235,127 @@ def save_model(model: nn.Module, path: str | os.PathLike, meta: dict[str, Any] |
     atomic_save(payload, path)
 
 
+def architecture_of(model: nn.Module) -> dict[str, Any]:
+    """``{"name", "num_classes", "kwargs"}`` that rebuild ``model``'s architecture: its ``arch_spec`` (set by
+    :func:`models.create_model`), else ``timm:NAME`` for a timm model (its ``pretrained_cfg`` names it; built with
+    the classes its head gives), else the class's import path (:func:`models.importable.import_path`), else name
+    None (only a fresh instance passed to :func:`load_model` rebuilds it)."""
+    spec = getattr(model, "arch_spec", None)
+    if spec is not None:
+        return spec
+    classes = num_outputs(model)
+    timm_name = (getattr(model, "pretrained_cfg", None) or {}).get("architecture")
+    if isinstance(timm_name, str) and type(model).__module__.startswith("timm."):
+        return {"name": TIMM_PREFIX + timm_name, "num_classes": classes, "kwargs": {}}
+    return {"name": import_path(model), "num_classes": classes, "kwargs": {}}
+
+
 def _plain_kwargs(kwargs: dict[str, Any]) -> dict[str, Any]:
     return {k: list(v) if isinstance(v, tuple) else v for k, v in kwargs.items()}
 
 
 def read_model_file(path: str | os.PathLike) -> dict[str, Any]:
     """Reads a model file with ``weights_only=True`` and checks its format (see :func:`safe_load` for errors)."""
+    if weights_kind(path) == "safetensors":
+        raise NotAModelFile(f"{str(path)!r} is a safetensors file: weights without an architecture, not a "
+                            "prune-then-distill model file; load it with models.load_network(arch, path)",
+                            "safetensors")
     payload = safe_load(path, "model file")
     if not isinstance(payload, dict) or payload.get("format") != FORMAT or "arch" not in payload \
             or not isinstance(payload.get("state_dict"), dict):
+        if _is_state_dict(payload):
+            raise NotAModelFile(f"{str(path)!r} is a state dict: weights without an architecture, not a "
+                                "prune-then-distill model file; load it with models.load_network(arch, path)",
+                                "state_dict")
         raise FileFormatError(f"{str(path)!r} is not a prune-then-distill model file (format {FORMAT}); "
-                                        "write one with models.save_model or pruning.save")
+                              "write one with models.save_model or pruning.save")
     return payload
 
 
-def load_model(path: str | os.PathLike) -> nn.Module:
+class NotAModelFile(FileFormatError):
+    """A readable file of weights where a model file was expected, or the reverse; ``kind`` says what it is:
+    ``"safetensors"``, ``"state_dict"`` (bare weights) or ``"model_file"`` (a model file of this project)."""
+
+    def __init__(self, message: str, kind: str) -> None:
+        super().__init__(message)
+        self.kind = kind
+
+
+def weights_kind(path: str | os.PathLike) -> str:
+    """What a file holds, from its first bytes (whatever its name): ``"safetensors"`` (an 8-byte little-endian
+    header length, then a JSON header), ``"torch"`` (torch.save's zip, or the legacy pickle), or ``"unknown"``."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(9)
+    except OSError:
+        return "unknown"
+    if head[:4] == b"PK\x03\x04" or head[:1] == b"\x80":
+        return "torch"
+    if len(head) == 9 and head[8:9] == b"{" and 0 < int.from_bytes(head[:8], "little") < 100_000_000:
+        return "safetensors"
+    return "unknown"
+
+
+def _is_state_dict(payload: Any) -> bool:
+    """A plain or wrapped (``state_dict``, ``model``, ``state_dict_ema``) dict of tensors."""
+    if not isinstance(payload, dict):
+        return False
+    inner = next((payload[k] for k in ("state_dict", "model", "state_dict_ema") if isinstance(payload.get(k), dict)),
+                 payload)
+    return bool(inner) and all(isinstance(v, torch.Tensor) for v in inner.values())
+
+
+def load_model(path: str | os.PathLike, model: nn.Module | None = None) -> nn.Module:
     """Rebuilds a model written by :func:`save_model`, on the CPU, in eval mode; ``model.meta`` holds its meta.
 
-    The file is checked against the architecture it declares before any weight is copied
-    (:mod:`models.validate`): stored widths only for layers and width attributes the architecture has, every tensor
-    of the shape its layer's widths imply, exactly the architecture's keys, ``num_classes`` outputs.
+    The architecture is the one the file names (``create_model``; a ``module:qualname`` must be an ``nn.Module``
+    class or a factory annotated to return one, :func:`models.importable.resolve`), or ``model``: a fresh instance of
+    the saved network's class, built with its unpruned arguments. Either way the recorded widths are applied to its
+    layers (as Torch-Pruning's ``tp.load_state_dict`` does, without pickle) and the weights loaded, so the outputs are
+    those of the saved model. The file is checked against the architecture before any weight is copied
+    (:mod:`models.validate`): stored widths only for layers and width attributes it has, every tensor of the shape
+    its layer's widths imply, exactly its keys, ``num_classes`` outputs.
 
     Raises:
         FileNotFoundError, FileFormatError: see :func:`read_model_file`; also when the file does not fit the
-            architecture it declares (the message names the first mismatch). NonFiniteError: when a weight is NaN
-            or infinite.
+            architecture (the message names the first mismatch), or names none and no ``model`` is given.
+            NonFiniteError: when a weight is NaN or infinite.
     """
     payload = read_model_file(path)
-    where = f"model file {str(path)!r} (architecture {payload['arch']!r})"
-    check_payload(payload, where)
+    arch = payload.get("arch")
+    if model is None and arch is None:
+        raise FileFormatError(f"model file {str(path)!r} holds a {payload.get('class', 'network')} that cannot be "
+                              "rebuilt by name (defined in __main__ or a function, or it needs arguments); pass a "
+                              "fresh instance: load_model(path, model=MyNet(...))")
+    where = f"model file {str(path)!r} (architecture {arch if model is None else type(model).__name__!r})"
+    check_payload({**payload, "arch": arch or "?"}, where)
     check_finite(payload["state_dict"], f"model file {str(path)!r}")
+    by_name, model = model is None, _instance(path, payload) if model is None else model.cpu()
     try:
-        model = create_model(payload["arch"], payload["num_classes"], **payload.get("arch_kwargs", {}))
+        apply_widths(model, payload.get("widths", {}), payload["state_dict"], where)
+        check_state_dict(model, payload["state_dict"], where)
+        model.load_state_dict(payload["state_dict"])
+        check_output(model, payload["num_classes"], input_size(payload.get("meta", {})), where)
+    except FileFormatError as err:
+        if not by_name or payload.get("arch_kwargs") or not (arch.startswith(TIMM_PREFIX) or is_import_path(arch)):
+            raise
+        # a network built outside create_model (timm.create_model(name, img_size=...)) records only its name
+        raise FileFormatError(f"{err}; if the saved network was built with other arguments than the file records, "
+                              "pass a fresh instance: load_model(path, model=...)") from None
+    model.meta = payload.get("meta", {})
+    if arch is not None and not hasattr(model, "arch_spec"):
+        model.arch_spec = {"name": arch, "num_classes": payload["num_classes"],
+                           "kwargs": payload.get("arch_kwargs", {})}
+    return model.eval()
+
+
+def _instance(path: str | os.PathLike, payload: dict[str, Any]) -> nn.Module:
+    """The architecture a model file names, built with its arguments (unpruned widths)."""
+    arch = payload["arch"]
+    try:
+        if is_import_path(arch):
+            resolve(arch, from_file=True)  # a file names a module class or an annotated factory, nothing else
+        return create_model(arch, payload["num_classes"], **payload.get("arch_kwargs", {}))
     except (TypeError, ValueError, RuntimeError, KeyError, AttributeError) as err:
         raise FileFormatError(f"model file {str(path)!r} does not rebuild: its arguments do not fit architecture "
-                              f"{payload['arch']!r} ({_first_line(err)})") from None
-    apply_widths(model, payload.get("widths", {}), payload["state_dict"], where)
-    check_state_dict(model, payload["state_dict"], where)
-    model.load_state_dict(payload["state_dict"])
-    model.meta = payload.get("meta", {})
-    check_output(model, payload["num_classes"], input_size(model.meta), where)
-    return model.eval()
+                              f"{arch!r} ({_first_line(err)})") from None

@@ -12,8 +12,10 @@ Inputs are expected normalised, as the model saw them in training (a model file'
 """
 from __future__ import annotations
 
+import copy
 import importlib
 import importlib.util
+import json
 import os
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
@@ -58,11 +60,13 @@ class ExportReport:
 
 
 def export_onnx(model: nn.Module, path: str | os.PathLike, input_size: Sequence[int] = (3, 32, 32),
-                opset: int = DEFAULT_OPSET, *, dynamo: bool = True) -> Path:
+                opset: int = DEFAULT_OPSET, *, dynamo: bool = True, metadata: dict[str, Any] | None = None) -> Path:
     """Writes ``model`` (in eval mode) as an ONNX file whose batch dimension is dynamic; returns the path.
 
     The file is written to a temporary name and renamed, so ``path`` is either the old file or the complete new one.
     The model's train/eval mode is restored. ``input_size`` is one input without the batch dimension, (C, H, W).
+    ``metadata`` (e.g. ``mean``, ``std``, ``classes``, ``image_size``) goes into the model's ``metadata_props``, each
+    value as JSON text (:func:`deploy_metadata`), so a runtime reads how to feed the network from the file itself.
 
     Raises:
         ImportError: when onnx (or onnxscript, for ``dynamo=True``) is missing.
@@ -74,9 +78,58 @@ def export_onnx(model: nn.Module, path: str | os.PathLike, input_size: Sequence[
     device = model_device(model)
     example = torch.zeros((2, *input_size), device=device)  # (2, C, H, W): a batch of 1 invites specialisation
     with eval_mode(model):
-        path = atomic_write(path, lambda tmp: _export(model, example, tmp, opset, dynamo))
+        path = atomic_write(path, lambda tmp: (_export(model, example, tmp, opset, dynamo),
+                                               _add_metadata(onnx, tmp, metadata or {})))
     onnx.checker.check_model(str(path))
     return path
+
+
+def deploy_metadata(meta: dict[str, Any]) -> dict[str, str]:
+    """What a deployed network needs to be fed, from a model file's meta: ``mean``, ``std``, ``classes`` and
+    ``image_size`` (those present), each as JSON text, plus ``input``, the layout and scaling of the input tensor."""
+    found = {k: json.dumps(meta[k]) for k in ("mean", "std", "classes", "image_size") if k in meta}
+    if found:
+        found["input"] = "(B, C, H, W) float32 images scaled to [0, 1], then (x - mean) / std per channel"
+    return found
+
+
+def _add_metadata(onnx: ModuleType, path: str, metadata: dict[str, str]) -> None:
+    if not metadata:
+        return
+    proto = onnx.load(path)
+    for key, value in metadata.items():
+        entry = proto.metadata_props.add()
+        entry.key, entry.value = key, value
+    onnx.save(proto, path)
+
+
+def export_program(model: nn.Module, path: str | os.PathLike, input_size: Sequence[int] = (3, 32, 32),
+                   metadata: dict[str, str] | None = None) -> float:
+    """Writes ``model`` (eval mode, CPU copy) as a ``torch.export`` program (``.pt2``, batch dimension dynamic),
+    with ``metadata`` as the extra file ``metadata.json``; loads it back and returns the largest absolute difference
+    of its logits from the model's on seeded random inputs of batch sizes 1 and 3. Needs only torch to run:
+    ``torch.export.load(path).module()(x)``.
+
+    Raises:
+        RuntimeError: when ``torch.export`` cannot capture the model.
+    """
+    work = copy.deepcopy(model).cpu().eval()
+    example = torch.zeros((2, *input_size))  # (2, C, H, W): a batch of 1 invites specialisation
+    try:
+        program = torch.export.export(work, (example,), dynamic_shapes=({0: torch.export.Dim("batch")},))
+    except Exception as err:  # torch.export raises many types; the first line says what it could not capture
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise RuntimeError(f"torch.export could not capture {type(model).__name__}: {first}") from err
+    extra = {"metadata.json": json.dumps(metadata or {})}
+    path = atomic_write(path, lambda tmp: torch.export.save(program, tmp, extra_files=extra))
+    loaded = torch.export.load(str(path)).module()
+    generator = torch.Generator().manual_seed(0)
+    diffs = []
+    with torch.no_grad():
+        for b in (1, 3):
+            x = torch.randn((b, *input_size), generator=generator)
+            diffs.append(float((loaded(x) - work(x)).abs().max()))
+    return max(diffs)
 
 
 def _export(model: nn.Module, example: torch.Tensor, path: str, opset: int, dynamo: bool) -> None:
@@ -133,14 +186,15 @@ def onnx_latency(path: str | os.PathLike, input_size: Sequence[int] = (3, 32, 32
 def export_and_check(model: nn.Module, path: str | os.PathLike, input_size: Sequence[int] = (3, 32, 32),
                      batch_sizes: Sequence[int] = (1, 64), threads: int | None = None, *, opset: int = DEFAULT_OPSET,
                      dynamo: bool = True, tolerance: float = DEFAULT_TOLERANCE, warmup: int = DEFAULT_WARMUP,
-                     repeats: int = DEFAULT_REPEATS, min_seconds: float = DEFAULT_MIN_SECONDS) -> ExportReport:
+                     repeats: int = DEFAULT_REPEATS, min_seconds: float = DEFAULT_MIN_SECONDS,
+                     metadata: dict[str, str] | None = None) -> ExportReport:
     """Exports ``model`` to ``path``, compares ONNX Runtime with PyTorch on seeded random inputs of every batch size,
     and measures both on the CPU with the same number of threads (None: ``torch.get_num_threads()``).
 
     The report says whether the difference is within ``tolerance`` (``report.passed``); deciding what a failure means
-    is the caller's. The model's mode and device are restored.
+    is the caller's. The model's mode and device are restored. ``metadata``: see :func:`export_onnx`.
     """
-    path = export_onnx(model, path, input_size, opset, dynamo=dynamo)
+    path = export_onnx(model, path, input_size, opset, dynamo=dynamo, metadata=metadata)
     generator = torch.Generator().manual_seed(0)
     diff = max(verify_onnx(path, model, torch.randn((b, *input_size), generator=generator))
                for b in sorted(set(batch_sizes)))

@@ -1,7 +1,9 @@
 """Model registry: users pick architectures by name (``create_model("wide_cnn", num_classes=100)``).
 
 Names registered with :func:`register_model` map to factories ``f(num_classes, **kwargs) -> nn.Module``. The prefix
-``timm:`` builds any timm model without downloading weights (``create_model("timm:resnet18", 10)``).
+``timm:`` builds any timm model without downloading weights (``create_model("timm:resnet18", 10)``), and an import
+path ``module:qualname`` a class or factory of the user's (``create_model("torchvision.models:resnet18", 10)``,
+:mod:`models.importable`).
 
 Every model returned by :func:`create_model` carries ``model.arch_spec`` (name, num_classes, kwargs) so that a
 checkpoint can rebuild it without pickling code (see :mod:`models.checkpoint`).
@@ -13,6 +15,8 @@ import typing
 from typing import Any, Callable
 
 from torch import nn
+
+from models import heads, importable
 
 ModelFactory = Callable[..., nn.Module]
 
@@ -58,7 +62,9 @@ def create_model(name: str, num_classes: int = 10, **kwargs: Any) -> nn.Module:
     """Builds a model by registry name.
 
     Args:
-        name: a name from :func:`list_models`, or ``"timm:<timm model name>"`` (random init, no download).
+        name: a name from :func:`list_models`, ``"timm:<timm model name>"`` (random init, no download), or
+            ``"module:qualname"`` of a class or factory (given ``num_classes`` when it takes that argument, else its
+            classifier is replaced when its outputs differ, :func:`models.heads.replace_head`).
         num_classes: size of the classifier output.
         **kwargs: architecture arguments passed to the factory (for ``wide_cnn``: ``widths``, ``kernel_sizes``,
             ``hidden``, ``dropout`` ...).
@@ -71,11 +77,14 @@ def create_model(name: str, num_classes: int = 10, **kwargs: Any) -> nn.Module:
     """
     if name.startswith(TIMM_PREFIX):
         model = _create_timm(name[len(TIMM_PREFIX):], num_classes, **kwargs)
+    elif importable.is_import_path(name):
+        model = _create_imported(name, num_classes, kwargs)
     elif name in _REGISTRY:
         model = _REGISTRY[name](num_classes=num_classes, **kwargs)
     else:
         known = ", ".join(list_models())
-        raise ValueError(f"unknown model {name!r}; known models: {known}, or 'timm:<name>' for any timm model")
+        raise ValueError(f"unknown model {name!r}; known models: {known}, 'timm:<name>' for any timm model, or "
+                         "module:qualname for your own")
     model.arch_spec = {"name": name, "num_classes": int(num_classes), "kwargs": dict(kwargs)}
     return model
 
@@ -85,4 +94,19 @@ def _create_timm(name: str, num_classes: int, **kwargs: Any) -> nn.Module:
 
     if not timm.is_model(name):
         raise ValueError(f"unknown timm model {name!r}; see timm.list_models() for the names timm knows")
+    dropped = sorted(k for k, v in kwargs.items() if v is None)
+    if dropped:  # timm.create_model drops None arguments unread: an unknown name would pass unnoticed
+        raise ValueError(f"timm model {name!r}: arguments set to null are ignored by timm ({', '.join(dropped)}); "
+                         "leave them out or give a value")
     return timm.create_model(name, pretrained=False, num_classes=num_classes, **kwargs)
+
+
+def _create_imported(name: str, num_classes: int, kwargs: dict[str, Any]) -> nn.Module:
+    """A user's class or factory: ``num_classes`` goes to it when it takes that argument, else the head is replaced
+    when it gives another number of classes."""
+    factory = importable.resolve(name)
+    given = {**kwargs, "num_classes": num_classes} if importable.accepts(factory, "num_classes") else kwargs
+    model = importable.build(name, given)
+    if heads.num_outputs(model) != num_classes:
+        heads.replace_head(model, num_classes)
+    return model

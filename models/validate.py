@@ -22,6 +22,7 @@ from models.errors import FileFormatError
 WIDTH_ATTRS = (
     "in_channels", "out_channels", "groups", "in_features", "out_features",
     "num_features", "num_channels", "num_groups", "normalized_shape",
+    "num_heads", "head_dim", "attn_dim",  # attention whose head dims pruning shrank (pruning.passthrough)
 )
 
 
@@ -93,7 +94,7 @@ def apply_widths(model: nn.Module, widths: Mapping[str, Mapping[str, Any]], stat
         module = modules.get(name)
         if module is None:
             raise FileFormatError(f"{where}: its stored widths name layer {name!r}, which architecture "
-                                  f"{model.arch_spec['name']!r} does not have")
+                                  f"{_arch(model)!r} does not have")
         for attr, value in attrs.items():
             _set_width(module, name, attr, value, where)
     for name, module in modules.items():
@@ -170,11 +171,11 @@ def check_state_dict(model: nn.Module, state_dict: Mapping[str, torch.Tensor], w
     unknown = [k for k in state_dict if k not in own]
     if unknown:
         raise FileFormatError(f"{where}: {unknown[0]!r} is not a parameter or buffer of architecture "
-                              f"{model.arch_spec['name']!r}" + (f" (and {len(unknown) - 1} more)" if len(unknown) > 1
+                              f"{_arch(model)!r}" + (f" (and {len(unknown) - 1} more)" if len(unknown) > 1
                                                                 else ""))
     missing = [k for k in own if k not in state_dict]
     if missing:
-        raise FileFormatError(f"{where}: it lacks {missing[0]!r} of architecture {model.arch_spec['name']!r}"
+        raise FileFormatError(f"{where}: it lacks {missing[0]!r} of architecture {_arch(model)!r}"
                               + (f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""))
     for key, tensor in state_dict.items():
         if tuple(tensor.shape) != tuple(own[key].shape):
@@ -188,7 +189,7 @@ def check_output(model: nn.Module, num_classes: int, image_size: int, where: str
     Raises:
         FileFormatError: naming what does not fit.
     """
-    in_chans = int(model.arch_spec["kwargs"].get("in_chans", 3))
+    in_chans = in_channels(model)
     try:
         with torch.no_grad():
             out = model.eval()(torch.zeros(1, in_chans, image_size, image_size))
@@ -199,6 +200,20 @@ def check_output(model: nn.Module, num_classes: int, image_size: int, where: str
         shape = _shape(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
         raise FileFormatError(f"{where}: it gives outputs of shape {shape} for one image, but declares "
                               f"num_classes {num_classes}")
+
+
+def _arch(model: nn.Module) -> str:
+    """The architecture name of ``model`` (its ``arch_spec``'s), else its class name."""
+    return (getattr(model, "arch_spec", None) or {}).get("name") or type(model).__name__
+
+
+def in_channels(model: nn.Module) -> int:
+    """Image channels ``model`` takes: its ``in_chans`` argument, else the first conv layer's input channels, else 3."""
+    kwargs = (getattr(model, "arch_spec", None) or {}).get("kwargs", {})
+    if "in_chans" in kwargs:
+        return int(kwargs["in_chans"])
+    conv = next((m for m in model.modules() if isinstance(m, nn.modules.conv._ConvNd)), None)
+    return int(conv.in_channels) if conv is not None else 3
 
 
 def _shape(shape: Any) -> str:

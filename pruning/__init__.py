@@ -3,6 +3,8 @@ pickle-free save/load of pruned models."""
 from pruning.importance import (
     IMPORTANCES, ActivationImportance, SeededRandomImportance, make_importance, register_importance,
 )
+from pruning.failures import PruningError
+from pruning.passthrough import find_num_heads
 from pruning.persistence import load, save
 from pruning.prune import PruneResult, PruneStep, prune
 
@@ -11,8 +13,10 @@ __all__ = [
     "ActivationImportance",
     "PruneResult",
     "PruneStep",
+    "PruningError",
     "SeededRandomImportance",
     "load",
+    "find_num_heads",
     "make_importance",
     "prune",
     "register_importance",

@@ -14,7 +14,7 @@ from __future__ import annotations
 import copy
 import itertools
 import warnings
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -23,9 +23,12 @@ import torch_pruning as tp
 from torch import nn
 
 from models.common import Batches, num_threads
+from models.heads import classifier_name
 from models.profile import Complexity, profile
+from pruning.failures import check_forward, traced
 from pruning.importance import calibrate, calibrated_names, clear_calibration, make_importance, needs_calibration
 from pruning.fitting import recalibrate_bn as recalibrate
+from pruning.passthrough import TorchPruningOptions, sync_attention
 from pruning.search import Trial, UnreachableTarget, find_ratio
 from pruning.units import Unit, find_units
 
@@ -74,7 +77,10 @@ def prune(model: nn.Module, example_inputs: torch.Tensor, *, target_flops: int |
           global_pruning: bool = False, ignored_layers: Sequence[nn.Module | str] | None = None,
           round_to: int | None = None, inplace: bool = False, calibration: Batches | None = None,
           calibration_batches: int = 16, recalibrate_bn: bool = True, tolerance: float = 0.02,
-          seed: int = 0) -> PruneResult:
+          seed: int = 0, num_heads: Mapping[nn.Module | str, int] | None = None,
+          unwrapped_parameters: Mapping[nn.Parameter | str, int] | None = None,
+          customized_pruners: Mapping[type | nn.Module | str, Any] | None = None,
+          pruning_ratio_dict: Mapping[nn.Module | str, float] | None = None) -> PruneResult:
     """Prunes output channels of the conv and linear layers of ``model`` with Torch-Pruning.
 
     Args:
@@ -101,6 +107,17 @@ def prune(model: nn.Module, example_inputs: torch.Tensor, *, target_flops: int |
             measures a stale-statistics artefact rather than the pruned network.
         tolerance: a FLOPs/params target counts as reached within ``[target · (1 − tolerance), target]``.
         seed: seeds the ``random`` criterion.
+        num_heads: Torch-Pruning's ``num_heads``: ``{qkv projection: heads}`` of each multi-head attention layer, so
+            that a head's channels are pruned alike in every head (head dims shrink, the number of heads stays).
+            None finds them as Torch-Pruning's timm example does: every module with an integer ``num_heads`` and a
+            ``qkv`` (or ``qkv_proj``) linear layer; after pruning its ``head_dim`` (and timm's ``attn_dim``) is
+            set to ``qkv.out_features // (3 · num_heads)``.
+        unwrapped_parameters: Torch-Pruning's ``unwrapped_parameters``: ``{parameter (or its dotted name): pruned
+            dim}`` for parameters used outside a layer (a ViT's ``pos_embed`` and ``cls_token``: dim 2).
+        customized_pruners: Torch-Pruning's ``customized_pruners``: ``{layer class or layer: BasePruningFunc}`` for
+            layers it does not know.
+        pruning_ratio_dict: per-layer ratios ``{layer: ratio in [0, 1)}``: the group rooted at that layer loses that
+            fraction of its channels whatever the search's ratio (Torch-Pruning's ``pruning_ratio_dict``).
 
     Returns:
         A :class:`PruneResult`.
@@ -108,6 +125,8 @@ def prune(model: nn.Module, example_inputs: torch.Tensor, *, target_flops: int |
     Raises:
         ValueError: not exactly one of the three targets, a bad value, a missing calibration set, or a target
             below the smallest reachable value (the message gives that value).
+        PruningError: Torch-Pruning cannot trace the network, or the pruned network fails (a layer it does not
+            know how to prune): the message names the layer.
     """
     kind, target = _check_target(target_flops, target_params, ratio, tolerance, round_to)
     name, imp = make_importance(importance, seed)
@@ -121,13 +140,16 @@ def prune(model: nn.Module, example_inputs: torch.Tensor, *, target_flops: int |
     work.eval()  # BatchNorm in train mode fails on 1×1 maps of a batch of one during tracing
     work.requires_grad_(True)  # Torch-Pruning traces the autograd graph: a frozen model (a teacher) has none
     try:
-        ignored = _ignored_names(model, ignored_layers) | {_classifier_name(model)}
+        ignored = _ignored_names(model, ignored_layers) | {classifier_name(model)}
+        options = TorchPruningOptions.named(model, num_heads, unwrapped_parameters, customized_pruners,
+                                            pruning_ratio_dict)
         if needs_calibration(imp):
             calibrate(imp, work, calibration, calibration_batches)
         # tracing, pruning and profiling run thousands of tiny ops on one or two images: extra intra-op threads only
         # add overhead (ten times slower on a busy two-core machine)
         with num_threads(1):
-            plan = _Plan(work, find_units(work, example_inputs), imp, ignored, global_pruning, round_to or 1)
+            plan = traced(work, example_inputs, lambda: _Plan(work, example_inputs, imp, ignored, global_pruning,
+                                                              round_to or 1, options))
             before = profile(work, input_size)
             if kind == "ratio":
                 pruned, steps = (work if inplace else _copy(work)), []
@@ -159,10 +181,10 @@ def smallest_reachable(model: nn.Module, example_inputs: torch.Tensor, *, round_
     not changed; nothing is trained or calibrated, so a caller can check a target before any work."""
     work = copy.deepcopy(model).eval()
     work.requires_grad_(True)  # Torch-Pruning traces the autograd graph
-    ignored = _ignored_names(model, ignored_layers) | {_classifier_name(model)}
+    ignored = _ignored_names(model, ignored_layers) | {classifier_name(model)}
     with num_threads(1):
-        plan = _Plan(work, find_units(work, example_inputs), make_importance("l1", 0)[1], ignored, False,
-                     round_to or 1)
+        plan = traced(work, example_inputs, lambda: _Plan(work, example_inputs, make_importance("l1", 0)[1], ignored,
+                                                          False, round_to or 1, TorchPruningOptions.named(model)))
         plan.apply(work, 1.0)
         return profile(work, (1, *example_inputs.shape[1:]))
 
@@ -192,19 +214,6 @@ def _check_target(target_flops: int | None, target_params: int | None, ratio: fl
     if round_to is not None and round_to < 1:
         raise ValueError(f"round_to must be a positive channel count, got {round_to}")
     return kind.removeprefix("target_"), value
-
-
-def _classifier_name(model: nn.Module) -> str:
-    """The final classifier: ``model.get_classifier()`` when it is a layer with weights, else the last linear layer."""
-    names = {id(m): n for n, m in model.named_modules()}
-    head = model.get_classifier() if hasattr(model, "get_classifier") else None
-    if isinstance(head, nn.Module) and id(head) in names and any(True for _ in head.parameters()):
-        return names[id(head)]
-    linear = [n for n, m in model.named_modules() if isinstance(m, nn.Linear)]
-    if not linear:
-        raise ValueError(f"cannot tell the final classifier of {type(model).__name__}: it has no get_classifier() "
-                         "and no nn.Linear layer")
-    return linear[-1]
 
 
 def _ignored_names(model: nn.Module, layers: Sequence[nn.Module | str] | None) -> set[str]:
@@ -240,18 +249,20 @@ class _Group:
     root: str
     size: int
     scores: torch.Tensor  # (size,)
+    fixed: float | None = None  # a ratio of pruning_ratio_dict, else None (the search's ratio)
 
 
 class _Plan:
     """Scores every prunable group of ``model`` once; then prunes any copy of it for a given ratio."""
 
-    def __init__(self, model: nn.Module, units: list[Unit], importance: Any, ignored: set[str],
-                 global_pruning: bool, min_channels: int) -> None:
-        self.units, self.importance, self.ignored = units, importance, ignored
-        self.global_pruning, self.min_channels = global_pruning, min_channels
+    def __init__(self, model: nn.Module, example_inputs: torch.Tensor, importance: Any, ignored: set[str],
+                 global_pruning: bool, min_channels: int, options: TorchPruningOptions) -> None:
+        self.units, self.importance, self.ignored = find_units(model, example_inputs), importance, ignored
+        self.example_inputs = example_inputs
+        self.global_pruning, self.min_channels, self.options = global_pruning, min_channels, options
         self.widths = {n: _out_channels(m) for n, m in model.named_modules() if isinstance(m, _PRUNABLE)}
         self.groups: list[_Group] = []
-        for unit in units:
+        for unit in self.units:
             pruner = self._pruner(model, unit, {})
             dg = pruner.DG
             for group in dg.get_all_groups(ignored_layers=pruner.ignored_layers,
@@ -262,7 +273,8 @@ class _Plan:
                 ch_groups = pruner._get_channel_groups(group)
                 scores = scores.view(ch_groups, -1).mean(0) if ch_groups > 1 else scores  # as BasePruner ranks them
                 root = dg._module2name[group[0].dep.target.module]
-                self.groups.append(_Group(unit, root, len(scores), scores.detach().float().cpu()))
+                fixed = options.ratios.get(f"{unit.name}.{root}" if unit.name else root)
+                self.groups.append(_Group(unit, root, len(scores), scores.detach().float().cpu(), fixed))
         if not self.groups:
             raise ValueError(f"{type(model).__name__} has no prunable channel group (all layers ignored or "
                              "untraceable)")
@@ -279,21 +291,22 @@ class _Plan:
             warnings.simplefilter("ignore")  # Torch-Pruning warns about every unwrapped parameter it finds
             return tp.pruner.BasePruner(sub, unit.example_inputs, importance=self.importance, pruning_ratio=0.0,
                                         pruning_ratio_dict=ratios, ignored_layers=ignored,
-                                        round_to=self.min_channels if self.min_channels > 1 else None)
+                                        round_to=self.min_channels if self.min_channels > 1 else None,
+                                        **self.options.for_unit(sub, prefix))
 
     def counts(self, ratio: float) -> list[int]:
         """Channels each group loses at ``ratio`` (each keeps at least ``min_channels``)."""
         sizes = [g.size for g in self.groups]
-        if self.global_pruning:
-            scores = torch.cat([g.scores for g in self.groups])
+        free = [g for g in self.groups if g.fixed is None]  # the groups the search's ratio prunes
+        wanted = {id(g): g.size - int(g.size * (1 - g.fixed)) for g in self.groups if g.fixed is not None}
+        if self.global_pruning and free:
+            scores = torch.cat([g.scores for g in free])
             n_total = len(scores) - int(len(scores) * (1 - ratio))
-            if n_total <= 0:
-                return [0] * len(sizes)
-            threshold = torch.kthvalue(scores, n_total).values
-            wanted = [int((g.scores <= threshold).sum()) for g in self.groups]
+            threshold = torch.kthvalue(scores, n_total).values if n_total > 0 else None
+            wanted.update({id(g): int((g.scores <= threshold).sum()) if threshold is not None else 0 for g in free})
         else:
-            wanted = [size - int(size * (1 - ratio)) for size in sizes]
-        return [max(0, min(n, size - min(self.min_channels, size))) for n, size in zip(wanted, sizes)]
+            wanted.update({id(g): g.size - int(g.size * (1 - ratio)) for g in free})
+        return [max(0, min(wanted[id(g)], size - min(self.min_channels, size))) for g, size in zip(self.groups, sizes)]
 
     def apply(self, model: nn.Module, ratio: float) -> dict[str, list[int]]:
         """Prunes ``model`` (a copy of the scored model) in place at ``ratio``; returns the kept output channels."""
@@ -308,6 +321,8 @@ class _Plan:
             for group in pruner.step(interactive=True):
                 _record_kept(group, pruner.DG, prefix, kept)
                 group.prune()
+            sync_attention(model, pruner.num_heads)
+        check_forward(model, self.example_inputs)
         return kept
 
 

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 from kd import HintLoss
-from models import create_model, list_models, save_model
+from models import create_model, list_models, save_model, save_portable
 from recipes.plumbing import lock
 from recipes.plumbing.config import KDConfig, NON_NEGATIVE, arg, parse_config
 from recipes.plumbing.checks import model_args
@@ -66,8 +66,9 @@ def main(argv: list[str] | None = None) -> list[ModelReport]:
         hint.remove()
     student_report = ModelReport.measure("student", student, result.last_accuracy, data.input_size)
     save_model(student, out / "student.pt", meta={"accuracy": student_report.accuracy, **data.meta()})
+    save_portable(student, out / "student", data.meta())  # student.safetensors + student.json: rebuilt without us
     reports = [*run.member_reports, run.teacher_report, student_report]
-    finish_run(cfg, out, reports, teacher=run.teacher, student=student, input_size=data.input_size,
+    finish_run(cfg, out, reports, meta=data.meta(), teacher=run.teacher, student=student, input_size=data.input_size,
                extra={"history": result.to_dict()["history"]})
     print(f"\nstudent saved to {out / 'student.pt'}")
     return reports

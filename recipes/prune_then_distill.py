@@ -18,8 +18,9 @@ two. classic: kd-ls, CE(s, y) + 9 · T² · KL(softmax(Z(t)/T) ‖ softmax(Z(s)/
 2, chosen by the CPU sweeps from 57–71 % teachers, where plain cross-entropy at its own best rate was as good or
 better. --alpha 0 is plain cross-entropy.
 Prints the report block of the teacher (of each teacher, then of their ensemble), of the pruned student before
-fine-tuning and of the final student; writes OUT/report.json, OUT/config.json and OUT/student.pt (pickle-free:
-pruning.load reads it).
+fine-tuning and of the final student; writes OUT/report.json, OUT/config.json, OUT/student.pt (pickle-free:
+pruning.load reads it) and OUT/student.safetensors + OUT/student.json (rebuilt with plain torch + timm or your own
+class: README, "Taking the student out").
 """
 from __future__ import annotations
 
@@ -35,6 +36,7 @@ import pruning
 from kd import HintLoss
 from kd.data import BatchIterator, DataSplits, subset
 from kd.ensemble import ensemble_members
+from models import save_portable
 from models.init import reinitialize
 from pruning.importance import calibrated_names, needs_calibration
 from recipes.plumbing import lock
@@ -129,11 +131,13 @@ def main(argv: list[str] | None = None) -> PruneThenDistillResult:
     pruning.save(student, out / "student.pt", meta={
         "accuracy": student_report.accuracy, **data.meta(), "importance": pruned.importance,
         "pruning_ratio": pruned.ratio})
+    save_portable(student, out / "student", data.meta())  # student.safetensors + student.json: rebuilt without us
 
     reports = [*run.member_reports, run.teacher_report, pruned_report, student_report]
-    finish_run(cfg, out, reports, teacher=teacher, student=student, input_size=data.input_size,
+    finish_run(cfg, out, reports, meta=data.meta(), teacher=teacher, student=student, input_size=data.input_size,
                extra={"pruning": _pruning_summary(pruned), "history": result.to_dict()["history"]})
-    print(f"\nstudent saved to {out / 'student.pt'} (load it with pruning.load)")
+    print(f"\nstudent saved to {out / 'student.pt'} (load it with pruning.load) and, for use without this package, "
+          f"{out / 'student.safetensors'} + student.json (README: taking the student out)")
     return PruneThenDistillResult(reports, student, pruned)
 
 

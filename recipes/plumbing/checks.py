@@ -77,7 +77,8 @@ def _check_layer(model: nn.Module, name: str, flag: str, conv: bool = False) -> 
     layers = dict(model.named_modules())
     if name not in layers or not name:
         shown = [n for n, m in layers.items() if n and len(list(m.children())) > 0][:12]
-        raise ValueError(f"{flag} {name!r} is not a layer of the {model.arch_spec['name']} model; its layers "
+        arch = (getattr(model, "arch_spec", None) or {}).get("name", type(model).__name__)
+        raise ValueError(f"{flag} {name!r} is not a layer of the {arch} model; its layers "
                          f"include {', '.join(shown)}")
     if conv and not any(isinstance(m, nn.Conv2d) for m in layers[name].modules()):
         raise ValueError(f"{flag} {name!r} has no conv layer whose channels pruning kept; pick a conv block such "

@@ -296,7 +296,7 @@ GROUPS: dict[str, tuple[str, ...]] = {
              "memory_budget", "workers", "skip_bad_images"),
     "model": ("arch", "model_args", "init", "student", "student_init"),
     "teacher": ("teacher", "train_teacher", "teacher_arch", "teacher_model_args", "teacher_epochs", "teacher_cache",
-                "teacher_tta"),
+                "teacher_tta", "teacher_weights", "pretrained", "new_head", "initial_checkpoint"),
     "pruning": ("target_flops", "target_params", "ratio", "budget", "importance", "global_pruning", "round_to",
                 "calibration_images", "calibration_batches", "recalibrate_bn", "progressive_steps", "step_ratio",
                 "max_drop", "max_steps", "methods", "num_steps", "tolerance"),
@@ -626,7 +626,14 @@ class KDConfig(RunConfig):
                                           "of their logits; default: the committed teacher for CIFAR-10, else one "
                                           "trained here first")
     train_teacher: bool = arg(False, "train the teacher here even where a committed one exists (--dataset cifar10)")
-    teacher_arch: str = arg("wide_cnn", "architecture of the teacher trained when --teacher is not given")
+    teacher_arch: str = arg("wide_cnn", "architecture of the teacher trained here or loaded with --teacher-weights / "
+                            "--pretrained: a registered name, timm:NAME or module:qualname (your own code)")
+    teacher_weights: str | None = arg(None, "weights of the --teacher-arch network as the teacher: .safetensors, or a "
+                                      ".pth/.pt state dict (plain or under state_dict / model / state_dict_ema)")
+    pretrained: bool = arg(False, "the teacher is --teacher-arch timm:NAME with timm's pretrained weights "
+                           "(downloaded, or from timm's cache)")
+    new_head: bool = arg(False, "replace the classifier of the --teacher-weights / --pretrained network with one for "
+                         "this data's classes and fine-tune it for --teacher-epochs before it teaches")
     teacher_model_args: str = arg("{}", "JSON of the teacher's architecture arguments")
     teacher_epochs: int | None = arg(None, "epochs of the teacher trained when --teacher is not given (default: from "
                                      "--recipe)", limit=COUNT)
@@ -639,8 +646,10 @@ class KDConfig(RunConfig):
                               limit=Limit(lambda v: 0.0 <= v <= 1.0, "in [0, 1]"))
     latency: bool = arg(True, "measure teacher and student forward latency after training (report.json)")
     latency_batch_sizes: tuple[int, ...] = arg((1, 64), "batch sizes of the latency measurement", limit=COUNT)
-    export: str | None = arg(None, "onnx: also write OUT/student.onnx (dynamic batch), checked against PyTorch with "
-                             "onnxruntime and timed beside it", ("onnx",))
+    export: str | None = arg(None, "onnx: also write OUT/student.onnx (dynamic batch; mean, std, classes and image "
+                             "size in its metadata), checked against PyTorch with onnxruntime and timed beside it; "
+                             "torch-export: OUT/student.pt2 (torch.export, needs only torch), checked against PyTorch",
+                             ("onnx", "torch-export"))
     teacher_tta: bool = arg(False, "the teacher scores the student's view and its mirror image and teaches the "
                             "mean of the two logit vectors (kd.ensemble)")
     teacher_cache: int = arg(0, "K > 0: run the teacher once over K augmented views of every training image, keep "

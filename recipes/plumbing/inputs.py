@@ -33,7 +33,26 @@ def fingerprint(cfg: Any, data: DataSplits) -> dict[str, Any]:
     entry per ``--teacher`` file)."""
     paths = getattr(cfg, "teacher", None) or ()
     return {"data": data.fingerprint(),
-            "teacher": [{"path": p, "sha256": file_sha256(p)} for p in paths] or None}
+            "teacher": [{"path": p, "sha256": file_sha256(p)} for p in paths] or None,
+            **_weights_fingerprint(cfg)}
+
+
+WEIGHT_OPTIONS = {"teacher_weights": "--teacher-weights", "initial_checkpoint": "--initial-checkpoint"}
+
+
+def _weights_fingerprint(cfg: Any) -> dict[str, Any]:
+    """``{"teacher_weights" | "initial_checkpoint": {"path", "sha256"}}`` of an outside network's weight file."""
+    return {name: {"path": path, "sha256": file_sha256(path)} for name in WEIGHT_OPTIONS
+            if (path := getattr(cfg, name, None)) is not None}
+
+
+def _check_weights_unchanged(earlier: dict[str, Any], now: dict[str, Any], cfg: Any) -> None:
+    """``--resume``: the weight file of ``--teacher-weights`` / ``--initial-checkpoint`` is the earlier run's."""
+    for name, flag in WEIGHT_OPTIONS.items():
+        before, after = earlier.get(name), now.get(name)
+        if before and after and before.get("sha256") != after["sha256"]:
+            raise ValueError(f"--resume: the {flag} file {after['path']!r} changed since the earlier run in "
+                             f"{cfg.out!r}; put that file back, or start afresh with --overwrite or another --out")
 
 
 def save(cfg: Any, data: DataSplits, out: Path) -> None:
@@ -65,6 +84,7 @@ def check_unchanged(cfg: Any, data: DataSplits, out: Path) -> None:
             more = f" (and {len(changes) - 1} more)" if len(changes) > 1 else ""
             raise ValueError(f"--resume: the {word} images changed since the earlier run in {cfg.out!r}: "
                              f"{changes[0]}{more}{advice}")
+    _check_weights_unchanged(earlier, now, cfg)
     before = earlier.get("teacher")
     before = [before] if isinstance(before, dict) else before or []  # one dict: recorded before several teachers
     for then, after in zip(before, now["teacher"] or []):

@@ -11,7 +11,10 @@ from torch import nn
 
 from kd.precision import Hardware
 from models.checkpoint import atomic_write_text
-from models.profile import Complexity, format_report, profile
+from models.profile import Complexity, format_report, profile, torch_pruning_flops
+
+# Torch-Pruning's count above thop's by more than this fraction: thop missed operations (attention's matmuls)
+MISSED_FLOPS = 0.005
 
 
 @dataclass
@@ -83,3 +86,23 @@ def json_ready(value: Any) -> Any:
 def write_json(path: str | os.PathLike, body: Any) -> None:
     """Writes ``body`` as strict JSON (NaN and inf become null) through a temporary file and a rename."""
     atomic_write_text(json.dumps(json_ready(body), indent=2, allow_nan=False) + "\n", path)
+
+
+def flops_check(models: dict[str, nn.Module], input_size: tuple[int, ...]) -> dict[str, dict[str, Any]]:
+    """``{name: {"thop", "torch_pruning", "thop_missed"}}`` for each model whose FLOPs by Torch-Pruning's
+    ``count_ops_and_params`` exceed thop's by more than :data:`MISSED_FLOPS` (thop counts no attention matmuls and no
+    other operations outside layers); empty when thop missed nothing. The report's flops stay thop's."""
+    found = {}
+    for name, model in models.items():
+        thop_flops, tp_flops = profile(model, input_size).flops, torch_pruning_flops(model, input_size)
+        if tp_flops > thop_flops * (1 + MISSED_FLOPS):
+            found[name] = {"thop": thop_flops, "torch_pruning": tp_flops, "thop_missed": tp_flops - thop_flops}
+    return found
+
+
+def print_flops_check(found: dict[str, dict[str, Any]]) -> None:
+    """One line per model whose thop count misses operations, Torch-Pruning's count beside it."""
+    for name, c in found.items():
+        print(f"note: thop counts {c['thop']:,} flops for the {name} but misses operations outside layers (attention "
+              f"matmuls): Torch-Pruning's count_ops_and_params gives {c['torch_pruning']:,} "
+              f"(+{c['thop_missed'] / c['thop']:.1%}); the report's flops stay thop's")

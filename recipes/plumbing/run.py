@@ -20,12 +20,12 @@ from kd import distributed
 from kd.data import DataSplits, load_dataset
 from kd.ensemble import ensemble_members
 from kd.losses import DistillLoss
-from recipes.plumbing import inputs, option_checks
+from recipes.plumbing import external_teacher, inputs, option_checks
 from recipes.plumbing.checks import check_extras, check_models, check_teacher_fits
 from recipes.plumbing.config import KDConfig, RunConfig, check_values, config_record, resolve_device, save_config
 from recipes.plumbing.deploy import deployment
 from recipes.plumbing.outdir import check_out, prepare_out
-from recipes.plumbing.report import ModelReport, print_reports, write_report
+from recipes.plumbing.report import ModelReport, flops_check, print_flops_check, print_reports, write_report
 from recipes.plumbing.training import hardware, make_loss, member_reports, obtain_teacher, seed_everything
 
 
@@ -61,6 +61,7 @@ def start_run(cfg: RunConfig) -> tuple[DataSplits, Path]:
     check_values(cfg)
     check_extras(cfg)
     option_checks.check_options(cfg)
+    external_teacher.check_options(cfg)
     if cfg.sync_bn and resolve_device(cfg.device).type != "cuda":
         raise ValueError("--sync-bn needs CUDA (SyncBatchNorm trains on GPUs only); drop it on the CPU")
     info = distributed.init_distributed(resolve_device(cfg.device))
@@ -69,6 +70,9 @@ def start_run(cfg: RunConfig) -> tuple[DataSplits, Path]:
         cfg.device = str(distributed.local_device(resolve_device(cfg.device)))  # this rank's GPU
         cfg.progress = cfg.progress and info.is_main
     teacher = check_models(cfg)
+    external = external_teacher.source(cfg)
+    if external is not None:
+        teacher = external_teacher.load(external)  # the weights read and checked now, the head once the data is known
     out = check_out(cfg)
     seed_everything(cfg.seed)
     print(hardware(cfg).describe(), flush=True)
@@ -82,7 +86,9 @@ def start_run(cfg: RunConfig) -> tuple[DataSplits, Path]:
     if data.skipped:
         print(f"warning: left out {len(data.skipped)} image file(s) that could not be decoded (--skip-bad-images), "
               f"the first: {data.skipped[0]}", file=sys.stderr, flush=True)
-    if teacher is not None:
+    if external is not None:
+        external_teacher.check_fits(external, teacher, data)
+    elif teacher is not None:
         check_teacher_fits(cfg, teacher, data)
     option_checks.check_with_data(cfg, data, ensemble_members(teacher)[0] if teacher is not None else None)
     if cfg.resume:
@@ -120,12 +126,18 @@ def start_kd_run(cfg: KDConfig) -> KDRun:
 
 def finish_run(cfg: RunConfig, out: Path, reports: list[ModelReport], *, teacher: nn.Module | None = None,
                student: nn.Module | None = None, input_size: tuple[int, ...] | None = None,
-               extra: dict[str, Any] | None = None) -> dict[str, Any]:
+               extra: dict[str, Any] | None = None, meta: dict[str, Any] | None = None) -> dict[str, Any]:
     """Prints the report blocks; with a teacher and a student, measures their latency (and exports ONNX with
-    ``--export onnx``, :func:`~recipes.plumbing.deploy.deployment`); writes ``OUT/report.json`` with ``extra``.
-    Returns what deployment measured."""
+    ``--export onnx``, a torch.export program with ``--export torch-export``, carrying ``meta``'s mean, std, classes
+    and image size: :func:`~recipes.plumbing.deploy.deployment`); where thop's flops miss operations (attention
+    matmuls) says so with Torch-Pruning's count beside them (report.json ``flops_check``); writes
+    ``OUT/report.json`` with ``extra``. Returns what deployment measured."""
     print_reports(reports)
-    deployed = deployment(cfg, teacher, student, input_size, out) if teacher is not None and student is not None \
-        else {}
+    both = teacher is not None and student is not None
+    missed = flops_check({"teacher": teacher, "student": student}, input_size) if both else {}
+    print_flops_check(missed)
+    deployed = deployment(cfg, teacher, student, input_size, out, meta) if both else {}
+    if missed:
+        deployed = {**deployed, "flops_check": missed}
     write_report(out / "report.json", reports, config_record(cfg), {**(extra or {}), **deployed})
     return deployed

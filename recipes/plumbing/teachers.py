@@ -16,6 +16,7 @@ from torch import nn
 
 from kd.ensemble import TeacherEnsemble
 from models import load_model
+from models.checkpoint import NotAModelFile
 from recipes.plumbing.inputs import file_sha256
 
 REPO = Path(__file__).resolve().parents[2]
@@ -66,8 +67,11 @@ def checked_path(teacher: CommittedTeacher) -> Path:
 
 def use_committed_teacher(cfg: object) -> None:
     """Points ``cfg.teacher`` at the committed teacher of ``cfg.dataset`` (checked) when no ``--teacher`` was given
-    and ``--train-teacher`` was not asked for; says so on stdout."""
+    and ``--train-teacher`` was not asked for (nor an outside teacher, ``--teacher-weights`` / ``--pretrained``);
+    says so on stdout."""
     if getattr(cfg, "teacher") is not None or getattr(cfg, "train_teacher"):
+        return
+    if getattr(cfg, "teacher_weights", None) is not None or getattr(cfg, "pretrained", False):
         return
     committed = committed_teacher(getattr(cfg, "dataset"))
     if committed is None:
@@ -94,12 +98,29 @@ def load_teachers(paths: list[str], mirror: bool = False) -> nn.Module:
     """
     if not paths:
         raise ValueError("load_teachers needs at least one teacher file")
-    members = [load_model(p) for p in paths]
+    members = [load_teacher_file(p) for p in paths]
     if len(members) == 1 and not mirror:
         return members[0]
     for path, member in zip(paths[1:], members[1:]):
         _check_alike(paths[0], members[0], path, member)
     return wrap_teacher(members, mirror)
+
+
+def load_teacher_file(path: str) -> nn.Module:
+    """One ``--teacher FILE`` (:func:`models.load_model`); bare weights (a safetensors file, a state dict) are pointed
+    at ``--teacher-arch NAME --teacher-weights FILE``.
+
+    Raises:
+        ValueError: for bare weights; what load_model raises otherwise.
+    """
+    try:
+        return load_model(path)
+    except NotAModelFile as err:
+        what = {"safetensors": "a safetensors file", "state_dict": "a state dict"}.get(err.kind)
+        if what is None:
+            raise
+        raise ValueError(f"--teacher {path!r} is {what}: weights without an architecture; pass --teacher-arch NAME "
+                         f"--teacher-weights {path} (NAME: timm:NAME, a registered name or module:qualname)") from None
 
 
 def wrap_teacher(members: list[nn.Module], mirror: bool) -> nn.Module:

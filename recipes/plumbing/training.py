@@ -22,6 +22,7 @@ from kd.trainer import DivergedError, FitResult, evaluate, fit_model
 from models import create_model, save_model
 from models.common import Batches
 from models.init import init_for_small_images
+from recipes.plumbing import external_teacher
 from recipes.plumbing.checks import check_teacher_fits, json_object, model_args
 from recipes.plumbing.config import KDConfig, RunConfig, check_values, resolve_device
 from recipes.plumbing.report import ModelReport
@@ -176,14 +177,19 @@ def seed_everything(seed: int) -> None:
 
 
 def fit_teacher(cfg: RunConfig, data: DataSplits, arch: str, arch_args: dict[str, Any], out: Path, *,
-                epochs: int | None = None) -> tuple[nn.Module, ModelReport]:
+                epochs: int | None = None, model: nn.Module | None = None) -> tuple[nn.Module, ModelReport]:
     """Trains ``arch`` with cross-entropy (``--label-smoothing``) on ``data``, saves it to ``out/teacher.pt``
     (pickle-free, with the normalisation and classes in its meta) and returns it with its report (accuracy of the
-    last epoch on test; the test-time-augmented one beside it with ``--tta``)."""
+    last epoch on test; the test-time-augmented one beside it with ``--tta``). ``model``: start from these weights
+    (an outside network, :mod:`recipes.plumbing.external_teacher`) instead of a new ``arch``; ``--init`` is then
+    not applied (it would overwrite them)."""
     train_batches, test_batches = loaders(cfg, data)
-    model = create_model(arch, data.num_classes, **arch_args)
-    print(f"teacher {arch}: {len(data.train)} training / {len(data.test)} test images, {data.num_classes} classes")
-    init_model(cfg, model, train_batches)
+    start = "from loaded weights" if model is not None else "from scratch"
+    print(f"teacher {arch} ({start}): {len(data.train)} training / {len(data.test)} test images, "
+          f"{data.num_classes} classes")
+    if model is None:
+        model = create_model(arch, data.num_classes, **arch_args)
+        init_model(cfg, model, train_batches)
     result = fit_stage(model, cfg, train_batches, test_batches, out_dir=out / "teacher_train", epochs=epochs,
                        loss=CrossEntropy(label_smoothing=cfg.label_smoothing), tta=cfg.tta)
     report = ModelReport.measure("teacher", model, result.last_accuracy, data.input_size,
@@ -225,6 +231,9 @@ def obtain_teacher(cfg: KDConfig, data: DataSplits, out: Path) -> tuple[nn.Modul
             differ from the data's (:func:`check_teacher_fits`). FileFormatError, NonFiniteError: an unreadable,
             foreign or non-finite teacher file.
     """
+    external = external_teacher.source(cfg)
+    if external is not None:
+        return outside_teacher(cfg, data, out, external)
     if cfg.teacher is None:
         arch_args = model_args(cfg.teacher_model_args, "--teacher-model-args")
         trained, report = fit_teacher(cfg, data, cfg.teacher_arch, arch_args, out, epochs=cfg.teacher_epochs)
@@ -250,3 +259,16 @@ def member_reports(cfg: KDConfig, teacher: nn.Module, data: DataSplits) -> list[
     _, test_batches = loaders(cfg, data)
     return [ModelReport.measure(f"teacher_{i}", member, score(member, test_batches, cfg), data.input_size)
             for i, member in enumerate(ensemble_members(teacher), start=1)]
+
+
+def outside_teacher(cfg: KDConfig, data: DataSplits, out: Path,
+                    external: external_teacher.Source) -> tuple[nn.Module, ModelReport]:
+    """``--teacher-arch NAME --teacher-weights FILE`` or ``--pretrained``: the network loaded and scored on this test
+    split; with ``--new-head``, its new classifier fine-tuned first with every weight for ``--teacher-epochs``
+    (:func:`fit_teacher`, which saves ``OUT/teacher.pt``). With ``--pretrained`` the data takes timm's normalisation
+    of those weights."""
+    teacher = external_teacher.prepare(external, data)
+    if external.new_head:
+        return fit_teacher(cfg, data, external.arch, {}, out, epochs=cfg.teacher_epochs, model=teacher)
+    _, test_batches = loaders(cfg, data)
+    return teacher, ModelReport.measure("teacher", teacher, score(teacher, test_batches, cfg), data.input_size)
