@@ -1,11 +1,12 @@
 """Prune a trained teacher to a FLOPs/params budget with Torch-Pruning, then recover accuracy by distillation.
 
-    python recipes/prune_then_distill.py          # the lab's job: CIFAR-100, wide_cnn teacher, ≤ 31,269,888 flops
-    python recipes/prune_then_distill.py --dataset cifar10 --recipe fast --epochs 8   # committed teacher, KD
+    python recipes/prune_then_distill.py          # the lab's job: shipped CIFAR-10, committed teacher, ≤ 31,269,888
+                                                  # flops, 8 fast epochs of KD
+    python recipes/prune_then_distill.py --epochs 40 --out runs/seed_budget   # the seed's budget, longer
     python recipes/prune_then_distill.py --dataset imagefolder --data-dir path/to/images \
         --teacher runs/teacher/teacher.pt --target-flops 76000000 --epochs 30
 
-Teacher (--teacher FILE; with --dataset cifar10 the committed one, sha256 checked; else, or with --train-teacher,
+Teacher (--teacher FILE; with --dataset cifar10-jpeg (the default) or cifar10 the committed one, sha256 checked; else, or with --train-teacher,
 trained first for --teacher-epochs at --lr; several files teach the mean of their logits and the first is pruned;
 --teacher-tta averages each view with its mirror image) → deep copy → pruned to --target-flops, --target-params or
 --ratio by --importance (group L1 by default; the classifier keeps its outputs) → BatchNorm statistics re-estimated on
