@@ -55,6 +55,7 @@ ANY_NUMBER = Limit(lambda v: True, "a number")  # e.g. --seed: every finite valu
 BUDGET = Limit(lambda v: 0.0 < v <= 1.0, "in (0, 1] (a fraction of the teacher's FLOPs)")
 VAL_SIZE = Limit(lambda v: 0.0 < v < 1.0, "in (0, 1) (a fraction of the training images)")
 FRACTION = Limit(lambda v: 0.0 <= v < 1.0, "in [0, 1)")
+PROBABILITY = Limit(lambda v: 0.0 <= v <= 1.0, "in [0, 1] (a probability)")
 
 INITS = ("default", "whiten-dirac")
 
@@ -163,6 +164,16 @@ class RunConfig:
                        limit=NON_NEGATIVE_COUNT)
     sync_bn: bool = arg(False, "under torchrun: BatchNorm statistics over the global batch (SyncBatchNorm, CUDA "
                         "only) instead of each process's slice")
+    mixup: float = arg(0.0, "mixup alpha (timm's --mixup): each training batch blended with its mirror image by "
+                       "lambda ~ Beta(alpha, alpha), labels made soft targets; a teacher scores the mixed images; "
+                       "0 = off",
+                       limit=NON_NEGATIVE)
+    cutmix: float = arg(0.0, "CutMix alpha (timm's --cutmix): a box of the mirrored batch covering 1 - lambda of each "
+                        "image, labels mixed by area; 0 = off", limit=NON_NEGATIVE)
+    mixup_prob: float | None = arg(None, "probability that a batch is mixed at all (default 1.0 with --mixup or "
+                                   "--cutmix)", limit=PROBABILITY)
+    mixup_switch_prob: float | None = arg(None, "probability of CutMix instead of mixup when both are on (default "
+                                          "0.5)", limit=PROBABILITY)
 
 
 def apply_recipe(cfg: Any) -> Any:

@@ -40,6 +40,7 @@ def check_options(cfg: Any) -> None:
     if sizes is not None and (not sizes or any(s < 1 for s in sizes)):
         raise ValueError(f"--latency-batch-sizes must be whole numbers >= 1, got {' '.join(map(str, sizes))}")
     _check_teacher_cache(cfg)
+    _check_mixup(cfg)
     if getattr(cfg, "data_mode", "auto") == "stream":
         _check_memory_only(cfg, "--data-mode stream")
     if getattr(cfg, "export", None) == "onnx":
@@ -76,10 +77,30 @@ def check_export(cfg: Any) -> None:
                          "them with pip install -e \".[deploy]\"")
 
 
+def _check_mixup(cfg: Any) -> None:
+    """``--mixup-prob`` and ``--mixup-switch-prob`` act only with the mixing they tune; mixed batches pair each image
+    with the mirrored batch, so the batch must be even."""
+    on = [f for f in ("mixup", "cutmix") if getattr(cfg, f, 0.0) > 0]
+    if getattr(cfg, "mixup_prob", None) is not None and not on:
+        raise ValueError("--mixup-prob is the probability of mixing a batch; pass --mixup ALPHA or --cutmix ALPHA "
+                         "with it (or drop it)")
+    if getattr(cfg, "mixup_switch_prob", None) is not None and len(on) < 2:
+        raise ValueError("--mixup-switch-prob picks between mixup and CutMix; pass both --mixup ALPHA and --cutmix "
+                         "ALPHA with it (or drop it)")
+    if on and cfg.batch_size % 2:
+        raise ValueError(f"--{on[0]} pairs each image with the mirrored batch and needs an even --batch-size, got "
+                         f"{cfg.batch_size}")
+
+
 def _check_teacher_cache(cfg: Any) -> None:
     views = getattr(cfg, "teacher_cache", 0)
     if views == 0:
         return
+    if getattr(cfg, "mixup", 0.0) > 0 or getattr(cfg, "cutmix", 0.0) > 0:
+        # A cache holds the teacher's logits on K views fixed in advance; mixing pairs images and draws lambda anew
+        # each step, so the cached logits would belong to images the student never sees (no function matching).
+        raise ValueError("--teacher-cache stores the teacher's logits on unmixed views, but with --mixup/--cutmix the "
+                         "teacher must score each freshly mixed image; drop --teacher-cache or the mixing")
     if getattr(cfg, "flip", "random") == "alternating":
         raise ValueError("--teacher-cache replays the random flips it stored with the teacher's logits, so it cannot "
                          "serve --flip alternating; pass --flip random (or drop --teacher-cache)")
