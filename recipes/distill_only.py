@@ -57,7 +57,7 @@ def main(argv: list[str] | None = None) -> list[ModelReport]:
     save_model(student, out / "student.pt", meta={"accuracy": student_report.accuracy, **data.meta()})
     reports = [run.teacher_report, student_report]
     finish_run(cfg, out, reports, teacher=run.teacher, student=student, input_size=data.input_size,
-               extra={"history": result.to_dict()["history"]})
+               extra={"history": result.to_dict()["history"]}, data=data)
     print(f"\nstudent saved to {out / 'student.pt'}")
     return reports
 

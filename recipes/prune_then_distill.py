@@ -123,7 +123,8 @@ def main(argv: list[str] | None = None) -> PruneThenDistillResult:
 
     reports = [run.teacher_report, pruned_report, student_report]
     finish_run(cfg, out, reports, teacher=teacher, student=student, input_size=data.input_size,
-               extra={"pruning": _pruning_summary(pruned), "history": result.to_dict()["history"]})
+               extra={"pruning": _pruning_summary(pruned), "history": result.to_dict()["history"]},
+               data=data)
     print(f"\nstudent saved to {out / 'student.pt'} (load it with pruning.load)")
     return PruneThenDistillResult(reports, student, pruned)
 

@@ -33,7 +33,7 @@ def main(argv: list[str] | None = None) -> ModelReport:
     cfg = parse_config(TeacherConfig, argv, description=__doc__.split("\n")[0])
     data, out = start_run(cfg)
     _, report = fit_teacher(cfg, data, cfg.arch, model_args(cfg.model_args), out)
-    finish_run(cfg, out, [report])
+    finish_run(cfg, out, [report], data=data)
     print(f"\nteacher saved to {out / 'teacher.pt'}")
     return report
 

@@ -19,7 +19,7 @@ from typing import Any, NoReturn, TypeVar
 
 import torch
 
-from kd.data import DATA_MODES, DATASETS
+from kd.data import DATA_MODES, DATASETS, TRANSFORMS
 from kd.data.batches import FLIPS, PAD_MODES
 from kd.losses import LOSSES
 from kd.optim import OPTIMIZERS, SCHEDULES
@@ -164,6 +164,23 @@ class RunConfig:
                        limit=NON_NEGATIVE_COUNT)
     sync_bn: bool = arg(False, "under torchrun: BatchNorm statistics over the global batch (SyncBatchNorm, CUDA "
                         "only) instead of each process's slice")
+    transforms: str = arg("auto", "how images become inputs. tensor: decoded once, squashed to the square "
+                          "--image-size, pad-crop + flip on whole batches (the fast path for 32-px sets); timm: "
+                          "timm's data config, aspect kept: RandomResizedCrop + flip (+ --aa) for training, shorter "
+                          "side resized and centre-cropped (--crop-pct) for evaluation, a timm network's own mean/std, "
+                          "interpolation and crop_pct, else the training images' mean/std, bilinear, crop_pct 1; "
+                          "auto: timm for --image-size other than 32 or a timm network, else tensor", TRANSFORMS)
+    aa: str | None = arg(None, "timm's auto-augment policy (timm's --aa) on the timm path, e.g. rand-m9-mstd0.5, "
+                         "augmix-m5, v0")
+    crop_pct: float | None = arg(None, "fraction of the shorter side the evaluation centre crop keeps on the timm path "
+                                 "(default: the network's own, else 1.0)",
+                                 limit=Limit(lambda v: 0.0 < v <= 1.0, "in (0, 1]"))
+    scale: tuple[float, ...] | None = arg(None, "RandomResizedCrop's range of the crop's area on the timm path, MIN "
+                                          "MAX (default 0.08 1.0, timm's)", limit=Limit(lambda v: 0.0 < v <= 1.0,
+                                                                                       "in (0, 1]"))
+    train_split: str | None = arg(None, "imagefolder folder of the training images (default train)")
+    val_split: str | None = arg(None, "imagefolder folder of the evaluation images (default test, else val; the "
+                                "choice is printed)")
     mixup: float = arg(0.0, "mixup alpha (timm's --mixup): each training batch blended with its mirror image by "
                        "lambda ~ Beta(alpha, alpha), labels made soft targets; a teacher scores the mixed images; "
                        "0 = off",

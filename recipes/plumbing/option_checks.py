@@ -41,6 +41,7 @@ def check_options(cfg: Any) -> None:
         raise ValueError(f"--latency-batch-sizes must be whole numbers >= 1, got {' '.join(map(str, sizes))}")
     _check_teacher_cache(cfg)
     _check_mixup(cfg)
+    _check_splits(cfg)
     if getattr(cfg, "data_mode", "auto") == "stream":
         _check_memory_only(cfg, "--data-mode stream")
     if getattr(cfg, "export", None) == "onnx":
@@ -75,6 +76,52 @@ def check_export(cfg: Any) -> None:
     if missing:
         raise ValueError(f"ONNX export needs the {', '.join(missing)} package(s), which are not installed; install "
                          "them with pip install -e \".[deploy]\"")
+
+
+TIMM_ONLY = ("aa", "crop_pct", "scale")  # options of timm's transforms
+TENSOR_AUGMENT = ("pad", "pad_mode", "flip")  # the tensor path's augmentation, replaced on the timm path
+
+
+def check_transforms(cfg: Any, timm_path: bool) -> None:
+    """The options of the path the images take (``timm_path``: :func:`kd.data.use_timm_transforms`): ``--aa``,
+    ``--crop-pct`` and ``--scale`` act on timm's transforms only; ``--pad``, ``--pad-mode`` and ``--flip`` changed
+    from ``--recipe``'s values act on the tensor path only; the timm path is a DataLoader path, so it takes neither
+    ``--data-mode memory`` nor ``--teacher-cache``.
+
+    Raises:
+        ValueError: naming the options and the path.
+    """
+    if not timm_path:
+        given = [_flag(f) for f in TIMM_ONLY if getattr(cfg, f, None) is not None]
+        if given:
+            raise ValueError(f"{', '.join(given)} set timm's transforms, which this run does not use (--transforms "
+                             f"{cfg.transforms} at {cfg.image_size} px takes the tensor path); pass --transforms timm "
+                             "or drop them")
+        return
+    from recipes.plumbing.config import RECIPES
+
+    preset = RECIPES.get(getattr(cfg, "recipe", "classic"), {})
+    changed = [_flag(f) for f in TENSOR_AUGMENT if f in preset and getattr(cfg, f, None) != preset[f]]
+    if changed:
+        raise ValueError(f"{', '.join(changed)} set the tensor path's augmentation, but this run takes timm's "
+                         "transforms (RandomResizedCrop, --scale, and a random flip); drop them or pass --transforms "
+                         "tensor")
+    if getattr(cfg, "data_mode", "auto") == "memory":
+        raise ValueError("timm's transforms decode each image in DataLoader workers; --data-mode memory needs "
+                         "--transforms tensor")
+    if getattr(cfg, "teacher_cache", 0) > 0:
+        raise ValueError("--teacher-cache replays crops of images held in memory; with timm's transforms pass "
+                         "--transforms tensor or drop --teacher-cache")
+    scale = getattr(cfg, "scale", None)
+    if scale is not None and (len(scale) != 2 or scale[0] > scale[1]):
+        raise ValueError(f"--scale takes MIN MAX with MIN <= MAX, got {' '.join(map(str, scale))}")
+
+
+def _check_splits(cfg: Any) -> None:
+    given = [_flag(f) for f in ("train_split", "val_split") if getattr(cfg, f, None) is not None]
+    if given and getattr(cfg, "dataset", "") != "imagefolder":
+        raise ValueError(f"{' and '.join(given)} name folders of --dataset imagefolder; --dataset {cfg.dataset} has "
+                         "its own splits")
 
 
 def _check_mixup(cfg: Any) -> None:

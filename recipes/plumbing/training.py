@@ -195,7 +195,9 @@ def init_model(cfg: RunConfig, model: nn.Module, train_batches: Any) -> None:
     if images is None:
         raise ValueError("--init whiten-dirac reads training images from memory; use --data-mode memory")
     pick = torch.randperm(len(images), generator=torch.Generator().manual_seed(cfg.seed))[:WHITEN_IMAGES]
-    chosen = train_batches.normalize(images[pick.to(images.device)]).cpu()  # (≤ 5000, C, H, W)
+    # images on the device, or decoded on demand (LazyImages of a file list on the timm path)
+    chosen = train_batches.normalize(images[pick.to(getattr(images, "device", "cpu"))].to(train_batches.mean.device))
+    chosen = chosen.cpu()  # (≤ 5000, C, H, W)
     done = init_for_small_images(model, chosen)
     print(f"  init: {', '.join(done)} from {len(chosen)} training images drawn at random", flush=True)
 
