@@ -30,10 +30,11 @@ from torch import nn
 import pruning
 from kd import HintLoss
 from kd.data import BatchIterator, DataSplits, subset
+from kd.data.transforms import LAB_IMAGE_SIZE
 from pruning.importance import calibrated_names, needs_calibration
 from recipes.plumbing import lock
 from recipes.plumbing.config import (
-    COUNT, KDConfig, Limit, NON_NEGATIVE, POSITIVE, arg, kd_loss_arg, parse_config, resolve_device,
+    BUDGET, COUNT, KDConfig, Limit, NON_NEGATIVE, POSITIVE, arg, kd_loss_arg, parse_config, resolve_device,
 )
 from recipes.plumbing.errors import run_main
 from recipes.plumbing.report import ModelReport
@@ -47,7 +48,10 @@ LAB_TARGET_FLOPS = 31_269_888  # the lab's student budget (thop MACs of one 32×
 @dataclass
 class PruneThenDistillConfig(KDConfig):
     target_flops: int | None = arg(None, f"prune the student to at most this many flops (thop MACs of one input); "
-                                   f"{LAB_TARGET_FLOPS} when no target is given", limit=COUNT)
+                                   f"with no target, the lab's {LAB_TARGET_FLOPS} at --image-size 32 (other sizes "
+                                   "need a target)", limit=COUNT)
+    budget: float | None = arg(None, "prune the student to this fraction of the teacher's flops instead (a target "
+                               "that follows the image size)", limit=BUDGET)
     target_params: int | None = arg(None, "prune the student to at most this many parameters instead", limit=COUNT)
     ratio: float | None = arg(None, "remove this fraction of every prunable layer's channels instead",
                               limit=Limit(lambda v: 0.0 <= v < 1.0, "in [0, 1) (the fraction of channels removed)"))
@@ -88,9 +92,12 @@ class PruneThenDistillResult:
 def main(argv: list[str] | None = None) -> PruneThenDistillResult:
     cfg = parse_config(PruneThenDistillConfig, argv, description=__doc__.split("\n")[0])
     use_committed_teacher(cfg)
-    if cfg.target_flops is None and cfg.target_params is None and cfg.ratio is None:
-        cfg.target_flops = LAB_TARGET_FLOPS
+    _check_target(cfg)
     run = start_kd_run(cfg)
+    if cfg.budget is not None:
+        cfg.target_flops = int(cfg.budget * run.teacher_report.flops)
+        print(f"target: --budget {cfg.budget:g} of the teacher's {run.teacher_report.flops:,} flops = "
+              f"{cfg.target_flops:,} flops", flush=True)
     data, out, loss, teacher = run.data, run.out, run.loss, run.teacher
     device = resolve_device(cfg.device)
     train_batches, test_batches = loaders(cfg, data)  # after obtain_teacher: a loaded teacher's normalisation
@@ -103,6 +110,7 @@ def main(argv: list[str] | None = None) -> PruneThenDistillResult:
                                                                                              cfg.batch_size),
                            recalibrate_bn=cfg.recalibrate_bn, seed=cfg.seed)
     print_pruning(pruned)
+    _warn_gutted(pruned)
     student = pruned.model
     pruned_report = ModelReport("student_pruned", pruned.after.flops, pruned.after.params, pruned.after.param_size_kb,
                                 score(student, test_batches, cfg))
@@ -127,6 +135,32 @@ def main(argv: list[str] | None = None) -> PruneThenDistillResult:
                data=data)
     print(f"\nstudent saved to {out / 'student.pt'} (load it with pruning.load)")
     return PruneThenDistillResult(reports, student, pruned)
+
+
+def _check_target(cfg: PruneThenDistillConfig) -> None:
+    """One target at most; with none, the lab's absolute flops at the lab's 32 px, and a refusal at other sizes
+    (a flops count belongs to one image size: at 224 px the lab's budget is 1.6 % of resnet18)."""
+    given = [f for f in ("target_flops", "target_params", "ratio", "budget") if getattr(cfg, f) is not None]
+    if len(given) > 1:
+        raise ValueError(f"{' and '.join('--' + f.replace('_', '-') for f in given)} are alternative targets; pass "
+                         "only one of them")
+    if given:
+        return
+    if cfg.image_size != LAB_IMAGE_SIZE:
+        raise ValueError(f"no pruning target at --image-size {cfg.image_size}: the lab's {LAB_TARGET_FLOPS:,} flops "
+                         f"belong to {LAB_IMAGE_SIZE}-px images; pass --target-flops N or a relative --budget FRACTION "
+                         "(of the teacher's flops, e.g. --budget 0.25)")
+    cfg.target_flops = LAB_TARGET_FLOPS
+
+
+def _warn_gutted(res: pruning.PruneResult, removed: float = 0.95) -> None:
+    """One line on stdout naming the layers that lost more than ``removed`` of their channels."""
+    gutted = res.gutted_layers(removed)
+    if gutted:
+        shown = ", ".join(f"{n} {c[0]}→{c[1]}" for n, c in list(gutted.items())[:6])
+        more = f" (+{len(gutted) - 6} more)" if len(gutted) > 6 else ""
+        print(f"warning: the target removed more than {removed:.0%} of the channels of {shown}{more}; a target "
+              "relative to the teacher (--budget FRACTION) or a larger one keeps these layers", flush=True)
 
 
 def _calibration(cfg: PruneThenDistillConfig, data: DataSplits) -> BatchIterator | None:

@@ -112,11 +112,15 @@ def resolve_policy(model: nn.Module | None, image_size: int, mean: Sequence[floa
     return policy
 
 
-def use_timm_transforms(choice: str, image_size: int, model: nn.Module | None = None) -> bool:
-    """``--transforms``: ``timm`` or ``tensor`` as named; ``auto`` takes timm's for images other than 32 px and for a
-    timm network (one with a ``pretrained_cfg``), the in-memory tensor path otherwise."""
+def use_timm_transforms(choice: str, image_size: int, model: nn.Module | None = None,
+                        dataset: str = "imagefolder") -> bool:
+    """``--transforms``: ``timm`` or ``tensor`` as named; ``auto`` takes timm's for an image folder (photos of their
+    own sizes) at a size other than 32 px or feeding a timm network (one with a ``pretrained_cfg``), and the
+    in-memory tensor path otherwise (CIFAR's 32-px arrays, synthetic squares)."""
     if choice != "auto":
         return choice == "timm"
+    if dataset != "imagefolder":
+        return False
     return image_size != LAB_IMAGE_SIZE or bool(getattr(model, "pretrained_cfg", None))
 
 

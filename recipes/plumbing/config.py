@@ -169,7 +169,8 @@ class RunConfig:
                           "timm's data config, aspect kept: RandomResizedCrop + flip (+ --aa) for training, shorter "
                           "side resized and centre-cropped (--crop-pct) for evaluation, a timm network's own mean/std, "
                           "interpolation and crop_pct, else the training images' mean/std, bilinear, crop_pct 1; "
-                          "auto: timm for --image-size other than 32 or a timm network, else tensor", TRANSFORMS)
+                          "auto: timm for an image folder at --image-size other than 32 or with a timm network, "
+                          "else tensor", TRANSFORMS)
     aa: str | None = arg(None, "timm's auto-augment policy (timm's --aa) on the timm path, e.g. rand-m9-mstd0.5, "
                          "augmix-m5, v0")
     crop_pct: float | None = arg(None, "fraction of the shorter side the evaluation centre crop keeps on the timm path "

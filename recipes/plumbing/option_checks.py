@@ -177,6 +177,7 @@ def check_with_data(cfg: Any, data: DataSplits, teacher: nn.Module | None) -> No
     if data.mode == "stream":
         _check_memory_only(cfg, f"--data-mode {cfg.data_mode} streams them ({data.mode_reason})")
     _warn_missing_classes(cfg, data)
+    _warn_costly_teacher(cfg, data, teacher)
     kind, target, flag = _target(cfg)
     if kind is None:
         return
@@ -203,6 +204,21 @@ def _warn_missing_classes(cfg: Any, data: DataSplits) -> None:
             warnings.warn(f"{flag} {len(split)} leaves {data.num_classes - present} of the {data.num_classes} classes "
                           f"without {'training' if split is data.train else 'test'} images; pass at least "
                           f"{data.num_classes} to keep every class", stacklevel=2)
+
+
+COSTLY_FLOPS = 1e9  # a teacher above this per image takes hours per epoch on a CPU
+
+
+def _warn_costly_teacher(cfg: Any, data: DataSplits, teacher: nn.Module | None) -> None:
+    """One line on stdout when the teacher this run trains is this project's wide_cnn (it pools only twice, so its
+    cost grows with the square of the image side) and costs more than :data:`COSTLY_FLOPS` per image."""
+    if teacher is not None or getattr(cfg, "teacher_arch", None) != "wide_cnn" or data.input_size[-1] <= 32:
+        return
+    flops = profile(_untrained_teacher(cfg, data.num_classes), data.input_size).flops
+    if flops > COSTLY_FLOPS:
+        print(f"warning: the wide_cnn teacher costs {flops / 1e9:.1f} GFLOPs per {data.input_size[-1]}-px image (it "
+              "pools twice); a network built for large images (--teacher-arch timm:resnet18) costs far less",
+              flush=True)
 
 
 def _target(cfg: Any) -> tuple[str | None, int, str]:

@@ -35,7 +35,7 @@ def load_data(cfg: RunConfig, network: nn.Module | None = None) -> DataSplits:
     transforms (``--transforms``, :func:`kd.data.use_timm_transforms`) following ``network``'s data config and
     ``--aa --crop-pct --scale``."""
     budget = cfg.memory_budget * 2**30 if cfg.memory_budget is not None else None
-    timm_path = use_timm_transforms(cfg.transforms, cfg.image_size, network)
+    timm_path = use_timm_transforms(cfg.transforms, cfg.image_size, network, cfg.dataset)
     data = load_dataset(cfg.dataset, cfg.data_dir, image_size=cfg.image_size, limit_train=cfg.limit_train,
                         limit_test=cfg.limit_test, seed=cfg.seed, cache_dir=cfg.cache_dir,
                         skip_bad_images=cfg.skip_bad_images, progress=cfg.progress, data_mode=cfg.data_mode,
@@ -119,7 +119,7 @@ def start_run(cfg: RunConfig) -> tuple[DataSplits, Path]:
         print(f"torchrun: {info.world_size} processes, {cfg.batch_size // info.world_size} images each per global "
               f"batch of {cfg.batch_size}", flush=True)
     network = input_network(cfg, teacher)
-    option_checks.check_transforms(cfg, use_timm_transforms(cfg.transforms, cfg.image_size, network))
+    option_checks.check_transforms(cfg, use_timm_transforms(cfg.transforms, cfg.image_size, network, cfg.dataset))
     with distributed.main_first():
         data = load_data(cfg, network)
     _say_data(data)
