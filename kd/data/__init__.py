@@ -111,12 +111,10 @@ def load_dataset(name: str, data_dir: str | os.PathLike | None = None, *, image_
         return _timm_splits(name, data_dir, image_size, limit_train, limit_test, seed, synthetic_classes,
                             skip_bad_images, train_split, val_split)
     splits = ("train", "test")
-    if name == "imagefolder" and data_dir is not None:
-        splits = split_names(data_dir, train_split, val_split)
     reason = ""
     if data_mode != "memory" and name == "imagefolder" and data_dir is not None:
         streamed, reason = _stream_splits(data_dir, data_mode, image_size, limit_train, limit_test, seed,
-                                          skip_bad_images, memory_budget, splits)
+                                          skip_bad_images, memory_budget, (train_split, val_split))
         if streamed is not None:
             return streamed
     elif data_mode == "stream":
@@ -128,7 +126,8 @@ def load_dataset(name: str, data_dir: str | os.PathLike | None = None, *, image_
     elif name == "imagefolder":
         if data_dir is None:
             raise DataUnavailableError("--dataset imagefolder needs --data-dir DIR (DIR/train/<class>/*, DIR/test/<class>/*)")
-        classes = imagefolder_classes(data_dir, *splits)  # both splits checked before anything is decoded
+        classes = imagefolder_classes(data_dir, train_split, val_split)  # both splits checked before decoding
+        splits = split_names(data_dir, train_split, val_split)
         options = {"skip_bad_images": skip_bad_images, "progress": progress}
         train = load_imagefolder(data_dir, True, image_size, limit_train, seed, cache_dir, classes, **options,
                                  split=splits[0])
@@ -159,8 +158,8 @@ def _timm_splits(name: str, data_dir: str | os.PathLike | None, image_size: int,
         if skip_bad_images:
             raise ValueError("--skip-bad-images needs the images decoded up front (--transforms tensor); with timm's "
                              "transforms an undecodable file stops the run with its name")
+        classes = imagefolder_classes(data_dir, train_split, val_split)
         splits = split_names(data_dir, train_split, val_split)
-        classes = imagefolder_classes(data_dir, *splits)
         train = list_split(data_dir, True, image_size, limit_train, seed, classes, splits[0])
         test = list_split(data_dir, False, image_size, limit_test, seed, classes, splits[1])
         stats = stream_stats(train, seed).images
@@ -178,9 +177,11 @@ def _timm_splits(name: str, data_dir: str | os.PathLike | None, image_size: int,
 
 def _stream_splits(data_dir: str | os.PathLike, data_mode: str, image_size: int, limit_train: int | None,
                    limit_test: int | None, seed: int, skip_bad_images: bool, memory_budget: float | None,
-                   splits: tuple[str, str] = ("train", "test")) -> tuple[DataSplits | None, str]:
-    """Both splits as file lists (stream mode), or None when ``auto`` finds that they fit in memory; and why."""
-    classes = imagefolder_classes(data_dir, *splits)
+                   names: tuple[str | None, str | None] = (None, None)) -> tuple[DataSplits | None, str]:
+    """Both splits as file lists (stream mode), or None when ``auto`` finds that they fit in memory; and why.
+    ``names``: the training and evaluation folders (None: the defaults)."""
+    classes = imagefolder_classes(data_dir, *names)
+    splits = split_names(data_dir, *names)
     train = list_split(data_dir, True, image_size, limit_train, seed, classes, splits[0])
     test = list_split(data_dir, False, image_size, limit_test, seed, classes, splits[1])
     reason = ""
