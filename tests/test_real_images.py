@@ -2,6 +2,7 @@
 the 32-px evaluation images are the same on both paths, splits are chosen by name, and budgets follow the image."""
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -178,3 +179,42 @@ def test_gutted_layers_names_layers_that_lost_over_95_percent():
     assert gutted and all(after < 0.05 * before for before, after in gutted.values())
     assert set(gutted) <= set(res.pruned_layers())
     assert not pruning.prune(model, torch.zeros(1, 3, 16, 16), ratio=0.5, recalibrate_bn=False).gutted_layers()
+
+
+@pytest.mark.slow
+def test_a_48_px_folder_run_with_a_relative_budget_records_its_transforms(tmp_path, capsys):
+    root, out = _mixed_folder(tmp_path / "d", val="val"), tmp_path / "out"
+    tiny = '{"widths": [8, 8, 8, 8], "hidden": 16}'
+    result = prune_then_distill.main(["--dataset", "imagefolder", "--data-dir", str(root), "--image-size", "48",
+                                      "--budget", "0.5", "--teacher-model-args", tiny, "--teacher-epochs", "1",
+                                      "--epochs", "1", "--batch-size", "4", "--mixup", "0.2", "--workers", "0",
+                                      "--no-latency", "--no-progress", "--out", str(out)])
+    said = capsys.readouterr().out
+    assert "splits: train/ for training, val/ for evaluation" in said and "transforms: timm, 48 px" in said
+    teacher, student = result.reports[0], result.reports[-1]
+    assert student.flops <= 0.5 * teacher.flops
+    report = json.loads((out / "report.json").read_text())
+    assert report["data"]["transforms"] == "timm" and report["data"]["splits"] == ["train", "val"]
+    assert report["data"]["crop_pct"] == 1.0 and "CenterCrop(size=(48, 48))" in report["data"]["eval_transform"]
+
+
+def test_budget_is_an_alternative_target_and_32_px_keeps_the_labs_flops():
+    cfg = prune_then_distill.PruneThenDistillConfig(budget=0.25, target_flops=1000)
+    with pytest.raises(ValueError, match="--target-flops and --budget are alternative targets"):
+        prune_then_distill._check_target(cfg)
+    lab = prune_then_distill.PruneThenDistillConfig()
+    prune_then_distill._check_target(lab)
+    assert lab.target_flops == prune_then_distill.LAB_TARGET_FLOPS
+
+
+def test_a_costly_wide_cnn_teacher_is_warned_about_in_one_line(capsys):
+    from types import SimpleNamespace
+
+    from recipes.plumbing.config import KDConfig
+
+    data = SimpleNamespace(input_size=(1, 3, 96, 96), num_classes=10)
+    option_checks._warn_costly_teacher(KDConfig(), data, None)
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert len(lines) == 1 and "wide_cnn teacher costs" in lines[0] and "96-px" in lines[0]
+    option_checks._warn_costly_teacher(KDConfig(), SimpleNamespace(input_size=(1, 3, 32, 32), num_classes=10), None)
+    assert capsys.readouterr().out == ""
