@@ -29,8 +29,8 @@ from torch import nn
 
 import pruning
 from kd import HintLoss
-from kd.data import BatchIterator, DataSplits, subset
-from kd.data.transforms import LAB_IMAGE_SIZE
+from kd.data import BatchIterator, DataSplits, TransformBatchIterator, subset
+from kd.data.transforms import LAB_IMAGE_SIZE, subset_source
 from pruning.importance import calibrated_names, needs_calibration
 from recipes.plumbing import lock
 from recipes.plumbing.config import (
@@ -163,11 +163,16 @@ def _warn_gutted(res: pruning.PruneResult, removed: float = 0.95) -> None:
               "relative to the teacher (--budget FRACTION) or a larger one keeps these layers", flush=True)
 
 
-def _calibration(cfg: PruneThenDistillConfig, data: DataSplits) -> BatchIterator | None:
+def _calibration(cfg: PruneThenDistillConfig, data: DataSplits) -> BatchIterator | TransformBatchIterator | None:
     """Unaugmented batches of a class-balanced subset of the training images: for BatchNorm re-estimation and the
     taylor and activation criteria."""
     if not needs_calibration(cfg.importance) and not cfg.recalibrate_bn:
         return None
+    if data.policy is not None:  # as the evaluation sees them: aspect kept, centre crop
+        policy = dataclasses.replace(data.policy, mean=tuple(data.mean), std=tuple(data.std))
+        return TransformBatchIterator(subset_source(data.train, cfg.calibration_images, seed=cfg.seed),
+                                      cfg.batch_size, train=False, policy=policy, device=resolve_device(cfg.device),
+                                      workers=cfg.workers)
     images = subset(data.train, cfg.calibration_images, seed=cfg.seed)
     return BatchIterator(images, cfg.batch_size, train=False, mean=data.mean, std=data.std,
                          device=resolve_device(cfg.device))

@@ -184,3 +184,18 @@ class TransformBatchIterator(StreamBatchIterator):
     def _dataset(self) -> Dataset:
         transform = self.policy.train_transform() if self.train else self.policy.eval_transform()
         return TransformedImages(self.split, transform)
+
+
+def subset_source(source: Any, limit: int, seed: int = 0) -> Any:
+    """A class-balanced subset of ``limit`` images of a :class:`kd.data.FileSplit` (still files, nothing decoded) or
+    of :class:`kd.data.ImageTensors`; ``source`` itself when it holds no more."""
+    from kd.data.sources import balanced_indices, subset
+    from kd.data.stream import FileSplit
+
+    if not isinstance(source, FileSplit):
+        return subset(source, limit, seed)
+    if limit >= len(source):
+        return source
+    keep = balanced_indices(source.labels, limit, seed)
+    return FileSplit([source.files[i] for i in keep.tolist()], source.labels[keep], source.classes, source.image_size)
+
