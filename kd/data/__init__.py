@@ -55,9 +55,13 @@ class DataSplits:
         return self.train.skipped + self.test.skipped
 
     def meta(self) -> dict[str, Any]:
-        """What a saved model needs to see inputs as it was trained: class names, normalisation, image size."""
-        return {"classes": list(self.classes), "mean": list(self.mean), "std": list(self.std),
+        """What a saved model needs to see inputs as it was trained: class names, normalisation, image size and, on
+        the timm path, the evaluation resize (interpolation, crop_pct)."""
+        meta = {"classes": list(self.classes), "mean": list(self.mean), "std": list(self.std),
                 "image_size": int(self.train.images.shape[-1])}
+        if self.policy is not None:
+            meta.update(interpolation=self.policy.interpolation, crop_pct=self.policy.crop_pct)
+        return meta
 
     def fingerprint(self) -> dict[str, dict[str, str]]:
         """``{"train": {class: digest}, "test": {...}}`` of the files both splits were read from (empty for
