@@ -23,6 +23,7 @@ from __future__ import annotations
 import recipes.plumbing.signals  # noqa: F401,I001 (first: Ctrl-C while torch loads is one line)
 import dataclasses
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 from torch import nn
@@ -77,6 +78,7 @@ class PruneThenDistillConfig(KDConfig):
                                  "regressor started from the channels pruning kept; off by default")
     hint_weight: float = arg(1.0, "weight of the FitNet hint loss", limit=NON_NEGATIVE)
     out: str = arg("runs/prune_then_distill", "output folder")
+    lab_target: ClassVar[int] = LAB_TARGET_FLOPS  # the default target, at the lab's image size only
 
 
 @dataclass
@@ -138,19 +140,16 @@ def main(argv: list[str] | None = None) -> PruneThenDistillResult:
 
 
 def _check_target(cfg: PruneThenDistillConfig) -> None:
-    """One target at most; with none, the lab's absolute flops at the lab's 32 px, and a refusal at other sizes
-    (a flops count belongs to one image size: at 224 px the lab's budget is 1.6 % of resnet18)."""
+    """One target at most; with none, the lab's absolute flops at the lab's 32 px. At other sizes no target is left
+    as it is, and refused once the options and inputs checked before it pass
+    (:func:`recipes.plumbing.option_checks.check_with_data` reads ``lab_target``): a flops count belongs to one image
+    size (at 224 px the lab's budget is 1.6 % of resnet18)."""
     given = [f for f in ("target_flops", "target_params", "ratio", "budget") if getattr(cfg, f) is not None]
     if len(given) > 1:
         raise ValueError(f"{' and '.join('--' + f.replace('_', '-') for f in given)} are alternative targets; pass "
                          "only one of them")
-    if given:
-        return
-    if cfg.image_size != LAB_IMAGE_SIZE:
-        raise ValueError(f"no pruning target at --image-size {cfg.image_size}: the lab's {LAB_TARGET_FLOPS:,} flops "
-                         f"belong to {LAB_IMAGE_SIZE}-px images; pass --target-flops N or a relative --budget FRACTION "
-                         "(of the teacher's flops, e.g. --budget 0.25)")
-    cfg.target_flops = LAB_TARGET_FLOPS
+    if not given and cfg.image_size == LAB_IMAGE_SIZE:
+        cfg.target_flops = LAB_TARGET_FLOPS
 
 
 def _warn_gutted(res: pruning.PruneResult, removed: float = 0.95) -> None:

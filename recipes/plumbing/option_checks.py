@@ -180,6 +180,7 @@ def check_with_data(cfg: Any, data: DataSplits, teacher: nn.Module | None) -> No
     _warn_costly_teacher(cfg, data, teacher)
     kind, target, flag = _target(cfg)
     if kind is None:
+        _check_target_given(cfg, data)
         return
     model = teacher if teacher is not None else _untrained_teacher(cfg, data.num_classes)
     floor = getattr(smallest_reachable(model, torch.zeros(data.input_size), round_to=getattr(cfg, "round_to", None)),
@@ -219,6 +220,20 @@ def _warn_costly_teacher(cfg: Any, data: DataSplits, teacher: nn.Module | None) 
         print(f"warning: the wide_cnn teacher costs {flops / 1e9:.1f} GFLOPs per {data.input_size[-1]}-px image (it "
               "pools twice); a network built for large images (--teacher-arch timm:resnet18) costs far less",
               flush=True)
+
+
+def _check_target_given(cfg: Any, data: DataSplits) -> None:
+    """A recipe whose default target is the lab's absolute flops (``cfg.lab_target``, a count of 32-px images) needs
+    a target of its own at any other image size.
+
+    Raises:
+        ValueError: asking for ``--target-flops`` or a relative ``--budget``.
+    """
+    lab, size = getattr(cfg, "lab_target", None), data.input_size[-1]
+    if lab is None or getattr(cfg, "ratio", None) is not None or size == 32:
+        return
+    raise ValueError(f"no pruning target at --image-size {size}: the lab's {lab:,} flops belong to 32-px images; pass "
+                     "--target-flops N or a relative --budget FRACTION (of the teacher's flops, e.g. --budget 0.25)")
 
 
 def _target(cfg: Any) -> tuple[str | None, int, str]:
