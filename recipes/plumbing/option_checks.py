@@ -19,6 +19,7 @@ from kd.data import DataSplits
 from models import create_model, profile
 from models.export import missing_deploy_packages
 from pruning.prune import smallest_reachable
+from recipes.plumbing.config import RECIPES
 
 TARGETS = ("target_flops", "target_params", "ratio")
 
@@ -98,8 +99,6 @@ def check_transforms(cfg: Any, timm_path: bool) -> None:
                              f"{cfg.transforms} at {cfg.image_size} px takes the tensor path); pass --transforms timm "
                              "or drop them")
         return
-    from recipes.plumbing.config import RECIPES
-
     preset = RECIPES.get(getattr(cfg, "recipe", "classic"), {})
     changed = [_flag(f) for f in TENSOR_AUGMENT if f in preset and getattr(cfg, f, None) != preset[f]]
     if changed:
