@@ -115,3 +115,31 @@ def test_mixup_option_refusals(options, words):
     cfg = KDConfig(**{"batch_size": 32, **options})
     with pytest.raises(ValueError, match=words):
         option_checks.check_options(cfg)
+
+
+def _fit_mixed(out, tiny, stop_after=None, resume=False):
+    from kd import Callback
+
+    class StopAfter(Callback):
+        def on_epoch_end(self, trainer, record):
+            trainer.should_stop = stop_after is not None and record.epoch >= stop_after
+
+    train, test = make_loaders(tiny, 32, seed=7)
+    mixed = MixedBatches(train, make_mixup(tiny.num_classes, mixup=0.4, cutmix=1.0), seed=3)
+    torch.manual_seed(11 if resume else 1)
+    student = create_model("wide_cnn", tiny.num_classes, widths=(8, 16), hidden=16, dropout=0.0)
+    torch.manual_seed(2)
+    teacher = create_model("wide_cnn", tiny.num_classes, widths=(16, 16), hidden=16)
+    Trainer(student, teacher, create_loss("kd"), epochs=3, out_dir=out, progress=False, precision="fp32",
+            callbacks=[StopAfter()]).fit(mixed, test, resume=resume)
+    return student
+
+
+def test_a_resumed_mixed_run_ends_with_the_weights_of_an_uninterrupted_one(tmp_path, tiny):
+    full = _fit_mixed(tmp_path / "full", tiny)
+    np.random.seed(1)  # the global NumPy stream differs between the "processes"
+    _fit_mixed(tmp_path / "cut", tiny, stop_after=1)
+    np.random.seed(2)
+    resumed = _fit_mixed(tmp_path / "cut", tiny, resume=True)
+    for (name, a), b in zip(full.state_dict().items(), resumed.state_dict().values()):
+        assert torch.equal(a, b), name
