@@ -7,7 +7,7 @@
 
 Teacher (--teacher FILE; with --dataset cifar10 the committed one, sha256 checked; else, or with --train-teacher,
 trained first for --teacher-epochs at --lr) → deep copy → pruned to --target-flops, --target-params, --ratio or
---budget (a fraction of the teacher's flops; with no target the lab's flops apply at 32 px only, and other image sizes
+--budget (a fraction of the teacher's flops; with no target the lab's flops apply at 32 px only, other image sizes
 are refused) by --importance (group L1 by default; the classifier keeps its outputs) → BatchNorm statistics re-estimated on
 --calibration-images → fine-tuned from the pruned weights at --finetune-lr (from --recipe: classic 0.01, fast 0.3 per
 1024 images) with --kd-loss from --recipe. fast: kd, (1 − α) · CE_ls(s, y) + α · T² · KL(softmax(t/T) ‖
