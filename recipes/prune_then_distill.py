@@ -8,8 +8,8 @@
 Teacher (--teacher FILE; with --dataset cifar10 the committed one, sha256 checked; else, or with --train-teacher,
 trained first for --teacher-epochs at --lr) → deep copy → pruned to --target-flops, --target-params, --ratio or
 --budget (a fraction of the teacher's flops; with no target the lab's flops apply at 32 px only, other image sizes
-are refused) by --importance (group L1 by default; the classifier keeps its outputs) → BatchNorm statistics re-estimated on
---calibration-images → fine-tuned from the pruned weights at --finetune-lr (from --recipe: classic 0.01, fast 0.3 per
+are refused) by --importance (group L1 by default; the classifier keeps its outputs) → BatchNorm statistics
+re-estimated on --calibration-images → fine-tuned from the pruned weights at --finetune-lr (from --recipe: classic 0.01, fast 0.3 per
 1024 images) with --kd-loss from --recipe. fast: kd, (1 − α) · CE_ls(s, y) + α · T² · KL(softmax(t/T) ‖
 softmax(s/T)), T 4, α 0.9, label smoothing 0.2 on the CE part: from the committed 90.88 % teacher it beat plain
 cross-entropy by 0.3–0.9 points in 6 of 8 cells of BENCHMARKS.md's Δ table (½–⅛ of the flops, 2–40 epochs, 3 seeds)
