@@ -6,16 +6,16 @@
         --teacher runs/teacher/teacher.pt --target-flops 76000000 --epochs 30
 
 Teacher (--teacher FILE; with --dataset cifar10 the committed one, sha256 checked; else, or with --train-teacher,
-trained first for --teacher-epochs at --lr) → deep copy → pruned to --target-flops, --target-params, --ratio or
---budget (a fraction of the teacher's flops; with no target the lab's flops apply at 32 px only, other image sizes
-are refused) by --importance (group L1 by default; the classifier keeps its outputs) → BatchNorm statistics
-re-estimated on --calibration-images → fine-tuned from the pruned weights at --finetune-lr (from --recipe: classic 0.01, fast 0.3 per
-1024 images) with --kd-loss from --recipe. fast: kd, (1 − α) · CE_ls(s, y) + α · T² · KL(softmax(t/T) ‖
-softmax(s/T)), T 4, α 0.9, label smoothing 0.2 on the CE part: from the committed 90.88 % teacher it beat plain
-cross-entropy by 0.3–0.9 points in 6 of 8 cells of BENCHMARKS.md's Δ table (½–⅛ of the flops, 2–40 epochs, 3 seeds)
-and trailed it by 0.11 and 1.00 (± 2.1) in the other two. classic: kd-ls, CE(s, y) + 9 · T² · KL(softmax(Z(t)/T) ‖
-softmax(Z(s)/T)), Z = per-row z-score of the logits, T 2, chosen by the CPU sweeps from 57–71 % teachers, where plain
-cross-entropy at its own best rate was as good or better. --alpha 0 is plain cross-entropy.
+trained first for --teacher-epochs at --lr) → deep copy → pruned to --target-flops, --target-params, --ratio or --budget
+(a fraction of the teacher's flops; with no target the lab's flops apply at 32 px only, other image sizes are refused)
+by --importance (group L1 by default; the classifier keeps its outputs) → BatchNorm statistics re-estimated on
+--calibration-images → fine-tuned from the pruned weights at --finetune-lr (from --recipe: classic 0.01, fast 0.3 per
+1024 images) with --kd-loss from --recipe. fast: kd, (1 − α) · CE_ls(s, y) + α · T² · KL(softmax(t/T) ‖ softmax(s/T)), T
+4, α 0.9, label smoothing 0.2 on the CE part: from the committed 90.88 % teacher it beat plain cross-entropy by 0.3–0.9
+points in 6 of 8 cells of BENCHMARKS.md's Δ table (½–⅛ of the flops, 2–40 epochs, 3 seeds) and trailed it by 0.11 and
+1.00 (± 2.1) in the other two. classic: kd-ls, CE(s, y) + 9 · T² · KL(softmax(Z(t)/T) ‖ softmax(Z(s)/T)), Z = per-row
+z-score of the logits, T 2, chosen by the CPU sweeps from 57–71 % teachers, where plain cross-entropy at its own best
+rate was as good or better. --alpha 0 is plain cross-entropy.
 Prints the report block of the teacher, of the pruned student before fine-tuning and of the final student; writes
 OUT/report.json, OUT/config.json and OUT/student.pt (pickle-free: pruning.load reads it).
 """
