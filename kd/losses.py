@@ -1,8 +1,10 @@
 """Logit distillation losses behind one interface, picked by name from a registry.
 
 Every loss is a :class:`DistillLoss`, called as ``loss(student_logits, teacher_logits | None, targets, state)`` with
-logits (B, K) and integer targets (B,). It returns a dict of named scalar parts, each already multiplied by its weight;
-the training loss is their sum (:func:`total_loss`), and the parts can be logged one by one. Users pick a loss with
+logits (B, K) and integer targets (B,) or soft targets (B, K) (mixup, :mod:`kd.mixup`: every CE part takes them
+through :func:`cross_entropy`; DKD splits off the soft target's largest class). It returns a dict of named scalar
+parts, each already multiplied by its weight; the training loss is their sum (:func:`total_loss`), and the parts can
+be logged one by one. Users pick a loss with
 ``create_loss("dkd", beta=6.0)``; adding one is a :class:`DistillLoss` subclass plus a ``@register_loss("name")`` line.
 
 All arithmetic is fp32: the logits are cast with ``.float()`` first, so callers may run bf16 autocast. Teacher logits
@@ -65,7 +67,8 @@ class DistillLoss(nn.Module):
 
     def forward(self, student_logits: torch.Tensor, teacher_logits: torch.Tensor | None, targets: torch.Tensor,
                 state: TrainState | None = None) -> Parts:
-        """student_logits (B, K), teacher_logits (B, K) or None, targets (B,) int64 → named weighted scalar parts."""
+        """student_logits (B, K), teacher_logits (B, K) or None, targets (B,) int64 or (B, K) soft →
+        named weighted scalar parts."""
         _check_shapes(student_logits, teacher_logits, targets)
         s = student_logits.float()  # (B, K)
         if not self.needs_teacher:
@@ -151,7 +154,7 @@ class CrossEntropy(DistillLoss):
         return False
 
     def _parts(self, s: torch.Tensor, t: torch.Tensor | None, y: torch.Tensor, state: TrainState | None) -> Parts:
-        return {"ce": F.cross_entropy(s, y, label_smoothing=self.label_smoothing)}
+        return {"ce": cross_entropy(s, y, self.label_smoothing)}
 
     def extra_repr(self) -> str:
         return f"label_smoothing={self.label_smoothing}"
@@ -188,7 +191,7 @@ class DistillationLoss(DistillLoss):
         return self.alpha > 0.0
 
     def _parts(self, s: torch.Tensor, t: torch.Tensor | None, y: torch.Tensor, state: TrainState | None) -> Parts:
-        parts = {"ce": (1.0 - self.alpha) * F.cross_entropy(s, y, label_smoothing=self.label_smoothing)}
+        parts = {"ce": (1.0 - self.alpha) * cross_entropy(s, y, self.label_smoothing)}
         if t is not None:
             parts["kd"] = self.alpha * soft_target_kl(s, t, self.temperature)
         return parts
@@ -223,6 +226,9 @@ class DKDLoss(DistillLoss):
     ResNet8×4, 6 for WRN-40-2 and VGG13 teachers, 2 for ResNet56/110 teachers); its ImageNet configs use T = 1, a
     1-epoch warm-up and beta = 0.5 (ResNet34 → ResNet18) or 2 (ResNet50 → MobileNetV1).
 
+    With soft targets (mixup), the target class of TCKD / NCKD is the soft target's largest entry (:func:`hard_labels`);
+    the CE part takes the soft target itself.
+
     Args:
         alpha: weight of TCKD, >= 0.
         beta: weight of NCKD, >= 0.
@@ -252,9 +258,9 @@ class DKDLoss(DistillLoss):
         return min(state.epoch / self.warmup, 1.0)
 
     def _parts(self, s: torch.Tensor, t: torch.Tensor | None, y: torch.Tensor, state: TrainState | None) -> Parts:
-        parts = {"ce": self.ce_weight * F.cross_entropy(s, y, label_smoothing=self.label_smoothing)}
+        parts = {"ce": self.ce_weight * cross_entropy(s, y, self.label_smoothing)}
         if t is not None:
-            tckd, nckd = decoupled_kl(s, t, y, self.temperature)
+            tckd, nckd = decoupled_kl(s, t, hard_labels(y), self.temperature)
             w = self.warmup_factor(state)
             parts["tckd"], parts["nckd"] = w * self.alpha * tckd, w * self.beta * nckd
         return parts
@@ -310,7 +316,7 @@ class DISTLoss(DistillLoss):
         return self.beta > 0.0 or self.gamma > 0.0
 
     def _parts(self, s: torch.Tensor, t: torch.Tensor | None, y: torch.Tensor, state: TrainState | None) -> Parts:
-        parts = {"ce": self.ce_weight * F.cross_entropy(s, y, label_smoothing=self.label_smoothing)}
+        parts = {"ce": self.ce_weight * cross_entropy(s, y, self.label_smoothing)}
         if t is not None:
             p_s, p_t = F.softmax(s / self.tau, dim=1), F.softmax(t / self.tau, dim=1)  # (B, K)
             scale = self.tau ** 2
@@ -369,7 +375,7 @@ class LogitStandardizedKDLoss(DistillLoss):
         return self.kd_weight > 0.0
 
     def _parts(self, s: torch.Tensor, t: torch.Tensor | None, y: torch.Tensor, state: TrainState | None) -> Parts:
-        parts = {"ce": self.ce_weight * F.cross_entropy(s, y, label_smoothing=self.label_smoothing)}
+        parts = {"ce": self.ce_weight * cross_entropy(s, y, self.label_smoothing)}
         if t is not None:
             z_s, z_t = standardize_logits(s, self.eps), standardize_logits(t, self.eps)
             parts["kd"] = self.kd_weight * soft_target_kl(z_s, z_t, self.temperature)
@@ -381,6 +387,23 @@ class LogitStandardizedKDLoss(DistillLoss):
 
 
 # -------------------------------------------------------------------------------------------------------- functions
+
+
+def cross_entropy(logits: torch.Tensor, targets: torch.Tensor, label_smoothing: float = 0.0) -> torch.Tensor:
+    """Mean cross-entropy of logits (B, K) against class indices (B,) or soft targets (B, K).
+
+    Class indices: ``mean_b[(1 − ε)·(−log softmax(s_b)_{y_b}) + ε·mean_k(−log softmax(s_b)_k)]``. Soft targets
+    (mixup / CutMix, :mod:`kd.mixup`): ``mean_b[−Σ_k y_bk·log softmax(s_b)_k]`` with no smoothing: the soft target
+    carries its own (timm's ``Mixup`` folds ε in, and its ``SoftTargetCrossEntropy`` smooths no further).
+    """
+    if targets.dim() == 1:
+        return F.cross_entropy(logits, targets, label_smoothing=label_smoothing)
+    return -(targets.float() * F.log_softmax(logits.float(), dim=1)).sum(dim=1).mean()
+
+
+def hard_labels(targets: torch.Tensor) -> torch.Tensor:
+    """Class indices (B,) of targets that are indices already (B,) or soft targets (B, K) (their largest entry)."""
+    return targets.argmax(dim=1) if targets.dim() == 2 else targets
 
 
 def soft_target_kl(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float) -> torch.Tensor:
@@ -442,8 +465,9 @@ def _check_shapes(s: torch.Tensor, t: torch.Tensor | None, y: torch.Tensor) -> N
         raise ValueError(f"student logits must be (B, K) with K >= 2 classes, got shape {tuple(s.shape)}")
     if t is not None and t.shape != s.shape:
         raise ValueError(f"teacher logits must have the student's shape {tuple(s.shape)}, got {tuple(t.shape)}")
-    if y.shape != s.shape[:1]:
-        raise ValueError(f"targets must be class indices of shape ({s.shape[0]},), got shape {tuple(y.shape)}")
+    if y.shape != s.shape[:1] and y.shape != s.shape:
+        raise ValueError(f"targets must be class indices of shape ({s.shape[0]},) or soft targets of shape "
+                         f"{tuple(s.shape)}, got shape {tuple(y.shape)}")
 
 
 def _init_arguments(cls: type) -> list[str]:

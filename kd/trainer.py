@@ -22,7 +22,7 @@ from timm.utils.model_ema import ModelEmaV3
 
 from kd import distributed
 from kd.callbacks import Callback
-from kd.losses import CrossEntropy, DistillLoss, TrainState, create_loss, total_loss
+from kd.losses import CrossEntropy, DistillLoss, TrainState, create_loss, hard_labels, total_loss
 from kd.optim import make_optimizer, make_scheduler, param_groups
 from kd.precision import Hardware, autocast, resolve_precision
 from kd.progress import progress_bar
@@ -264,12 +264,12 @@ class Trainer:
             cached = batch[2].to(self.device, non_blocking=True) if len(batch) > 2 else None
             state = TrainState(self.epoch, self.epochs, (self.epoch - 1) * (steps or 0) + step, steps)
             parts, logits = self._step(x, y, cached, state)
-            b = y.numel()
+            b = y.shape[0]  # y is (B,) labels or, mixed, (B, K) soft targets
             for name, value in parts.items():
                 parts_sum[name] = parts_sum.get(name, 0.0) + value * b
             loss = sum(parts.values())
             loss_sum += loss * b
-            correct += int((logits.argmax(1) == y).sum())
+            correct += int((logits.argmax(1) == hard_labels(y)).sum())
             seen += b
             rate = seen / max(time.perf_counter() - start, 1e-9)
             shown = {k: f"{v / seen:.3f}" for k, v in parts_sum.items()} if len(parts_sum) > 1 else {}

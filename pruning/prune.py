@@ -71,6 +71,12 @@ class PruneResult:
         """``{layer: (channels before, after)}`` for the layers that lost output channels."""
         return {name: c for name, c in self.channels.items() if c[1] < c[0]}
 
+    def gutted_layers(self, removed: float = 0.95) -> dict[str, tuple[int, int]]:
+        """``{layer: (before, after)}`` of the layers that lost more than ``removed`` of their output channels
+        (``after < (1 − removed)·before``): a target too far below the network, e.g. an absolute FLOPs budget of
+        32-px images applied at 224 px."""
+        return {name: c for name, c in self.channels.items() if c[1] < (1.0 - removed) * c[0]}
+
 
 def prune(model: nn.Module, example_inputs: torch.Tensor, *, target_flops: int | None = None,
           target_params: int | None = None, ratio: float | None = None, importance: str | Any = "l1",

@@ -69,7 +69,7 @@ def main(argv: list[str] | None = None) -> list[ModelReport]:
     save_portable(student, out / "student", data.meta())  # student.safetensors + student.json: rebuilt without us
     reports = [*run.member_reports, run.teacher_report, student_report]
     finish_run(cfg, out, reports, meta=data.meta(), teacher=run.teacher, student=student, input_size=data.input_size,
-               extra={"history": result.to_dict()["history"]})
+               extra={"history": result.to_dict()["history"]}, data=data)
     print(f"\nstudent saved to {out / 'student.pt'}")
     return reports
 

@@ -97,7 +97,8 @@ def main(argv: list[str] | None = None) -> ProgressiveResult:
     atomic_write_text(STEP_HEADER + "\n" + "\n".join(r.row() for r in result.steps) + "\n", out / "steps.md")
     finish_run(cfg, out, [teacher_report, report], teacher=teacher, student=result.model, input_size=data.input_size,
                extra={"steps": [dataclasses.asdict(s) for s in result.steps], "chosen_step": result.chosen,
-                      "met_target": result.met_target, "stopped_early": result.stopped_early})
+                      "met_target": result.met_target, "stopped_early": result.stopped_early},
+               data=data)
     return result
 
 

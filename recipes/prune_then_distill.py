@@ -6,12 +6,14 @@
     python recipes/prune_then_distill.py --dataset imagefolder --data-dir path/to/images \
         --teacher runs/teacher/teacher.pt --target-flops 76000000 --epochs 30
 
-Teacher (--teacher FILE; with --dataset cifar10-jpeg (the default) or cifar10 the committed one, sha256 checked; else, or with --train-teacher,
-trained first for --teacher-epochs at --lr; several files teach the mean of their logits and the first is pruned;
---teacher-tta averages each view with its mirror image) → deep copy → pruned to --target-flops, --target-params or
---ratio by --importance (group L1 by default; the classifier keeps its outputs) → BatchNorm statistics re-estimated on
---calibration-images (--student-init scratch: then re-initialised, Liu et al. 2019's control) → fine-tuned from the
-pruned weights at --finetune-lr (from --recipe: classic 0.01, fast 0.3 per 1024 images) with --kd-loss from --recipe.
+Teacher (--teacher FILE; with --dataset cifar10-jpeg (the default) or cifar10 the committed one, sha256 checked;
+else, or with --train-teacher, trained first for --teacher-epochs at --lr; several files teach the mean of their
+logits and the first is pruned; --teacher-tta averages each view with its mirror image) → deep copy → pruned to
+--target-flops, --target-params, --ratio or --budget (a fraction of the teacher's flops; with no target the lab's
+flops apply at 32 px only, other image sizes are refused) by --importance (group L1 by default; the classifier keeps
+its outputs) → BatchNorm statistics re-estimated on --calibration-images (--student-init scratch: then
+re-initialised, Liu et al. 2019's control) → fine-tuned from the pruned weights at --finetune-lr (from --recipe:
+classic 0.01, fast 0.3 per 1024 images) with --kd-loss from --recipe.
 fast: kd, (1 − α) · CE_ls(s, y) + α · T² · KL(softmax(t/T) ‖ softmax(s/T)), T 4, α 0.9, label smoothing 0.2 on the CE
 part: from the committed 90.88 % teacher it beat plain cross-entropy by 0.3–0.9 points in 6 of 8 cells of
 BENCHMARKS.md's Δ table (½–⅛ of the flops, 2–40 epochs, 3 seeds) and trailed it by 0.11 and 1.00 (± 2.1) in the other
@@ -35,14 +37,15 @@ from torch import nn
 
 import pruning
 from kd import HintLoss
-from kd.data import BatchIterator, DataSplits, subset
+from kd.data import BatchIterator, DataSplits, TransformBatchIterator, subset
+from kd.data.transforms import LAB_IMAGE_SIZE, subset_source
 from kd.ensemble import ensemble_members
 from models import save_portable
 from models.init import reinitialize
 from pruning.importance import calibrated_names, needs_calibration
 from recipes.plumbing import lock
 from recipes.plumbing.config import (
-    COUNT, KDConfig, Limit, NON_NEGATIVE, POSITIVE, arg, kd_loss_arg, parse_config, resolve_device,
+    BUDGET, COUNT, KDConfig, Limit, NON_NEGATIVE, POSITIVE, arg, kd_loss_arg, parse_config, resolve_device,
 )
 from recipes.plumbing.errors import run_main
 from recipes.plumbing.report import ModelReport
@@ -58,7 +61,10 @@ STUDENT_INITS = ("pruned", "scratch")
 class PruneThenDistillConfig(KDConfig):
     EPOCHS_KEY: ClassVar[str] = "finetune_epochs"  # --epochs is the student's fine-tuning: the recipe's own length
     target_flops: int | None = arg(None, f"prune the student to at most this many flops (thop MACs of one input); "
-                                   f"{LAB_TARGET_FLOPS} when no target is given", limit=COUNT)
+                                   f"with no target, the lab's {LAB_TARGET_FLOPS} at --image-size 32 (other sizes "
+                                   "need a target)", limit=COUNT)
+    budget: float | None = arg(None, "prune the student to this fraction of the teacher's flops instead (a target "
+                               "that follows the image size)", limit=BUDGET)
     target_params: int | None = arg(None, "prune the student to at most this many parameters instead", limit=COUNT)
     ratio: float | None = arg(None, "remove this fraction of every prunable layer's channels instead",
                               limit=Limit(lambda v: 0.0 <= v < 1.0, "in [0, 1) (the fraction of channels removed)"))
@@ -81,6 +87,7 @@ class PruneThenDistillConfig(KDConfig):
                                  "regressor started from the channels pruning kept; off by default")
     hint_weight: float = arg(1.0, "weight of the FitNet hint loss", limit=NON_NEGATIVE)
     out: str = arg("runs/prune_then_distill", "output folder")
+    lab_target: ClassVar[int] = LAB_TARGET_FLOPS  # the default target, at the lab's image size only
 
 
 @dataclass
@@ -96,9 +103,12 @@ class PruneThenDistillResult:
 def main(argv: list[str] | None = None) -> PruneThenDistillResult:
     cfg = parse_config(PruneThenDistillConfig, argv, description=__doc__.split("\n")[0])
     use_committed_teacher(cfg)
-    if cfg.target_flops is None and cfg.target_params is None and cfg.ratio is None:
-        cfg.target_flops = LAB_TARGET_FLOPS
+    _check_target(cfg)
     run = start_kd_run(cfg)
+    if cfg.budget is not None:
+        cfg.target_flops = int(cfg.budget * run.teacher_report.flops)
+        print(f"target: --budget {cfg.budget:g} of the teacher's {run.teacher_report.flops:,} flops = "
+              f"{cfg.target_flops:,} flops", flush=True)
     data, out, loss, teacher = run.data, run.out, run.loss, run.teacher
     device = resolve_device(cfg.device)
     train_batches, test_batches = loaders(cfg, data)  # after obtain_teacher: a loaded teacher's normalisation
@@ -112,6 +122,7 @@ def main(argv: list[str] | None = None) -> PruneThenDistillResult:
                                                                                              cfg.batch_size),
                            recalibrate_bn=cfg.recalibrate_bn, seed=cfg.seed)
     print_pruning(pruned)
+    _warn_gutted(pruned)
     student = pruned.model
     if cfg.student_init == "scratch":
         restart(cfg, student, train_batches)
@@ -136,7 +147,7 @@ def main(argv: list[str] | None = None) -> PruneThenDistillResult:
 
     reports = [*run.member_reports, run.teacher_report, pruned_report, student_report]
     finish_run(cfg, out, reports, meta=data.meta(), teacher=teacher, student=student, input_size=data.input_size,
-               extra={"pruning": _pruning_summary(pruned), "history": result.to_dict()["history"]})
+               extra={"pruning": _pruning_summary(pruned), "history": result.to_dict()["history"]}, data=data)
     print(f"\nstudent saved to {out / 'student.pt'} (load it with pruning.load) and, for use without this package, "
           f"{out / 'student.safetensors'} + student.json (README: taking the student out)")
     return PruneThenDistillResult(reports, student, pruned)
@@ -151,11 +162,39 @@ def restart(cfg: PruneThenDistillConfig, student: nn.Module, train_batches: Batc
     init_model(cfg, student, train_batches)
 
 
-def _calibration(cfg: PruneThenDistillConfig, data: DataSplits) -> BatchIterator | None:
+def _check_target(cfg: PruneThenDistillConfig) -> None:
+    """One target at most; with none, the lab's absolute flops at the lab's 32 px. At other sizes no target is left
+    as it is, and refused once the options and inputs checked before it pass
+    (:func:`recipes.plumbing.option_checks.check_with_data` reads ``lab_target``): a flops count belongs to one image
+    size (at 224 px the lab's budget is 1.6 % of resnet18)."""
+    given = [f for f in ("target_flops", "target_params", "ratio", "budget") if getattr(cfg, f) is not None]
+    if len(given) > 1:
+        raise ValueError(f"{' and '.join('--' + f.replace('_', '-') for f in given)} are alternative targets; pass "
+                         "only one of them")
+    if not given and cfg.image_size == LAB_IMAGE_SIZE:
+        cfg.target_flops = LAB_TARGET_FLOPS
+
+
+def _warn_gutted(res: pruning.PruneResult, removed: float = 0.95) -> None:
+    """One line on stdout naming the layers that lost more than ``removed`` of their channels."""
+    gutted = res.gutted_layers(removed)
+    if gutted:
+        shown = ", ".join(f"{n} {c[0]}→{c[1]}" for n, c in list(gutted.items())[:6])
+        more = f" (+{len(gutted) - 6} more)" if len(gutted) > 6 else ""
+        print(f"warning: the target removed more than {removed:.0%} of the channels of {shown}{more}; a target "
+              "relative to the teacher (--budget FRACTION) or a larger one keeps these layers", flush=True)
+
+
+def _calibration(cfg: PruneThenDistillConfig, data: DataSplits) -> BatchIterator | TransformBatchIterator | None:
     """Unaugmented batches of a class-balanced subset of the training images: for BatchNorm re-estimation and the
     taylor and activation criteria."""
     if not needs_calibration(cfg.importance) and not cfg.recalibrate_bn:
         return None
+    if data.policy is not None:  # as the evaluation sees them: aspect kept, centre crop
+        policy = dataclasses.replace(data.policy, mean=tuple(data.mean), std=tuple(data.std))
+        return TransformBatchIterator(subset_source(data.train, cfg.calibration_images, seed=cfg.seed),
+                                      cfg.batch_size, train=False, policy=policy, device=resolve_device(cfg.device),
+                                      workers=cfg.workers)
     images = subset(data.train, cfg.calibration_images, seed=cfg.seed)
     return BatchIterator(images, cfg.batch_size, train=False, mean=data.mean, std=data.std,
                          device=resolve_device(cfg.device))

@@ -43,7 +43,7 @@ def main(argv: list[str] | None = None) -> ModelReport:
     external = external_teacher.source(cfg)
     start = external_teacher.prepare(external, data) if external is not None else None
     _, report = fit_teacher(cfg, data, cfg.arch, model_args(cfg.model_args), out, model=start)
-    finish_run(cfg, out, [report])
+    finish_run(cfg, out, [report], data=data)
     print(f"\nteacher saved to {out / 'teacher.pt'}")
     return report
 

@@ -107,8 +107,9 @@ def image_folder(root: Path, cifar10_dir: Path, train: dict[str, int], test: dic
 
 
 def imagefolder_args(root: Path, cache: Path) -> list[str]:
+    # the decoded-in-memory path (timm's transforms, which an image folder off 32 px takes by default, decode later)
     return ["--dataset", "imagefolder", "--data-dir", str(root), "--cache-dir", str(cache), "--image-size", "16",
-            "--epochs", "1", "--batch-size", "8", "--no-progress", "--model-args", TINY]
+            "--epochs", "1", "--batch-size", "8", "--no-progress", "--model-args", TINY, "--transforms", "tensor"]
 
 
 # ------------------------------------------------------------------------------ bad options: nothing is written

@@ -14,6 +14,7 @@ import recipes.plumbing.checks
 import recipes.plumbing.training
 from kd.callbacks import Callback
 from kd.precision import prefers_channels_last, resolve_precision
+from kd.mixup import MixedBatches
 from kd.teacher_cache import CachedBatchIterator
 from recipes import compare_methods, distill_only, progressive_prune, prune_then_distill, train_teacher
 from recipes.plumbing.errors import run_main
@@ -106,6 +107,16 @@ def test_shared_options_reach_every_trainer(name, teacher, trainers, tmp_path, c
     assert len(FakeTensorBoard.folders) == len(trainers)  # one log folder per training stage, inside --out
     assert all(f.is_relative_to(tmp_path / "out") for f in FakeTensorBoard.folders)
     assert "teacher cache: 2 views" in capsys.readouterr().out
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", list(RECIPES))
+def test_mixup_reaches_every_trainer_and_the_teacher_scores_mixed_batches(name, teacher, trainers, tmp_path):
+    recipe, own = RECIPES[name]
+    recipe.main([*SYNTHETIC, "--mixup", "0.4", "--cutmix", "1.0", "--out", str(tmp_path / "out"),
+                 *(a.replace("{teacher}", str(teacher)) for a in own)])
+    assert trainers and all(isinstance(s["batches"], MixedBatches) for s in trainers)
+    assert any(s["distils"] and s["teacher"] is not None for s in trainers)  # the Trainer runs it on the mixed x
 
 
 @pytest.mark.slow

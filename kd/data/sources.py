@@ -124,13 +124,30 @@ def load_cifar(name: str, data_dir: str | os.PathLike | None, train: bool, image
 # ---------------------------------------------------------------------------------------------------- ImageFolder
 
 
-def _split_dir(root: Path, train: bool) -> Path:
-    names = ("train",) if train else ("test", "val")
-    for name in names:
-        if (root / name).is_dir():
-            return root / name
+def _split_dir(root: Path, train: bool, name: str | None = None) -> Path:
+    """``root/name``; without a name ``root/train`` for training and ``root/test``, else ``root/val``, for
+    evaluation (timm's ``--train-split`` / ``--val-split``)."""
+    names = (name,) if name is not None else ("train",) if train else ("test", "val")
+    for candidate in names:
+        if (root / candidate).is_dir():
+            return root / candidate
+    if name is not None:
+        flag = "--train-split" if train else "--val-split"
+        present = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+        raise DataUnavailableError(f"{flag} {name}: imagefolder data dir {str(root)!r} has no {name}/ folder (its "
+                                   f"folders: {', '.join(present) or 'none'})")
     wanted = "train/" if train else "test/ or val/"
     raise DataUnavailableError(f"imagefolder data dir {str(root)!r} has no {wanted} folder of class folders")
+
+
+def split_names(data_dir: str | os.PathLike, train_split: str | None = None,
+                val_split: str | None = None) -> tuple[str, str]:
+    """The folder names of the training and evaluation splits that :func:`load_imagefolder` reads (defaults
+    ``train`` and ``test``, else ``val``); DataUnavailableError when one is missing."""
+    root = Path(data_dir)
+    if not root.is_dir():
+        raise DataUnavailableError(f"imagefolder data dir {str(root)!r} does not exist")
+    return _split_dir(root, True, train_split).name, _split_dir(root, False, val_split).name
 
 
 def _class_folders(split_dir: Path) -> list[str]:
@@ -161,7 +178,8 @@ def _check_not_empty(split_dir: Path, classes: list[str]) -> None:
                                    f"({', '.join(IMAGE_EXTENSIONS)}); add images or remove the folder(s)")
 
 
-def imagefolder_classes(data_dir: str | os.PathLike) -> list[str]:
+def imagefolder_classes(data_dir: str | os.PathLike, train_split: str | None = None,
+                        val_split: str | None = None) -> list[str]:
     """The class names of an imagefolder data set, checked without decoding anything: ``train/`` and ``test/`` (or
     ``val/``) have the same class folders and every class folder holds at least one image.
 
@@ -172,12 +190,12 @@ def imagefolder_classes(data_dir: str | os.PathLike) -> list[str]:
     root = Path(data_dir)
     if not root.is_dir():
         raise DataUnavailableError(f"imagefolder data dir {str(root)!r} does not exist")
-    train_dir = _split_dir(root, True)
+    train_dir = _split_dir(root, True, train_split)
     classes = _class_folders(train_dir)
     if not classes:
         raise DataUnavailableError(f"{str(train_dir)!r} has no class folders")
     _check_not_empty(train_dir, classes)
-    test_dir = _split_dir(root, False)
+    test_dir = _split_dir(root, False, val_split)
     test_classes = _class_folders(test_dir)
     if test_classes != classes:
         only_train = [c for c in classes if c not in test_classes]
@@ -305,11 +323,13 @@ def load_imagefolder(
     *,
     skip_bad_images: bool = False,
     progress: bool = True,
+    split: str | None = None,
 ) -> ImageTensors:
     """``data_dir/train/<class>/*`` (or ``test/`` / ``val/``) resized to ``image_size`` and converted to RGB.
 
     A ``limit`` picks a class-balanced subset of the file list before decoding, so a small run decodes only what it
-    uses. ``classes`` fixes the class order (the test split takes the training split's classes). The decoded arrays
+    uses. ``classes`` fixes the class order (the test split takes the training split's classes). ``split`` names the
+    folder (default: ``train``, or ``test`` else ``val``). The decoded arrays
     are cached in ``cache_dir``; a cache that cannot be read or written only costs time (a :class:`CacheWarning`).
 
     Raises:
@@ -319,7 +339,7 @@ def load_imagefolder(
     root = Path(data_dir)
     if not root.is_dir():
         raise DataUnavailableError(f"imagefolder data dir {str(root)!r} does not exist")
-    split_dir = _split_dir(root, train)
+    split_dir = _split_dir(root, train, split)
     files, labels, classes = list_image_files(split_dir, classes)
     fingerprint = split_fingerprint(split_dir, files, labels, classes)
     label_t = torch.tensor(labels, dtype=torch.int64)
@@ -334,8 +354,8 @@ def load_imagefolder(
         if skipped and not skip_bad_images:
             raise _bad_image(skipped[0])
         return ImageTensors(blob["images"], blob["labels"], list(blob["classes"]), skipped, fingerprint)
-    split = f"{root.name}/{'train' if train else 'test'}"
-    images, skipped = _decode_all(files, image_size, f"decoding {split}", progress)
+    where = f"{root.name}/{split_dir.name}"
+    images, skipped = _decode_all(files, image_size, f"decoding {where}", progress)
     if skipped and not skip_bad_images:
         raise _bad_image(skipped[0][1])
     if skipped:
@@ -345,7 +365,7 @@ def load_imagefolder(
         left = torch.bincount(label_t, minlength=len(classes))
         if bool((left == 0).any()):
             empty = [c for c, n in zip(classes, left.tolist()) if n == 0]
-            raise DataUnavailableError(f"after leaving out {len(skipped)} unreadable images of {split}, class(es) "
+            raise DataUnavailableError(f"after leaving out {len(skipped)} unreadable images of {where}, class(es) "
                                        f"{empty[:5]} have no images left")
     skipped = [entry for _, entry in skipped]
     _write_cache({"images": images, "labels": label_t, "classes": classes, "skipped": skipped}, cache)

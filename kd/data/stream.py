@@ -93,10 +93,10 @@ def decode_files(files: Sequence[Path], size: int) -> torch.Tensor:
 
 
 def list_split(data_dir: str | os.PathLike, train: bool, image_size: int, limit: int | None, seed: int,
-               classes: list[str] | None) -> FileSplit:
-    """The files of ``data_dir/train`` (or ``test``/``val``), class-balanced to ``limit`` exactly as
-    :func:`kd.data.load_imagefolder` picks them, nothing decoded."""
-    split_dir = _split_dir(Path(data_dir), train)
+               classes: list[str] | None, split: str | None = None) -> FileSplit:
+    """The files of ``data_dir/train`` (or ``test``/``val``, or the folder ``split`` names), class-balanced to
+    ``limit`` exactly as :func:`kd.data.load_imagefolder` picks them, nothing decoded."""
+    split_dir = _split_dir(Path(data_dir), train, split)
     files, labels, classes = list_image_files(split_dir, classes)
     fingerprint = split_fingerprint(split_dir, files, labels, classes)
     label_t = torch.tensor(labels, dtype=torch.int64)
@@ -223,10 +223,24 @@ class StreamBatchIterator(SeededBatches):
             order = torch.randperm(self.num_samples, generator=self.generator)
         return [order[i * self.batch_size:(i + 1) * self.batch_size] for i in range(len(self))]
 
+    def _dataset(self) -> Dataset:
+        """Sample i: the (3, S, S) uint8 image of file i (crop and flip come later, on the device)."""
+        return _Files(self.split.files, self.split.image_size)
+
+    def _augment(self, x: torch.Tensor, gidx: torch.Tensor) -> torch.Tensor:
+        """The training crop and flip of this rank's share ``x`` of the global batch ``gidx``."""
+        if not (self.train and self.pad > 0):
+            return x
+        # drawn for the whole global batch, in the order BatchIterator draws: the same generator state
+        params = draw_crop_flip(gidx.shape[0], self.pad, self.generator)
+        if self.world_size > 1:
+            params = shard(params, self.rank, self.world_size)
+        return apply_crop_flip(x, self.pad, params)
+
     def _loader_for(self, batches: list[list[int]]) -> DataLoader:
         self._sampler.batches = batches
         if self._loader is None:
-            self._loader = DataLoader(_Files(self.split.files, self.split.image_size), batch_sampler=self._sampler,
+            self._loader = DataLoader(self._dataset(), batch_sampler=self._sampler,
                                       num_workers=self.workers, persistent_workers=self.workers > 0,
                                       pin_memory=self.device.type == "cuda",
                                       prefetch_factor=4 if self.workers > 0 else None,
@@ -240,13 +254,7 @@ class StreamBatchIterator(SeededBatches):
         mine = [shard(b, self.rank, self.world_size) if self.train and self.world_size > 1 else b
                 for b in global_batches]
         for gidx, idx, x in zip(global_batches, mine, self._loader_for([b.tolist() for b in mine])):
-            x = x.to(self.device, non_blocking=True)  # (b, 3, H, W) uint8
-            if self.train and self.pad > 0:
-                # drawn for the whole global batch, in the order BatchIterator draws: the same generator state
-                params = draw_crop_flip(gidx.shape[0], self.pad, self.generator)
-                if self.world_size > 1:
-                    params = shard(params, self.rank, self.world_size)
-                x = apply_crop_flip(x, self.pad, params)
+            x = self._augment(x.to(self.device, non_blocking=True), gidx)  # (b, 3, H, W) uint8
             yield self.normalize(x), self.labels[idx].to(self.device)
 
     def __getstate__(self) -> dict[str, Any]:  # the DataLoader (and its workers) is not copied or pickled

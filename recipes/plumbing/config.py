@@ -19,7 +19,7 @@ from typing import Any, ClassVar, NoReturn, TypeVar
 
 import torch
 
-from kd.data import DATA_MODES, DATASETS
+from kd.data import DATA_MODES, DATASETS, TRANSFORMS
 from kd.data.batches import FLIPS, PAD_MODES
 from kd.losses import LOSSES
 from kd.optim import OPTIMIZERS, SCHEDULES
@@ -55,6 +55,7 @@ ANY_NUMBER = Limit(lambda v: True, "a number")  # e.g. --seed: every finite valu
 BUDGET = Limit(lambda v: 0.0 < v <= 1.0, "in (0, 1] (a fraction of the teacher's FLOPs)")
 VAL_SIZE = Limit(lambda v: 0.0 < v < 1.0, "in (0, 1) (a fraction of the training images)")
 FRACTION = Limit(lambda v: 0.0 <= v < 1.0, "in [0, 1)")
+PROBABILITY = Limit(lambda v: 0.0 <= v <= 1.0, "in [0, 1] (a probability)")
 
 INITS = ("default", "whiten-dirac")
 
@@ -165,6 +166,34 @@ class RunConfig:
                        limit=NON_NEGATIVE_COUNT)
     sync_bn: bool = arg(False, "under torchrun: BatchNorm statistics over the global batch (SyncBatchNorm, CUDA "
                         "only) instead of each process's slice")
+    transforms: str = arg("auto", "how images become inputs. tensor: decoded once, squashed to the square "
+                          "--image-size, pad-crop + flip on whole batches (the fast path for 32-px sets); timm: "
+                          "timm's data config, aspect kept: RandomResizedCrop + flip (+ --aa) for training, shorter "
+                          "side resized and centre-cropped (--crop-pct) for evaluation, a timm network's own mean/std, "
+                          "interpolation and crop_pct, else the training images' mean/std, bilinear, crop_pct 1; "
+                          "auto: timm for an image folder at --image-size other than 32 or with a timm network, "
+                          "else tensor", TRANSFORMS)
+    aa: str | None = arg(None, "timm's auto-augment policy (timm's --aa) on the timm path, e.g. rand-m9-mstd0.5, "
+                         "augmix-m5, v0")
+    crop_pct: float | None = arg(None, "fraction of the shorter side the evaluation centre crop keeps on the timm path "
+                                 "(default: the network's own, else 1.0)",
+                                 limit=Limit(lambda v: 0.0 < v <= 1.0, "in (0, 1]"))
+    scale: tuple[float, ...] | None = arg(None, "RandomResizedCrop's range of the crop's area on the timm path, MIN "
+                                          "MAX (default 0.08 1.0, timm's)", limit=Limit(lambda v: 0.0 < v <= 1.0,
+                                                                                       "in (0, 1]"))
+    train_split: str | None = arg(None, "imagefolder folder of the training images (default train)")
+    val_split: str | None = arg(None, "imagefolder folder of the evaluation images (default test, else val; the "
+                                "choice is printed)")
+    mixup: float = arg(0.0, "mixup alpha (timm's --mixup): each training batch blended with its mirror image by "
+                       "lambda ~ Beta(alpha, alpha), labels made soft targets; a teacher scores the mixed images; "
+                       "0 = off",
+                       limit=NON_NEGATIVE)
+    cutmix: float = arg(0.0, "CutMix alpha (timm's --cutmix): a box of the mirrored batch covering 1 - lambda of each "
+                        "image, labels mixed by area; 0 = off", limit=NON_NEGATIVE)
+    mixup_prob: float | None = arg(None, "probability that a batch is mixed at all (default 1.0 with --mixup or "
+                                   "--cutmix)", limit=PROBABILITY)
+    mixup_switch_prob: float | None = arg(None, "probability of CutMix instead of mixup when both are on (default "
+                                          "0.5)", limit=PROBABILITY)
 
 
 def resolve_recipe(cfg: Any) -> str:
@@ -293,7 +322,7 @@ EPILOG = ("Options marked 'from --recipe' take the recipe's value unless given. 
 # The --help groups, in timm train.py's spirit: every option of every recipe belongs to one (a test checks it).
 GROUPS: dict[str, tuple[str, ...]] = {
     "data": ("dataset", "data_dir", "image_size", "limit_train", "limit_test", "val_size", "cache_dir", "data_mode",
-             "memory_budget", "workers", "skip_bad_images"),
+             "memory_budget", "workers", "skip_bad_images", "train_split", "val_split"),
     "model": ("arch", "model_args", "init", "student", "student_init"),
     "teacher": ("teacher", "train_teacher", "teacher_arch", "teacher_model_args", "teacher_epochs", "teacher_cache",
                 "teacher_tta", "teacher_weights", "pretrained", "new_head", "initial_checkpoint"),
@@ -305,7 +334,8 @@ GROUPS: dict[str, tuple[str, ...]] = {
     "optimisation": ("recipe", "epochs", "batch_size", "lr", "finetune_lr", "optimizer", "schedule", "momentum",
                      "warmup", "weight_decay", "decay_norm_and_bias", "bn_bias_lr_scale", "bn_weight_lr_scale",
                      "label_smoothing", "ema", "seed", "seeds"),
-    "augmentation": ("pad", "pad_mode", "flip", "tta"),
+    "augmentation": ("pad", "pad_mode", "flip", "tta", "transforms", "aa", "crop_pct", "scale", "mixup", "cutmix",
+                     "mixup_prob", "mixup_switch_prob"),
     "precision and speed": ("device", "precision", "channels_last", "compile", "dynamo", "sync_bn", "threads"),
     "output": ("out", "resume", "overwrite", "progress", "tensorboard", "latency", "latency_batch_sizes", "batch_sizes",
                "repeats", "min_seconds", "export", "opset"),

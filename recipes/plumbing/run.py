@@ -17,11 +17,11 @@ from typing import Any
 from torch import nn
 
 from kd import distributed
-from kd.data import DataSplits, load_dataset
+from kd.data import DataSplits, load_dataset, resolve_policy, use_timm_transforms
 from kd.ensemble import ensemble_members
 from kd.losses import DistillLoss
 from recipes.plumbing import external_teacher, inputs, option_checks
-from recipes.plumbing.checks import check_extras, check_models, check_teacher_fits
+from recipes.plumbing.checks import build_model, check_extras, check_models, check_teacher_fits
 from recipes.plumbing.config import KDConfig, RunConfig, check_values, config_record, resolve_device, save_config
 from recipes.plumbing.deploy import deployment
 from recipes.plumbing.outdir import check_out, prepare_out
@@ -29,14 +29,57 @@ from recipes.plumbing.report import ModelReport, flops_check, print_flops_check,
 from recipes.plumbing.training import hardware, make_loss, member_reports, obtain_teacher, seed_everything
 
 
-def load_data(cfg: RunConfig) -> DataSplits:
+def load_data(cfg: RunConfig, network: nn.Module | None = None) -> DataSplits:
     """The data set named by ``cfg`` (``--dataset --data-dir --image-size --limit-train --limit-test --seed
-    --cache-dir --skip-bad-images --progress --data-mode --memory-budget``)."""
+    --cache-dir --skip-bad-images --progress --data-mode --memory-budget --train-split --val-split``), with timm's
+    transforms (``--transforms``, :func:`kd.data.use_timm_transforms`) following ``network``'s data config and
+    ``--aa --crop-pct --scale``."""
     budget = cfg.memory_budget * 2**30 if cfg.memory_budget is not None else None
-    return load_dataset(cfg.dataset, cfg.data_dir, image_size=cfg.image_size, limit_train=cfg.limit_train,
+    timm_path = use_timm_transforms(cfg.transforms, cfg.image_size, network, cfg.dataset)
+    data = load_dataset(cfg.dataset, cfg.data_dir, image_size=cfg.image_size, limit_train=cfg.limit_train,
                         limit_test=cfg.limit_test, seed=cfg.seed, cache_dir=cfg.cache_dir,
                         skip_bad_images=cfg.skip_bad_images, progress=cfg.progress, data_mode=cfg.data_mode,
-                        memory_budget=budget)
+                        memory_budget=budget, transforms="timm" if timm_path else "tensor",
+                        train_split=cfg.train_split, val_split=cfg.val_split)
+    if data.policy is not None:
+        data.policy = resolve_policy(network, cfg.image_size, data.mean, data.std, crop_pct=cfg.crop_pct,
+                                     scale=cfg.scale, auto_augment=cfg.aa)
+        data.mean, data.std = data.policy.mean, data.policy.std
+    return data
+
+
+def input_network(cfg: RunConfig, loaded: nn.Module | None) -> nn.Module | None:
+    """The network whose data configuration the inputs follow: the loaded ``--teacher``, else a timm architecture the
+    run builds (``--teacher-arch``, or ``--arch`` of a recipe without a teacher); None for this project's models."""
+    if loaded is not None:
+        return loaded
+    arch, args = ((cfg.teacher_arch, cfg.teacher_model_args) if isinstance(cfg, KDConfig)
+                  else (getattr(cfg, "arch", ""), getattr(cfg, "model_args", "{}")))
+    return build_model(arch, args) if arch.startswith("timm:") else None
+
+
+def describe_data(data: DataSplits) -> dict[str, Any]:
+    """What ``report.json`` records of the inputs: the path, the splits read, the normalisation and, on the timm
+    path, the transforms (eval transform, interpolation, crop_pct)."""
+    base = {"transforms": "timm" if data.policy is not None else "tensor", "splits": list(data.splits),
+            "mean": list(data.mean), "std": list(data.std), "image_size": data.input_size[-1]}
+    if data.policy is None:
+        return {**base, "eval_transform": "decode, resize to a square (bilinear, aspect not kept), normalise",
+                "train_transform": "eval's images + pad-crop and flip of whole batches on the device"}
+    return {**base, **data.policy.describe()}
+
+
+def _say_data(data: DataSplits) -> None:
+    """The splits (when an image folder's evaluation split was chosen) and the transforms, one line each."""
+    if data.splits[1] != "test" or data.splits[0] != "train":
+        print(f"splits: {data.splits[0]}/ for training, {data.splits[1]}/ for evaluation", flush=True)
+    policy = data.policy
+    if policy is not None:
+        aa = f" + {policy.auto_augment}" if policy.auto_augment else ""
+        print(f"transforms: timm, {policy.image_size} px: RandomResizedCrop (area {policy.scale[0]:g}-"
+              f"{policy.scale[1]:g}) + flip{aa} for training, shorter side to "
+              f"{int(policy.image_size / policy.crop_pct)} + centre crop for evaluation (crop_pct {policy.crop_pct:g}, "
+              f"{policy.interpolation}; mean/std and these from {policy.source})", flush=True)
 
 
 def start_run(cfg: RunConfig) -> tuple[DataSplits, Path]:
@@ -79,8 +122,11 @@ def start_run(cfg: RunConfig) -> tuple[DataSplits, Path]:
     if info.distributed:
         print(f"torchrun: {info.world_size} processes, {cfg.batch_size // info.world_size} images each per global "
               f"batch of {cfg.batch_size}", flush=True)
+    network = input_network(cfg, teacher)
+    option_checks.check_transforms(cfg, use_timm_transforms(cfg.transforms, cfg.image_size, network, cfg.dataset))
     with distributed.main_first():
-        data = load_data(cfg)
+        data = load_data(cfg, network)
+    _say_data(data)
     if data.mode_reason or data.mode == "stream":
         print(f"data mode: {data.mode}" + (f" ({data.mode_reason})" if data.mode_reason else ""), flush=True)
     if data.skipped:
@@ -126,12 +172,14 @@ def start_kd_run(cfg: KDConfig) -> KDRun:
 
 def finish_run(cfg: RunConfig, out: Path, reports: list[ModelReport], *, teacher: nn.Module | None = None,
                student: nn.Module | None = None, input_size: tuple[int, ...] | None = None,
-               extra: dict[str, Any] | None = None, meta: dict[str, Any] | None = None) -> dict[str, Any]:
+               extra: dict[str, Any] | None = None, meta: dict[str, Any] | None = None,
+               data: DataSplits | None = None) -> dict[str, Any]:
     """Prints the report blocks; with a teacher and a student, measures their latency (and exports ONNX with
     ``--export onnx``, a torch.export program with ``--export torch-export``, carrying ``meta``'s mean, std, classes
     and image size: :func:`~recipes.plumbing.deploy.deployment`); where thop's flops miss operations (attention
     matmuls) says so with Torch-Pruning's count beside them (report.json ``flops_check``); writes
-    ``OUT/report.json`` with ``extra``. Returns what deployment measured."""
+    ``OUT/report.json`` with ``extra`` and, given ``data``, how its images became inputs (:func:`describe_data`).
+    Returns what deployment measured."""
     print_reports(reports)
     both = teacher is not None and student is not None
     missed = flops_check({"teacher": teacher, "student": student}, input_size) if both else {}
@@ -139,5 +187,6 @@ def finish_run(cfg: RunConfig, out: Path, reports: list[ModelReport], *, teacher
     deployed = deployment(cfg, teacher, student, input_size, out, meta) if both else {}
     if missed:
         deployed = {**deployed, "flops_check": missed}
-    write_report(out / "report.json", reports, config_record(cfg), {**(extra or {}), **deployed})
+    described = {"data": describe_data(data)} if data is not None else {}
+    write_report(out / "report.json", reports, config_record(cfg), {**(extra or {}), **described, **deployed})
     return deployed

@@ -16,6 +16,7 @@ from kd.data import BatchIterator, DataSplits, make_loaders
 from kd.ensemble import TeacherEnsemble, ensemble_members
 from kd.losses import CrossEntropy, DistillLoss, create_loss, loss_arguments
 from kd.metrics import MetricsLogger, TensorBoardLogger
+from kd.mixup import MixedBatches, make_mixup
 from kd.precision import Hardware
 from kd.teacher_cache import CachedBatchIterator, load_or_build
 from kd.trainer import DivergedError, FitResult, evaluate, fit_model
@@ -77,6 +78,9 @@ def fit_stage(model: nn.Module, cfg: RunConfig, train_batches: Batches, eval_bat
     epoch; the teacher is only run when the loss or ``feature_loss`` needs it (:func:`kd.trainer.fit_model`).
     ``tta``: the test-time augmentation of a final extra score (a teacher's; a student's figure is single-view).
 
+    With ``--mixup`` / ``--cutmix`` the training batches are mixed before the step (:func:`mixed`), so a teacher
+    scores the same mixed images as the student.
+
     With ``--teacher-cache K`` (and a loss that reads only the teacher's logits), the teacher's outputs on K views of
     every training image are taken from the cache (built first when missing) and the teacher is not run again.
 
@@ -100,6 +104,7 @@ def _fit_stage(model: nn.Module, cfg: RunConfig, train_batches: Batches, eval_ba
     views = getattr(cfg, "teacher_cache", 0)
     if teacher is not None and views > 0 and getattr(loss, "needs_teacher", True):
         train_batches, teacher = _cached(cfg, teacher, train_batches, views, feature_loss), None
+    train_batches = mixed(cfg, train_batches)
     return fit_model(model, train_batches, eval_batches, epochs=epochs if epochs is not None else cfg.epochs,
                      lr=lr if lr is not None else cfg.lr, teacher=teacher, loss=loss, optimizer=cfg.optimizer,
                      schedule=cfg.schedule, weight_decay=cfg.weight_decay, feature_loss=feature_loss, resume=resume,
@@ -133,6 +138,16 @@ def _cached(cfg: RunConfig, teacher: nn.Module, train_batches: BatchIterator, vi
     print(f"  teacher cache: {views} views × {train_batches.num_samples} images, {cache.nbytes / 2**20:.1f} MiB, "
           f"{how}", flush=True)
     return CachedBatchIterator(cache, train_batches)
+
+
+def mixed(cfg: RunConfig, train_batches: Batches) -> Batches:
+    """``train_batches`` mixed by ``--mixup`` / ``--cutmix`` (:class:`kd.mixup.MixedBatches`, ``--label-smoothing``
+    folded into the soft targets), or as they are when both are 0."""
+    mixup = make_mixup(len(train_batches.classes), mixup=cfg.mixup, cutmix=cfg.cutmix,
+                       prob=1.0 if cfg.mixup_prob is None else cfg.mixup_prob,
+                       switch_prob=0.5 if cfg.mixup_switch_prob is None else cfg.mixup_switch_prob,
+                       label_smoothing=cfg.label_smoothing or 0.0)
+    return train_batches if mixup is None else MixedBatches(train_batches, mixup, seed=cfg.seed)
 
 
 def stage_fitter(cfg: RunConfig, root: Path) -> Callable[..., None]:
@@ -212,7 +227,9 @@ def init_model(cfg: RunConfig, model: nn.Module, train_batches: Any) -> None:
     if images is None:
         raise ValueError("--init whiten-dirac reads training images from memory; use --data-mode memory")
     pick = torch.randperm(len(images), generator=torch.Generator().manual_seed(cfg.seed))[:WHITEN_IMAGES]
-    chosen = train_batches.normalize(images[pick.to(images.device)]).cpu()  # (≤ 5000, C, H, W)
+    # images on the device, or decoded on demand (LazyImages of a file list on the timm path)
+    chosen = train_batches.normalize(images[pick.to(getattr(images, "device", "cpu"))].to(train_batches.mean.device))
+    chosen = chosen.cpu()  # (≤ 5000, C, H, W)
     done = init_for_small_images(model, chosen)
     print(f"  init: {', '.join(done)} from {len(chosen)} training images drawn at random", flush=True)
 
