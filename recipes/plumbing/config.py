@@ -166,13 +166,8 @@ class RunConfig:
                        limit=NON_NEGATIVE_COUNT)
     sync_bn: bool = arg(False, "under torchrun: BatchNorm statistics over the global batch (SyncBatchNorm, CUDA "
                         "only) instead of each process's slice")
-    transforms: str = arg("auto", "how images become inputs. tensor: decoded once, squashed to the square "
-                          "--image-size, pad-crop + flip on whole batches (the fast path for 32-px sets); timm: "
-                          "timm's data config, aspect kept: RandomResizedCrop + flip (+ --aa) for training, shorter "
-                          "side resized and centre-cropped (--crop-pct) for evaluation, a timm network's own mean/std, "
-                          "interpolation and crop_pct, else the training images' mean/std, bilinear, crop_pct 1; "
-                          "auto: timm for an image folder at --image-size other than 32 or with a timm network, "
-                          "else tensor", TRANSFORMS)
+    transforms: str = arg("auto", "tensor: squashed to --image-size, pad-crop + flip on the device (32-px sets); timm: "
+                          "timm's data config (README); auto: timm off 32 px or with a timm network", TRANSFORMS)
     aa: str | None = arg(None, "timm's auto-augment policy (timm's --aa) on the timm path, e.g. rand-m9-mstd0.5, "
                          "augmix-m5, v0")
     crop_pct: float | None = arg(None, "fraction of the shorter side the evaluation centre crop keeps on the timm path "
@@ -184,11 +179,9 @@ class RunConfig:
     train_split: str | None = arg(None, "imagefolder folder of the training images (default train)")
     val_split: str | None = arg(None, "imagefolder folder of the evaluation images (default test, else val; the "
                                 "choice is printed)")
-    mixup: float = arg(0.0, "mixup alpha (timm's --mixup): each training batch blended with its mirror image by "
-                       "lambda ~ Beta(alpha, alpha), labels made soft targets; a teacher scores the mixed images; "
-                       "0 = off",
-                       limit=NON_NEGATIVE)
-    cutmix: float = arg(0.0, "CutMix alpha (timm's --cutmix): a box of the mirrored batch covering 1 - lambda of each "
+    mixup: float = arg(0.0, "mixup alpha (timm's --mixup): each batch blended with itself in reverse order, lambda ~ "
+                       "Beta(alpha, alpha); a teacher scores the mixed images; 0 = off", limit=NON_NEGATIVE)
+    cutmix: float = arg(0.0, "CutMix alpha (timm's --cutmix): a box of the reversed batch covering 1 - lambda of each "
                         "image, labels mixed by area; 0 = off", limit=NON_NEGATIVE)
     mixup_prob: float | None = arg(None, "probability that a batch is mixed at all (default 1.0 with --mixup or "
                                    "--cutmix)", limit=PROBABILITY)
