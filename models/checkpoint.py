@@ -160,7 +160,12 @@ def safe_load(path: str | os.PathLike, what: str = "file") -> Any:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # "Detected pickle protocol 4": the refusal below says what matters
-            return torch.load(path, map_location="cpu", weights_only=True)
+            if weights_kind(path) == "safetensors":  # by its first bytes, not its name
+                from safetensors.torch import load_file
+
+                return load_file(str(path), device="cpu")
+            with open(path, "rb") as handle:  # a handle, not the name: torch.load reads a *.safetensors name as
+                return torch.load(handle, map_location="cpu", weights_only=True)  # safetensors whatever it holds
     except pickle.UnpicklingError as err:
         code = re.search(r"GLOBAL ([\w.]+)", str(err))
         if code:
@@ -289,10 +294,11 @@ def weights_kind(path: str | os.PathLike) -> str:
             head = f.read(9)
     except OSError:
         return "unknown"
-    if head[:4] == b"PK\x03\x04" or head[:1] == b"\x80":
-        return "torch"
+    # safetensors first: its header length may start with the byte 0x80 that also opens a legacy pickle
     if len(head) == 9 and head[8:9] == b"{" and 0 < int.from_bytes(head[:8], "little") < 100_000_000:
         return "safetensors"
+    if head[:4] == b"PK\x03\x04" or head[:1] == b"\x80":
+        return "torch"
     return "unknown"
 
 

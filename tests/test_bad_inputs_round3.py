@@ -355,3 +355,18 @@ def test_a_run_whose_validation_loss_is_nan_ends_in_one_line_naming_stage_and_ep
     assert "the run diverged" in line
     assert "nothing non-finite was saved" in line
     assert sorted(contents(out)) == ["config.json", "inputs.json"]  # no model, report, checkpoint or metrics row
+
+
+def test_a_model_file_named_safetensors_is_read_for_what_it_holds(tmp_path):
+    """A model file renamed ``.safetensors`` is a torch.save file: it loads (torch.load would read the name as
+    safetensors and call the file corrupt)."""
+    from models import create_model, load_model, save_model
+
+    model = create_model("wide_cnn", 10, widths=[8, 8, 8, 8], hidden=16)
+    save_model(model, tmp_path / "m.pt")
+    renamed = tmp_path / "m.safetensors"
+    (tmp_path / "m.pt").rename(renamed)
+    again = load_model(renamed)
+    x = torch.randn(2, 3, 32, 32)
+    model.eval()
+    torch.testing.assert_close(again(x), model(x))
