@@ -68,12 +68,14 @@ RECIPES: dict[str, dict[str, Any]] = {
                 "weight_decay": 5e-4, "schedule": "cosine", "momentum": 0.9, "warmup": 0.23,
                 "decay_norm_and_bias": True, "bn_bias_lr_scale": 1.0, "bn_weight_lr_scale": 1.0,
                 "label_smoothing": 0.0, "ema": 0.0, "tta": "none", "pad": 4, "pad_mode": "zeros", "flip": "random",
-                "init": "default", "kd_loss": "kd-ls"},
+                "init": "default", "kd_loss": "kd-ls", "lookahead": False, "bn_momentum": 0.0,
+                "stem_bias_epochs": 0},
     "fast": {"epochs": 10, "teacher_epochs": 10, "batch_size": 1024, "lr_batch": 1024, "lr": 1.5,
              "finetune_lr": 0.3, "weight_decay": 0.0153 / 11.5, "schedule": "triangular", "momentum": 0.85,
              "warmup": 0.23, "decay_norm_and_bias": False, "bn_bias_lr_scale": 64.0, "bn_weight_lr_scale": 0.0,
              "label_smoothing": 0.2, "ema": 0.99, "tta": "flip-translate", "pad": 2, "pad_mode": "zeros",
-             "flip": "alternating", "init": "whiten-dirac", "kd_loss": "kd"},
+             "flip": "alternating", "init": "whiten-dirac", "kd_loss": "kd", "lookahead": False, "bn_momentum": 0.0,
+             "stem_bias_epochs": 0},
 }
 # "kd_loss" is prune_then_distill's fine-tuning loss (its field defaults to None; distill_only's to kd)
 _BATCH_SCALED = frozenset({"lr", "finetune_lr"})  # rates a recipe with "lr_batch" gives per lr_batch images
@@ -132,6 +134,14 @@ class RunConfig:
                                "at its edge, as airbench) (default: from --recipe)", PAD_MODES)
     flip: str | None = arg(None, "random: each image flipped with probability 1/2 each epoch; alternating: one "
                            "random flip per image, all mirrored every other epoch (default: from --recipe)", FLIPS)
+    lookahead: bool | None = arg(None, "airbench's lookahead: every 5 steps the weights are pulled to a slow average "
+                                 "(decay 0.95^5 (t/T)^3), and once more at the end (default: from --recipe)")
+    bn_momentum: float | None = arg(None, "running-statistics momentum of every BatchNorm layer (PyTorch's "
+                                    "convention; airbench 0.4); 0 = the layers' own (default: from --recipe)",
+                                    limit=FRACTION)
+    stem_bias_epochs: int | None = arg(None, "the first conv's bias (the whitening stem's) trains in this many first "
+                                       "epochs, then is held; 0 = throughout (default: from --recipe)",
+                                       limit=NON_NEGATIVE_COUNT)
     init: str | None = arg(None, "initialisation of models built here: default (PyTorch's), or whiten-dirac (first "
                            "conv whitens 5,000 training images' patches, identity init of the other convs; "
                            "models.init) (default: from --recipe)", INITS)

@@ -91,7 +91,9 @@ def fit_stage(model: nn.Module, cfg: RunConfig, train_batches: Batches, eval_bat
                      schedule=cfg.schedule, weight_decay=cfg.weight_decay, feature_loss=feature_loss, resume=resume,
                      momentum=cfg.momentum, decay_norm_and_bias=cfg.decay_norm_and_bias,
                      bn_bias_lr_scale=cfg.bn_bias_lr_scale, bn_weight_lr_scale=cfg.bn_weight_lr_scale,
-                     warmup=cfg.warmup, ema=cfg.ema or None, tta=tta, device=resolve_device(cfg.device),
+                     warmup=cfg.warmup, ema=cfg.ema or None, tta=tta, lookahead=cfg.lookahead,
+                     bn_momentum=cfg.bn_momentum or None, stem_bias_epochs=cfg.stem_bias_epochs,
+                     device=resolve_device(cfg.device),
                      out_dir=out_dir, precision=cfg.precision, channels_last=cfg.channels_last, compile=cfg.compile,
                      progress=cfg.progress,
                      callbacks=stage_callbacks(cfg, Path(out_dir), eval_split), sync_bn=cfg.sync_bn)
