@@ -315,7 +315,8 @@ def test_resuming_a_run_from_before_the_recipes_sees_no_spurious_differences():
     from recipes.plumbing.config import config_differences
 
     earlier = json.loads(json.dumps(parse_config(RunConfig, []).__dict__))
-    for name in ("recipe", "momentum", "warmup", "ema", "tta", "pad", "flip", "init", "label_smoothing"):
+    for name in ("recipe", "momentum", "warmup", "ema", "tta", "pad", "flip", "init", "label_smoothing", "lookahead",
+                 "bn_momentum", "stem_bias_epochs"):
         del earlier[name]  # a config.json written before these options existed
     assert config_differences(earlier, parse_config(RunConfig, [])) == []
 
