@@ -77,8 +77,16 @@ RECIPES: dict[str, dict[str, Any]] = {
              "flip": "alternating", "init": "whiten-dirac", "kd_loss": "kd", "lookahead": False, "bn_momentum": 0.0,
              "stem_bias_epochs": 0},
 }
+# "arch_args": architecture arguments a recipe gives the networks it names when a run builds one (--model-args and
+# --teacher-model-args override them key by key): see recipe_arch_args.
 # "kd_loss" is prune_then_distill's fine-tuning loss (its field defaults to None; distill_only's to kd)
 _BATCH_SCALED = frozenset({"lr", "finetune_lr"})  # rates a recipe with "lr_batch" gives per lr_batch images
+
+
+def recipe_arch_args(recipe: str, arch: str, given: dict[str, Any]) -> dict[str, Any]:
+    """The architecture arguments of a model ``recipe`` builds as ``arch``: the recipe's own for that network (e.g.
+    the fast recipe's airbench head for ``fast_cnn``), overridden key by key by ``given`` (``--model-args``)."""
+    return {**RECIPES[recipe].get("arch_args", {}).get(arch, {}), **given}
 
 
 def arg(default: Any, help: str, choices: tuple | None = None, limit: Limit | None = None) -> Any:  # noqa: A002

@@ -22,7 +22,7 @@ from models import create_model, load_model, save_model
 from models.common import Batches
 from models.init import init_for_small_images
 from recipes.plumbing.checks import check_teacher_fits, json_object, model_args
-from recipes.plumbing.config import KDConfig, RunConfig, check_values, resolve_device
+from recipes.plumbing.config import KDConfig, RunConfig, check_values, recipe_arch_args, resolve_device
 from recipes.plumbing.report import ModelReport
 
 
@@ -157,7 +157,7 @@ def fit_teacher(cfg: RunConfig, data: DataSplits, arch: str, arch_args: dict[str
     (pickle-free, with the normalisation and classes in its meta) and returns it with its report (accuracy of the
     last epoch on test; the test-time-augmented one beside it with ``--tta``)."""
     train_batches, test_batches = loaders(cfg, data)
-    model = create_model(arch, data.num_classes, **arch_args)
+    model = create_model(arch, data.num_classes, **recipe_arch_args(cfg.recipe, arch, arch_args))
     print(f"teacher {arch}: {len(data.train)} training / {len(data.test)} test images, {data.num_classes} classes")
     init_model(cfg, model, train_batches)
     result = fit_stage(model, cfg, train_batches, test_batches, out_dir=out / "teacher_train", epochs=epochs,
