@@ -224,3 +224,18 @@ def test_a_recipes_architecture_arguments_reach_the_model_it_builds_unless_overr
     assert config.recipe_arch_args("fast", "fast_cnn", {"bn_eps": 1e-5}) == {"classifier_bias": False, "bn_eps": 1e-5}
     assert config.recipe_arch_args("fast", "wide_cnn", {"hidden": 8}) == {"hidden": 8}  # another network: its own
     assert config.recipe_arch_args("classic", "fast_cnn", {}) == {}
+
+
+def test_a_fast_cnn_with_airbenchs_head_prunes_and_round_trips(tmp_path, one_thread):
+    from pruning.persistence import load, save
+    from pruning.prune import prune
+
+    torch.manual_seed(0)
+    model = create_model("fast_cnn", 10, bn_eps=1e-12, head_pool_mode="max3", classifier_bias=False)
+    result = prune(model, torch.randn(1, 3, 32, 32), target_flops=30_000_000)
+    assert result.after.flops <= 30_000_000
+    save(result.model, tmp_path / "student.pt")
+    loaded = load(tmp_path / "student.pt").eval()
+    x = torch.randn(2, 3, 32, 32)
+    torch.testing.assert_close(loaded(x), result.model.eval()(x))
+    assert loaded.classifier.bias is None and loaded.features.conv1.bn.eps == 1e-12
