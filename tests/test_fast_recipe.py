@@ -17,6 +17,7 @@ from kd.optim import make_optimizer, make_scheduler, param_groups, triangular
 from kd.trainer import Trainer, evaluate
 from kd.tta import tta_logits
 from models import create_model, profile
+from models.checkpoint import read_model_file
 from models.init import dirac_init, image_patches, whiten_first_conv
 from pruning.wide_config import build_wide, wide_config
 from recipes.plumbing.config import RECIPES, KDConfig, RunConfig, parse_config
@@ -255,7 +256,11 @@ def test_fast_recipe_trains_a_teacher_end_to_end(cifar10_dir, tmp_path):
     assert report.accuracy > 25.0 and report.tta_accuracy is not None and report.tta_accuracy > 25.0
     config = json.loads((out / "config.json").read_text())
     assert config["momentum"] == 0.85 and config["batch_size"] == 50 and config["flip"] == "alternating"
-    assert config["init"] == "whiten-dirac" and config["ema"] == 0.99
+    assert config["init"] == "whiten-dirac" and config["ema"] == 0.0 and config["lookahead"] is True
+    assert config["pad_mode"] == "reflect" and config["bn_momentum"] == 0.4 and config["stem_bias_epochs"] == 3
+    arch_kwargs = read_model_file(out / "teacher.pt")["arch_kwargs"]  # the recipe's head, the given widths
+    assert arch_kwargs["head_pool_mode"] == "max3" and arch_kwargs["classifier_bias"] is False
+    assert arch_kwargs["widths"] == [16, 16, 32, 32, 32, 32]
     saved = json.loads((out / "report.json").read_text())
     assert saved["models"]["teacher"]["tta_accuracy"] == report.tta_accuracy
 
@@ -287,14 +292,17 @@ def test_options_that_need_images_in_memory_are_refused_before_any_work():
     from recipes.plumbing.option_checks import check_options
 
     for argv, match in ((["--recipe", "fast", "--data-mode", "stream"], "--flip alternating needs"),
-                        (["--recipe", "fast", "--flip", "random", "--data-mode", "stream"], "--init whiten-dirac"),
+                        (["--recipe", "fast", "--flip", "random", "--data-mode", "stream"], "--pad-mode reflect"),
+                        (["--recipe", "fast", "--flip", "random", "--pad-mode", "zeros", "--data-mode", "stream"],
+                         "--init whiten-dirac"),
                         (["--recipe", "fast", "--teacher-cache", "2"], "cannot serve --flip alternating"),
                         (["--flip", "random", "--pad-mode", "reflect", "--data-mode", "stream"],
                          "--pad-mode reflect needs"),
                         (["--pad-mode", "reflect", "--teacher-cache", "2"], "cannot serve --pad-mode reflect")):
         with pytest.raises(ValueError, match=match):
             check_options(parse_config(KDConfig, argv))
-    check_options(parse_config(KDConfig, ["--recipe", "fast", "--teacher-cache", "2", "--flip", "random"]))
+    check_options(parse_config(KDConfig, ["--recipe", "fast", "--teacher-cache", "2", "--flip", "random",
+                                          "--pad-mode", "zeros"]))
 
 
 def test_prune_then_distill_takes_its_loss_from_the_recipe_unless_given():
