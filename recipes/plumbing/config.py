@@ -64,8 +64,8 @@ INITS = ("default", "whiten-dirac")
 # loss at batch 1024, and its decoupled decay 0.0153 per 1024 is weight_decay = 0.0153 / 11.5 = 1.33e-3 at that rate.
 # BENCHMARKS.md ("How fast does a teacher reach 93 %?") measures both on CIFAR-10. Since issue 28 fast also has
 # airbench's lookahead (instead of the EMA), BatchNorm momentum 0.4 and eps 1e-12, the stem bias held after 3 epochs,
-# reflect padding, and fast_cnn's MaxPool2d(3) head without a classifier bias: 89.60 % / 90.77 % with TTA against
-# 88.87 % / 89.07 % in 10 epochs on the CPU (BENCHMARKS.md, "airbench94's pieces").
+# reflect padding, and fast_cnn's MaxPool2d(3) head without a classifier bias: 89.69 % / 90.78 % with TTA (2 seeds)
+# against 88.87 % / 89.07 % in 10 epochs on the CPU (BENCHMARKS.md, "airbench94's pieces").
 RECIPES: dict[str, dict[str, Any]] = {
     "classic": {"epochs": 30, "teacher_epochs": 30, "batch_size": 128, "lr": 0.05, "finetune_lr": 0.01,
                 "weight_decay": 5e-4, "schedule": "cosine", "momentum": 0.9, "warmup": 0.23,
