@@ -8,7 +8,8 @@ grid can be completed over several sessions; ``--table`` only prints what is the
     python benchmarks/fast_recipe.py --data-dir ../shared/data/cifar10 --runs fast,classic --seeds 0
     python benchmarks/fast_recipe.py --table
 
-Prints, per run: epochs and training minutes to 85, 88, 89.8, 90 and 93 % (single view), final single-view and TTA accuracy.
+Prints, per run: epochs and training minutes to 85, 88, 89.8, 90 and 93 % (single view), final single-view and TTA
+accuracy.
 """
 from __future__ import annotations
 

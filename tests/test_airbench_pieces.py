@@ -219,8 +219,8 @@ def test_airbench_options_reach_the_config_and_are_checked(tmp_path, capsys):
 def test_a_recipes_architecture_arguments_reach_the_model_it_builds_unless_overridden(monkeypatch):
     from recipes.plumbing import config
 
-    monkeypatch.setitem(config.RECIPES, "fast", {**config.RECIPES["fast"],
-                                                 "arch_args": {"fast_cnn": {"classifier_bias": False, "bn_eps": 1e-12}}})
+    arch_args = {"fast_cnn": {"classifier_bias": False, "bn_eps": 1e-12}}
+    monkeypatch.setitem(config.RECIPES, "fast", {**config.RECIPES["fast"], "arch_args": arch_args})
     assert config.recipe_arch_args("fast", "fast_cnn", {"bn_eps": 1e-5}) == {"classifier_bias": False, "bn_eps": 1e-5}
     assert config.recipe_arch_args("fast", "wide_cnn", {"hidden": 8}) == {"hidden": 8}  # another network: its own
     assert config.recipe_arch_args("classic", "fast_cnn", {}) == {}
