@@ -20,7 +20,8 @@ def param_groups(modules: Iterable[nn.Module], lr: float, weight_decay: float, *
     - ``weights``: conv and linear weights (and any other parameter of 2+ dims): ``lr``, ``weight_decay``.
     - ``biases``: biases of conv and linear layers (and other 1-dim parameters): ``lr``.
     - ``norm_weights``: BatchNorm / GroupNorm / LayerNorm scales: ``lr · bn_weight_lr_scale`` (0 freezes them:
-      they are left out, as airbench keeps its BatchNorm scales at 1).
+      they are left out, as airbench keeps its BatchNorm scales at 1). Frozen means kept as they are, not reset:
+      a fresh model's stay at their init of 1, a pruned student's learned scales stay what the teacher learned.
     - ``norm_biases``: their shifts: ``lr · bn_bias_lr_scale`` (airbench: 64).
 
     Biases and norm parameters get no weight decay unless ``decay_norm_and_bias``; where they do, a group whose

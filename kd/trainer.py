@@ -21,11 +21,14 @@ from torch import nn
 from timm.utils.model_ema import ModelEmaV3
 
 from kd import distributed
+from kd.batchnorm import set_bn_momentum
 from kd.callbacks import Callback
+from kd.lookahead import Lookahead
 from kd.losses import CrossEntropy, DistillLoss, TrainState, create_loss, hard_labels, total_loss
 from kd.optim import make_optimizer, make_scheduler, param_groups
 from kd.precision import Hardware, autocast, resolve_precision
 from kd.progress import progress_bar
+from kd.stem_bias import StemBiasHold
 from kd.tta import TTA_MODES, tta_logits
 from models.checkpoint import atomic_save, check_finite
 from models.common import Batches, eval_mode
@@ -113,6 +116,14 @@ class Trainer:
             ``best.pt`` holds, and what the student's weights become when ``fit`` ends. None: no average.
         tta: test-time augmentation of the final evaluation (:data:`kd.tta.TTA_MODES`): after the last epoch the
             model is also scored with it, into ``FitResult.tta_accuracy``; per-epoch accuracy stays single-view.
+        lookahead: airbench94's lookahead (:class:`kd.lookahead.Lookahead`): every 5 steps the weights and BatchNorm
+            statistics are pulled to a slow average with decay ``0.95⁵ · (t / T)³``, and once more after the last
+            step; the model itself is the average (``ema`` may be kept as well).
+        bn_momentum: sets every BatchNorm layer's running-statistics momentum (PyTorch's convention, airbench: 0.4;
+            :mod:`kd.batchnorm`); None leaves the layers' own.
+        stem_bias_epochs: the first conv's bias (the whitening stem's) trains in the first ``stem_bias_epochs``
+            epochs only and is then held (:class:`kd.stem_bias.StemBiasHold`; airbench: 3); 0 trains it throughout.
+            A model whose first conv has no bias is left alone.
 
     Under ``torchrun`` (a process group with more than one rank, see :mod:`kd.distributed`), ``fit`` trains the
     student through DistributedDataParallel, with every rank on its slice of each global batch
@@ -134,7 +145,8 @@ class Trainer:
                  feature_loss: nn.Module | None = None, callbacks: Sequence[Callback] = (), precision: str = "auto",
                  channels_last: bool | None = None, compile: bool = False, progress: bool = True,
                  grad_clip: float | None = None, sync_bn: bool = False, ema: float | None = None,
-                 tta: str = "none") -> None:
+                 tta: str = "none", lookahead: bool = False, bn_momentum: float | None = None,
+                 stem_bias_epochs: int = 0) -> None:
         if epochs < 1:
             raise ValueError(f"epochs must be >= 1, got {epochs}")
         if ema is not None and not 0.0 < ema < 1.0:
@@ -162,6 +174,10 @@ class Trainer:
         self._forward = torch.compile(self.student) if compile else self.student
         self.ema = ModelEmaV3(self.student, decay=ema, use_warmup=True, warmup_power=0.75) if ema else None
         self.tta = tta
+        if bn_momentum is not None:
+            set_bn_momentum(self.student, bn_momentum)
+        self.use_lookahead, self.lookahead = lookahead, None  # built in fit, when the steps are known
+        self.stem_bias = StemBiasHold(self.student, stem_bias_epochs)
         self._step_count = 0  # optimizer steps so far, the EMA's t
         self.should_stop = False  # a callback may set it to end fit after the current epoch
         self.epoch = 0
@@ -187,6 +203,8 @@ class Trainer:
         if self.scheduler is None:
             steps = self.epochs * (_len(train) or 1)
             self.scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(self.optimizer, T_max=steps)
+        if self.use_lookahead and self.lookahead is None:
+            self.lookahead = Lookahead(self.student, self.epochs * (_len(train) or 1))
         world = distributed.world_size()
         if world == 1:
             if resume:
@@ -216,6 +234,7 @@ class Trainer:
         with _frozen(self.teacher):
             while self.epoch < self.epochs and not self.should_stop:
                 self.epoch += 1
+                self.stem_bias.begin_epoch(self.epoch)
                 record = self._train_epoch(train)
                 if val is not None:
                     ev = self.evaluate(val)
@@ -314,6 +333,9 @@ class Trainer:
         self.optimizer.step()
         self.scheduler.step()
         self._step_count += 1
+        if self.lookahead is not None:
+            self.lookahead.update(self.student, self._step_count)
+        self.stem_bias.after_step()
         if self.ema is not None:
             self.ema.update(self.student, step=self._step_count)
         return {k: float(v.detach()) for k, v in parts.items()}, logits.detach()
@@ -370,6 +392,7 @@ class Trainer:
             "student": {k: v.detach().cpu() for k, v in self.student.state_dict().items()},
             "ema": {k: v.detach().cpu() for k, v in self.ema.module.state_dict().items()} if self.ema else None,
             "steps": self._step_count,
+            "lookahead": self.lookahead.state_dict() if self.lookahead is not None else None,
             "feature_loss": self.feature_loss.state_dict() if self.feature_loss is not None else None,
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
@@ -394,6 +417,11 @@ class Trainer:
                 raise ValueError(f"{str(path)!r} was written without a weight average (ema); resume with the options "
                                  "it was started with")
             self.ema.module.load_state_dict(state["ema"])
+        if self.lookahead is not None:
+            if state.get("lookahead") is None:
+                raise ValueError(f"{str(path)!r} was written without lookahead; resume with the options it was "
+                                 "started with")
+            self.lookahead.load_state_dict(state["lookahead"])
         self._step_count = int(state.get("steps", 0))
         self.epoch = int(state["epoch"])
         saved = state["result"]

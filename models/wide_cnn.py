@@ -7,8 +7,9 @@ Layout (defaults give the lab's teacher: 64-128-256-256 channels, 3×3 kernels):
     conv1..convN: Conv2d(k, padding k//2) → BatchNorm2d → act [→ MaxPool2d(2) after conv2 and conv4]
                   (pool_first: Conv2d → MaxPool2d(2) → BatchNorm2d → act, the same function on 4× fewer pixels)
     AdaptiveAvgPool2d(head_pool) or AdaptiveMaxPool2d → flatten   # (B, C_N · head_pool²)
+                  (max3: MaxPool2d(3) first, airbench94's: on a 4×4 map the top-left 3×3 window only)
     fc: Linear → ReLU → Dropout(dropout)              # omitted when hidden = 0
-    classifier: Linear → (B, num_classes), times logit_scale
+    classifier: Linear (bias optional) → (B, num_classes), times logit_scale
 
 The lab's moves are configurations: fewer channels (``widths``), removed conv layers (fewer ``widths``), 1×1 channel
 compression (``kernel_sizes`` of 1), fewer FC nodes (``hidden``), another dropout rate (``dropout``).
@@ -19,13 +20,14 @@ from collections import OrderedDict
 from collections.abc import Sequence
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from models.registry import register_model
 
 
 ACTIVATIONS = ("relu", "gelu")
-HEAD_POOLS = ("avg", "max")
+HEAD_POOLS = ("avg", "max", "max3")
 
 
 def make_activation(name: str) -> nn.Module:
@@ -42,9 +44,10 @@ class ConvBlock(nn.Sequential):
     """
 
     def __init__(self, in_ch: int, out_ch: int, kernel_size: int = 3, pool: bool = False, pool_first: bool = False,
-                 activation: str = "relu") -> None:
+                 activation: str = "relu", bn_eps: float = 1e-5) -> None:
         conv = ("conv", nn.Conv2d(in_ch, out_ch, kernel_size, padding=kernel_size // 2, bias=False))
-        rest: list[tuple[str, nn.Module]] = [("bn", nn.BatchNorm2d(out_ch)), (activation, make_activation(activation))]
+        rest: list[tuple[str, nn.Module]] = [("bn", nn.BatchNorm2d(out_ch, eps=bn_eps)),
+                                             (activation, make_activation(activation))]
         if pool and pool_first:
             layers = [conv, ("pool", nn.MaxPool2d(2)), *rest]
         else:
@@ -69,9 +72,14 @@ class WideCNN(nn.Module):
             for RGB); 0 = no stem.
         pool_first: pool right after the conv in pooled blocks (see :class:`ConvBlock`).
         activation: ``relu`` or ``gelu``, after every BatchNorm (and the stem).
-        head_pool_mode: ``avg`` (adaptive average pool) or ``max`` (adaptive max pool) before flattening.
+        head_pool_mode: ``avg`` (adaptive average pool) or ``max`` (adaptive max pool) before flattening;
+            ``max3``: a MaxPool2d(3) (stride 3) before the adaptive max pool, as airbench94 pools its final 4×4 map
+            (the maximum over the top-left 3×3 positions; a map smaller than 3 is pooled whole).
         logit_scale: the logits are multiplied by it (airbench's 1/9 keeps the head's updates small at a large
             learning rate).
+        bn_eps: the BatchNorm layers' eps (airbench: 1e-12); recorded with the model's arguments, so a saved model
+            computes the same after loading.
+        classifier_bias: whether the classifier has a bias (airbench's has none).
     """
 
     def __init__(
@@ -89,12 +97,16 @@ class WideCNN(nn.Module):
         activation: str = "relu",
         head_pool_mode: str = "avg",
         logit_scale: float = 1.0,
+        bn_eps: float = 1e-5,
+        classifier_bias: bool = True,
     ) -> None:
         super().__init__()
         widths = [int(w) for w in widths]
         kernels = [int(kernel_sizes)] * len(widths) if isinstance(kernel_sizes, int) else [int(k) for k in kernel_sizes]
         _check_args(widths, kernels, hidden, dropout, head_pool)
         _check_style(stem, activation, head_pool_mode, logit_scale)
+        if not bn_eps > 0:
+            raise ValueError(f"bn_eps must be > 0, got {bn_eps}")
         blocks, in_ch = OrderedDict(), in_chans
         if stem > 0:
             blocks["stem"] = nn.Sequential(OrderedDict([("conv", nn.Conv2d(in_ch, stem, 2, bias=True)),
@@ -102,12 +114,11 @@ class WideCNN(nn.Module):
             in_ch = stem
         for i, (w, k) in enumerate(zip(widths, kernels)):
             blocks[f"conv{i + 1}"] = ConvBlock(in_ch, w, k, pool=i in set(pool_after), pool_first=pool_first,
-                                               activation=activation)
+                                               activation=activation, bn_eps=bn_eps)
             in_ch = w
         self.features = nn.Sequential(blocks)
         self.logit_scale = float(logit_scale)
-        pool = nn.AdaptiveMaxPool2d if head_pool_mode == "max" else nn.AdaptiveAvgPool2d
-        self.pool = pool(head_pool)
+        self.pool = _head_pool(head_pool_mode, head_pool)
         self.num_features = in_ch * head_pool * head_pool
         if hidden > 0:
             self.fc = nn.Sequential(nn.Linear(self.num_features, hidden), nn.ReLU(inplace=True), nn.Dropout(dropout))
@@ -115,7 +126,7 @@ class WideCNN(nn.Module):
         else:
             self.fc = nn.Dropout(dropout)
             head_in = self.num_features
-        self.classifier = nn.Linear(head_in, num_classes)
+        self.classifier = nn.Linear(head_in, num_classes, bias=classifier_bias)
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """(B, C_in, H, W) → (B, C_N, H/4, W/4) with the default two pools."""
@@ -132,6 +143,21 @@ class WideCNN(nn.Module):
 
     def get_classifier(self) -> nn.Linear:
         return self.classifier
+
+
+class CornerMaxPool(nn.Module):
+    """MaxPool2d(3) with stride 3 on maps of at least 3×3 (on airbench94's 4×4 map: the top-left 3×3 window, one
+    output), the identity on smaller ones: (B, C, H, W) → (B, C, ⌊H/3⌋, ⌊W/3⌋)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.max_pool2d(x, 3) if min(x.shape[-2:]) >= 3 else x
+
+
+def _head_pool(mode: str, size: int) -> nn.Module:
+    """The pool before flattening: (B, C, h, w) → (B, C, size, size)."""
+    if mode == "max3":
+        return nn.Sequential(CornerMaxPool(), nn.AdaptiveMaxPool2d(size))
+    return nn.AdaptiveMaxPool2d(size) if mode == "max" else nn.AdaptiveAvgPool2d(size)
 
 
 def _check_args(widths: list[int], kernels: list[int], hidden: int, dropout: float, head_pool: int) -> None:

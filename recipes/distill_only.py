@@ -16,7 +16,7 @@ from typing import Any, ClassVar
 from kd import HintLoss
 from models import create_model, list_models, save_model, save_portable
 from recipes.plumbing import lock
-from recipes.plumbing.config import KDConfig, NON_NEGATIVE, arg, parse_config
+from recipes.plumbing.config import KDConfig, NON_NEGATIVE, arg, parse_config, recipe_arch_args
 from recipes.plumbing.checks import model_args
 from recipes.plumbing.errors import run_main
 from recipes.plumbing.report import ModelReport
@@ -54,7 +54,8 @@ def main(argv: list[str] | None = None) -> list[ModelReport]:
     data, out, loss = run.data, run.out, run.loss
     train_batches, test_batches = loaders(cfg, data)
     seed_everything(cfg.seed)  # the student's initial weights do not depend on how the teacher was obtained
-    student = create_model(cfg.arch, data.num_classes, **model_args(cfg.model_args))
+    student = create_model(cfg.arch, data.num_classes, **recipe_arch_args(cfg.recipe, cfg.arch,
+                                                                          model_args(cfg.model_args)))
     init_model(cfg, student, train_batches)
     hint = None
     if cfg.hint_student_layer is not None:  # start_run checked that both layers are given and exist

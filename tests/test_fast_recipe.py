@@ -17,6 +17,7 @@ from kd.optim import make_optimizer, make_scheduler, param_groups, triangular
 from kd.trainer import Trainer, evaluate
 from kd.tta import tta_logits
 from models import create_model, profile
+from models.checkpoint import read_model_file
 from models.init import dirac_init, image_patches, whiten_first_conv
 from pruning.wide_config import build_wide, wide_config
 from recipes.plumbing.config import RECIPES, KDConfig, RunConfig, parse_config
@@ -255,7 +256,11 @@ def test_fast_recipe_trains_a_teacher_end_to_end(cifar10_dir, tmp_path):
     assert report.accuracy > 25.0 and report.tta_accuracy is not None and report.tta_accuracy > 25.0
     config = json.loads((out / "config.json").read_text())
     assert config["momentum"] == 0.85 and config["batch_size"] == 50 and config["flip"] == "alternating"
-    assert config["init"] == "whiten-dirac" and config["ema"] == 0.99
+    assert config["init"] == "whiten-dirac" and config["ema"] == 0.0 and config["lookahead"] is True
+    assert config["pad_mode"] == "reflect" and config["bn_momentum"] == 0.4 and config["stem_bias_epochs"] == 3
+    arch_kwargs = read_model_file(out / "teacher.pt")["arch_kwargs"]  # the recipe's head, the given widths
+    assert arch_kwargs["head_pool_mode"] == "max3" and arch_kwargs["classifier_bias"] is False
+    assert arch_kwargs["widths"] == [16, 16, 32, 32, 32, 32]
     saved = json.loads((out / "report.json").read_text())
     assert saved["models"]["teacher"]["tta_accuracy"] == report.tta_accuracy
 
@@ -287,7 +292,9 @@ def test_options_that_need_images_in_memory_are_refused_before_any_work():
     from recipes.plumbing.option_checks import check_options
 
     for argv, match in ((["--recipe", "fast", "--data-mode", "stream"], "--flip alternating needs"),
-                        (["--recipe", "fast", "--flip", "random", "--data-mode", "stream"], "--init whiten-dirac"),
+                        (["--recipe", "fast", "--flip", "random", "--data-mode", "stream"], "--pad-mode reflect"),
+                        (["--recipe", "fast", "--flip", "random", "--pad-mode", "zeros", "--data-mode", "stream"],
+                         "--init whiten-dirac"),
                         (["--recipe", "fast", "--teacher-cache", "2"], "cannot serve --flip alternating"),
                         (["--flip", "random", "--pad-mode", "reflect", "--data-mode", "stream"],
                          "--pad-mode reflect needs"),
@@ -295,7 +302,8 @@ def test_options_that_need_images_in_memory_are_refused_before_any_work():
                          "cannot serve --pad-mode reflect")):
         with pytest.raises(ValueError, match=match):
             check_options(parse_config(KDConfig, argv))
-    check_options(parse_config(KDConfig, ["--recipe", "fast", "--teacher-cache", "2", "--flip", "random"]))
+    check_options(parse_config(KDConfig, ["--recipe", "fast", "--teacher-cache", "2", "--flip", "random",
+                                          "--pad-mode", "zeros"]))
 
 
 def test_prune_then_distill_takes_its_loss_from_the_recipe_unless_given():
@@ -316,7 +324,8 @@ def test_resuming_a_run_from_before_the_recipes_sees_no_spurious_differences():
     from recipes.plumbing.config import config_differences
 
     earlier = json.loads(json.dumps(parse_config(RunConfig, ["--recipe", "classic"]).__dict__))
-    for name in ("recipe", "momentum", "warmup", "ema", "tta", "pad", "flip", "init", "label_smoothing"):
+    for name in ("recipe", "momentum", "warmup", "ema", "tta", "pad", "flip", "init", "label_smoothing", "lookahead",
+                 "bn_momentum", "stem_bias_epochs"):
         del earlier[name]  # a config.json written before these options existed (they were classic's)
     assert config_differences(earlier, parse_config(RunConfig, ["--recipe", "classic"])) == []
 

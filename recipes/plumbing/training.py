@@ -25,7 +25,7 @@ from models.common import Batches
 from models.init import init_for_small_images
 from recipes.plumbing import external_teacher
 from recipes.plumbing.checks import check_teacher_fits, json_object, model_args
-from recipes.plumbing.config import KDConfig, RunConfig, check_values, resolve_device
+from recipes.plumbing.config import KDConfig, RunConfig, check_values, recipe_arch_args, resolve_device
 from recipes.plumbing.report import ModelReport
 from recipes.plumbing.teachers import load_teachers, wrap_teacher
 
@@ -110,7 +110,9 @@ def _fit_stage(model: nn.Module, cfg: RunConfig, train_batches: Batches, eval_ba
                      schedule=cfg.schedule, weight_decay=cfg.weight_decay, feature_loss=feature_loss, resume=resume,
                      momentum=cfg.momentum, decay_norm_and_bias=cfg.decay_norm_and_bias,
                      bn_bias_lr_scale=cfg.bn_bias_lr_scale, bn_weight_lr_scale=cfg.bn_weight_lr_scale,
-                     warmup=cfg.warmup, ema=cfg.ema or None, tta=tta, device=resolve_device(cfg.device),
+                     warmup=cfg.warmup, ema=cfg.ema or None, tta=tta, lookahead=cfg.lookahead,
+                     bn_momentum=cfg.bn_momentum or None, stem_bias_epochs=cfg.stem_bias_epochs,
+                     device=resolve_device(cfg.device),
                      out_dir=out_dir, precision=cfg.precision, channels_last=cfg.channels_last, compile=cfg.compile,
                      progress=cfg.progress,
                      callbacks=stage_callbacks(cfg, Path(out_dir), eval_split, _steps(train_batches)),
@@ -203,7 +205,7 @@ def fit_teacher(cfg: RunConfig, data: DataSplits, arch: str, arch_args: dict[str
     print(f"teacher {arch} ({start}): {len(data.train)} training / {len(data.test)} test images, "
           f"{data.num_classes} classes")
     if model is None:
-        model = create_model(arch, data.num_classes, **arch_args)
+        model = create_model(arch, data.num_classes, **recipe_arch_args(cfg.recipe, arch, arch_args))
         init_model(cfg, model, train_batches)
     result = fit_stage(model, cfg, train_batches, test_batches, out_dir=out / "teacher_train", epochs=epochs,
                        loss=CrossEntropy(label_smoothing=cfg.label_smoothing), tta=cfg.tta)
