@@ -203,7 +203,7 @@ def test_airbench_options_reach_the_config_and_are_checked(tmp_path, capsys):
     cfg = parse_config(RunConfig, ["--recipe", "fast", "--lookahead", "--bn-momentum", "0.4",
                                    "--stem-bias-epochs", "3"])
     assert (cfg.lookahead, cfg.bn_momentum, cfg.stem_bias_epochs) == (True, 0.4, 3)
-    classic = parse_config(RunConfig, [])
+    classic = parse_config(RunConfig, ["--recipe", "classic"])
     assert (classic.lookahead, classic.bn_momentum, classic.stem_bias_epochs) == (False, 0.0, 0)
     out = tmp_path / "run"
     for bad in (["--bn-momentum", "1.5"], ["--stem-bias-epochs", "-1"]):

@@ -110,7 +110,7 @@ def saved_config(tmp_path: Path, argv: list[str], cls: type = train_teacher.Teac
 
 def test_a_fast_runs_config_rerun_with_recipe_classic_is_classic(tmp_path):
     path = saved_config(tmp_path, ["--recipe", "fast", "--epochs", "3"])
-    assert json.loads(path.read_text())["_derived"][:3] == ["batch_size", "bn_bias_lr_scale", "bn_weight_lr_scale"]
+    assert json.loads(path.read_text())["_derived"][:3] == ["batch_size", "bn_bias_lr_scale", "bn_momentum"]
     rerun = parse_config(train_teacher.TeacherConfig, ["--config", str(path), "--recipe", "classic"])
     fresh = parse_config(train_teacher.TeacherConfig, ["--recipe", "classic", "--epochs", "3"])
     assert dataclasses.asdict(rerun) == dataclasses.asdict(fresh)
@@ -122,7 +122,7 @@ def test_a_fast_runs_config_rerun_with_another_batch_scales_the_rate(tmp_path):
     path = saved_config(tmp_path, ["--recipe", "fast"])
     rerun = parse_config(train_teacher.TeacherConfig, ["--config", str(path), "--batch-size", "64"])
     assert rerun.batch_size == 64 and rerun.lr == pytest.approx(1.5 * 64 / 1024)
-    assert rerun.schedule == "triangular" and rerun.ema == 0.99  # same recipe: its other values as before
+    assert rerun.schedule == "triangular" and rerun.ema == 0.0 and rerun.lookahead  # same recipe: its other values as before
     assert dataclasses.asdict(rerun) == dataclasses.asdict(
         parse_config(train_teacher.TeacherConfig, ["--recipe", "fast", "--batch-size", "64"]))
 
