@@ -19,7 +19,7 @@ from kd.data import DataSplits
 from models import create_model, profile
 from models.export import missing_deploy_packages
 from pruning.prune import smallest_reachable
-from recipes.plumbing.config import RECIPES, recipe_arch_args
+from recipes.plumbing.config import RECIPES, recipe_arch_args, resolve_recipe
 
 TARGETS = ("target_flops", "target_params", "ratio")
 
@@ -259,5 +259,5 @@ def _target(cfg: Any) -> tuple[str | None, int, str]:
 def _untrained_teacher(cfg: Any, num_classes: int) -> nn.Module:
     """The teacher a run without ``--teacher`` trains: same architecture and widths, so the same FLOPs (its
     ``--teacher-model-args`` were checked by :func:`recipes.plumbing.checks.check_models` already)."""
-    args = recipe_arch_args(cfg.recipe, cfg.teacher_arch, json.loads(cfg.teacher_model_args))
+    args = recipe_arch_args(resolve_recipe(cfg), cfg.teacher_arch, json.loads(cfg.teacher_model_args))
     return create_model(cfg.teacher_arch, num_classes, **args)
