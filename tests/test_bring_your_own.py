@@ -453,3 +453,25 @@ def test_the_report_says_where_thop_misses_attention_matmuls():
     matmuls = 2 * 2 * 3 * 5 * 5 * 64
     assert found["teacher"]["thop"] == profile(vit, (1, 3, 32, 32)).flops
     assert found["teacher"]["thop_missed"] >= matmuls
+
+
+def test_teacher_epochs_beside_a_loaded_teacher_is_refused_not_ignored(tmp_path, capsys):
+    """--teacher-epochs given with a teacher that is loaded and not fine-tuned would train nothing: refused in one
+    line before anything is written; left to the recipe (derived), it is no error."""
+    from recipes import prune_then_distill
+    from recipes.plumbing.errors import run_main
+
+    _, plain, _ = _timm_files(tmp_path)
+    out = tmp_path / "run"
+    base = ["--dataset", "synthetic", "--image-size", "16", "--teacher-arch", "timm:test_resnet", "--teacher-weights",
+            str(plain), "--out", str(out), "--no-progress"]
+    with pytest.raises(SystemExit) as info:
+        run_main(prune_then_distill.main, [*base, "--teacher-epochs", "3"])
+    assert info.value.code == 2 and "--teacher-epochs is how long a teacher trains here" in capsys.readouterr().err
+    assert not out.exists()
+    from recipes.plumbing import external_teacher
+    from recipes.plumbing.config import parse_config
+
+    external_teacher.check_options(parse_config(prune_then_distill.PruneThenDistillConfig, base))  # derived: fine
+    external_teacher.check_options(parse_config(prune_then_distill.PruneThenDistillConfig,
+                                                [*base, "--new-head", "--teacher-epochs", "3"]))

@@ -19,6 +19,7 @@ from kd.data import DataSplits
 from models import HeadMismatchError, WeightsUnavailableError, load_network
 from models.checkpoint import NotAModelFile
 from recipes.plumbing.checks import model_args
+from recipes.plumbing.config import derived_options
 
 # timm.create_model arguments that load weights themselves: given in --model-args they would bypass (or silently
 # miss) the weight options, and a path would be stored in every student built from the teacher
@@ -88,6 +89,11 @@ def check_options(cfg: Any) -> None:
     if getattr(cfg, "new_head", False) and weights is None and not pretrained:
         raise ValueError(f"--new-head replaces the classifier of a loaded network: it needs {weights_flag} FILE or "
                          "--pretrained")
+    loaded = teacher is not None or ((weights is not None or pretrained) and not getattr(cfg, "new_head", False))
+    if hasattr(cfg, "teacher_epochs") and loaded and "teacher_epochs" not in derived_options(cfg) \
+            and not getattr(cfg, "train_teacher", False):
+        raise ValueError("--teacher-epochs is how long a teacher trains here, but this run loads its teacher and "
+                         "trains none (with --teacher-weights or --pretrained, --new-head fine-tunes it first)")
 
 
 def load(src: Source, num_classes: int | None = None) -> nn.Module:
