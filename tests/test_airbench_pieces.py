@@ -20,17 +20,10 @@ from models import create_model, load_model, save_model
 from recipes import train_teacher
 from recipes.plumbing.config import RunConfig, parse_config
 from recipes.plumbing.errors import run_main
+from toy_nets import ToyNet
 
 
-class _Toy(nn.Module):
-    def __init__(self) -> None:
-        super().__init__()
-        self.conv = nn.Conv2d(3, 4, 3, padding=1)
-        self.bn = nn.BatchNorm2d(4)
-        self.fc = nn.Linear(4, 3)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc(F.adaptive_avg_pool2d(torch.relu(self.bn(self.conv(x))), 1).flatten(1))
+_Toy = ToyNet
 
 
 def _batches(n: int, b: int = 8) -> list[tuple[torch.Tensor, torch.Tensor]]:
