@@ -146,8 +146,9 @@ def check_finite(state_dict: Mapping[str, Any], what: str) -> None:
 
 
 def safe_load(path: str | os.PathLike, what: str = "file") -> Any:
-    """``torch.load(path, weights_only=True)`` on the CPU, with every way a file can be unreadable turned into
-    :class:`models.errors.FileFormatError` naming the file (never advice to unpickle it).
+    """``torch.load(path, weights_only=True)`` on the CPU (a safetensors file, told by its first bytes, through the
+    safetensors package), with every way a file can be unreadable turned into :class:`models.errors.FileFormatError`
+    naming the file (never advice to unpickle it).
 
     Raises:
         FileNotFoundError: when ``path`` is not a file. FileFormatError: truncated, corrupt, not a torch file, or
@@ -161,9 +162,7 @@ def safe_load(path: str | os.PathLike, what: str = "file") -> Any:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # "Detected pickle protocol 4": the refusal below says what matters
             if weights_kind(path) == "safetensors":  # by its first bytes, not its name
-                from safetensors.torch import load_file
-
-                return load_file(str(path), device="cpu")
+                return _load_safetensors(path, what)
             with open(path, "rb") as handle:  # a handle, not the name: torch.load reads a *.safetensors name as
                 return torch.load(handle, map_location="cpu", weights_only=True)  # safetensors whatever it holds
     except pickle.UnpicklingError as err:
@@ -182,6 +181,21 @@ def safe_load(path: str | os.PathLike, what: str = "file") -> Any:
     except Exception as err:  # RuntimeError (zip reader), EOFError, KeyError, ValueError ... of a damaged file
         raise FileFormatError(f"{what} {str(path)!r} is truncated, corrupt or not written by torch.save "
                                         f"({_describe(err)})") from None
+
+
+def _load_safetensors(path: Path, what: str) -> dict[str, torch.Tensor]:
+    """A safetensors file's tensors on the CPU (never any code run).
+
+    Raises:
+        FileFormatError: truncated or corrupt.
+    """
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    try:
+        return load_file(str(path), device="cpu")
+    except (SafetensorError, ValueError) as err:
+        raise FileFormatError(f"{what} {str(path)!r} is a truncated or corrupt safetensors file ({err})") from None
 
 
 def _first_line(err: BaseException) -> str:

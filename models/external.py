@@ -31,7 +31,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from models.checkpoint import FORMAT, NotAModelFile, check_finite, safe_load, weights_kind
+from models.checkpoint import FORMAT, NotAModelFile, check_finite, safe_load
 from models.errors import FileFormatError
 from models.heads import classes_in, num_outputs, replace_head
 from models.registry import TIMM_PREFIX, create_model
@@ -56,13 +56,7 @@ def read_weights(path: str | os.PathLike) -> dict[str, torch.Tensor]:
         FileNotFoundError: no such file. FileFormatError: unreadable, pickled code, a prune-then-distill model file
             (which :func:`models.load_model` reads), or no dict of tensors inside.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"weight file {str(path)!r} " + ("is a folder, not a file" if path.is_dir() else
-                                                                "does not exist"))
-    if weights_kind(path) == "safetensors":
-        return _clean(_read_safetensors(path))
-    payload = safe_load(path, "weight file")
+    payload = safe_load(path, "weight file")  # a safetensors file or a weights_only torch file
     if isinstance(payload, dict) and payload.get("format") == FORMAT and "arch" in payload:
         raise NotAModelFile(f"weight file {str(path)!r} is a prune-then-distill model file (architecture "
                             f"{payload['arch']!r}, widths and weights); read it with models.load_model", "model_file")
@@ -72,16 +66,6 @@ def read_weights(path: str | os.PathLike) -> dict[str, torch.Tensor]:
         raise FileFormatError(f"weight file {str(path)!r} holds no state dict (a dict of tensors, plain or under "
                               f"{', '.join(WRAPPER_KEYS)})")
     return _clean(inner)
-
-
-def _read_safetensors(path: Path) -> dict[str, torch.Tensor]:
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
-
-    try:
-        return load_file(str(path), device="cpu")
-    except (SafetensorError, OSError, ValueError) as err:
-        raise FileFormatError(f"safetensors file {str(path)!r} is truncated or corrupt ({err})") from None
 
 
 def _clean(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
