@@ -165,6 +165,8 @@ def safe_load(path: str | os.PathLike, what: str = "file") -> Any:
                 return _load_safetensors(path, what)
             with open(path, "rb") as handle:  # a handle, not the name: torch.load reads a *.safetensors name as
                 return torch.load(handle, map_location="cpu", weights_only=True)  # safetensors whatever it holds
+    except FileFormatError:
+        raise  # already says what the file is (a damaged safetensors file)
     except pickle.UnpicklingError as err:
         code = re.search(r"GLOBAL ([\w.]+)", str(err))
         if code:
