@@ -243,9 +243,8 @@ def apply_recipe(cfg: Any) -> Any:
     cfg.recipe = resolve_recipe(cfg)
     names = {f.name for f in dataclasses.fields(cfg)}
     filled = set()
-    if "batch_size" in names and cfg.batch_size is None:
-        cfg.batch_size, filled = RECIPES[cfg.recipe]["batch_size"], {"batch_size"}
     epochs_key = getattr(cfg, "EPOCHS_KEY", "epochs")
+    # an unset batch size is the recipe's own, which recipe_values scales the rates to and fills in below
     for name, value in recipe_values(cfg.recipe, getattr(cfg, "batch_size", None), epochs_key).items():
         if name in names and getattr(cfg, name) is None:
             setattr(cfg, name, value)
@@ -364,7 +363,7 @@ def build_parser(cls: type, description: str | None = None) -> argparse.Argument
     """An ``argparse`` parser with one ``--option`` per field of the dataclass ``cls``, in the :data:`GROUPS` of
     ``--help``, and ``--config FILE`` / ``--print-config``."""
     parser = OneLineParser(description=description, formatter_class=_HelpFormatter, epilog=EPILOG,
-                     usage="%(prog)s [options]   (-h lists them by group)")
+                           usage="%(prog)s [options]   (-h lists them by group)")
     groups = {name: parser.add_argument_group(f"{name} options") for name in (*GROUPS, OTHER_GROUP)}
     hints = typing.get_type_hints(cls)
     for f in dataclasses.fields(cls):
@@ -448,7 +447,8 @@ def _given_options(cls: type, argv: list[str] | None, description: str | None) -
     """The names of the options ``argv`` gives on the command line (whatever their value)."""
     parser = build_parser(cls, description)
     parser.set_defaults(**{f.name: _UNSET for f in dataclasses.fields(cls)})
-    return frozenset(k for k, v in vars(parser.parse_args(argv)).items() if v is not _UNSET and k not in ("config", "print_config"))
+    return frozenset(k for k, v in vars(parser.parse_args(argv)).items()
+                     if v is not _UNSET and k not in ("config", "print_config"))
 
 
 # Options of an earlier run that a re-run does not take from its config file: they say what to do with that run's
