@@ -24,7 +24,6 @@ import shutil
 import tempfile
 import zipfile
 from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
@@ -32,10 +31,9 @@ import numpy as np
 import torch
 
 from kd.data.sources import (
-    DataUnavailableError, ImageTensors, _bad_image, _decode, _read_cache, _write_cache, balanced_indices,
+    DataUnavailableError, ImageTensors, _bad_image, _decode_all, _read_cache, _write_cache, balanced_indices,
     default_cache_dir,
 )
-from kd.progress import progress_bar
 
 SOS = b"\xff\xda"  # JPEG start of scan: the compressed data follows its segment
 ARRAYS = ("index", "headers", "which", "sizes", "blob")
@@ -308,18 +306,10 @@ def load_pack_split(source: Pack | str | os.PathLike, split: str, image_size: in
     blob = _read_cache(cache)
     if blob is not None:
         return ImageTensors(blob["images"], blob["labels"], list(blob["classes"]), fingerprint=fingerprint)
-    images = torch.empty((len(indices), 3, image_size, image_size), dtype=torch.uint8)
-
-    def decode(i: int) -> np.ndarray:
-        try:
-            return _decode(io.BytesIO(pack.file(i)), image_size)  # type: ignore[arg-type]
-        except Exception as err:  # noqa: BLE001 (any failure names the entry)
-            raise _bad_image(f"{pack.paths[i]!r} of {name!r} ({type(err).__name__})") from None
-
-    with ThreadPoolExecutor(max_workers=max(2, os.cpu_count() or 2)) as pool:  # PIL releases the GIL decoding
-        decoded = progress_bar(pool.map(decode, indices), total=len(indices), desc=f"decoding {name}:{split}",
-                               unit="img", leave=False, enabled=progress)
-        for row, array in enumerate(decoded):
-            images[row] = torch.from_numpy(array).permute(2, 0, 1)
+    images, skipped = _decode_all(indices, image_size, f"decoding {name}:{split}", progress,
+                                  opener=lambda i: io.BytesIO(pack.file(i)),
+                                  names=[f"{pack.paths[i]} of {name}" for i in indices])
+    if skipped:
+        raise _bad_image(skipped[0][1])
     _write_cache({"images": images, "labels": label_t, "classes": found, "skipped": []}, cache)
     return ImageTensors(images, label_t, found, fingerprint=fingerprint)

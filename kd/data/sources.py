@@ -10,10 +10,11 @@ import hashlib
 import os
 import unicodedata
 import warnings
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, BinaryIO, TypeVar
 
 import numpy as np
 import torch
@@ -27,6 +28,7 @@ if TYPE_CHECKING:
     from PIL import Image
 
 DATASETS = ("cifar10-jpeg", "cifar10", "cifar100", "imagefolder", "synthetic")  # cifar10-jpeg ships (kd.data.pack)
+T = TypeVar("T")
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
 
 
@@ -244,7 +246,7 @@ def list_image_files(split_dir: Path, classes: list[str] | None = None) -> tuple
     return files, labels, classes
 
 
-def _decode(path: Path, size: int) -> np.ndarray:
+def _decode(path: Path | BinaryIO, size: int) -> np.ndarray:
     from PIL import Image
 
     with Image.open(path) as img:
@@ -278,10 +280,10 @@ def _eight_bit(img: "Image.Image") -> "Image.Image":
     return Image.fromarray(((values * 255 + 32767) // 65535).astype(np.uint8), "L")
 
 
-def _try_decode(path: Path, size: int) -> np.ndarray | str:
-    """The decoded image, or why it cannot be decoded (PIL fails in many ways: OSError for a truncated or
-    unidentified file, SyntaxError, ValueError, DecompressionBombError ...)."""
-    if path.is_symlink() and not path.exists():
+def _try_decode(path: Path | BinaryIO, size: int) -> np.ndarray | str:
+    """The decoded image (of a file, or of bytes in memory), or why it cannot be decoded (PIL fails in many ways:
+    OSError for a truncated or unidentified file, SyntaxError, ValueError, DecompressionBombError ...)."""
+    if isinstance(path, Path) and path.is_symlink() and not path.exists():
         return f"a symbolic link to {os.readlink(path)!r}, which does not exist"
     try:
         return _decode(path, size)
@@ -289,19 +291,22 @@ def _try_decode(path: Path, size: int) -> np.ndarray | str:
         return f"{type(err).__name__}: {str(err).strip().splitlines()[0] if str(err).strip() else 'unreadable'}"
 
 
-def _decode_all(files: list[Path], size: int, desc: str, progress: bool
+def _decode_all(files: Sequence[T], size: int, desc: str, progress: bool,
+                opener: Callable[[T], BinaryIO] | None = None, names: Sequence[str] | None = None
                 ) -> tuple[torch.Tensor, list[tuple[int, str]]]:
     """Decodes ``files`` in threads straight into one (N, 3, size, size) uint8 tensor (peak memory: that tensor plus
-    the images in flight, not a list of arrays and a stacked copy beside it). Returns it with ``(index, "'path'
-    (why)")`` for each file that could not be decoded (its slot is left as zeros)."""
+    the images in flight, not a list of arrays and a stacked copy beside it). Items are paths, or anything
+    ``opener`` turns into a readable byte stream in the worker (a pack's entries); ``names`` name them in messages
+    (default: the paths). Returns the tensor with ``(index, "'name' (why)")`` for each item that could not be
+    decoded (its slot is left as zeros)."""
     images = torch.zeros((len(files), 3, size, size), dtype=torch.uint8)
     skipped: list[tuple[int, str]] = []
     with ThreadPoolExecutor(max_workers=max(2, os.cpu_count() or 2)) as pool:  # PIL releases the GIL while decoding
-        decoded = pool.map(lambda f: _try_decode(f, size), files)
+        decoded = pool.map(lambda f: _try_decode(opener(f) if opener else f, size), files)
         for i, array in enumerate(progress_bar(decoded, total=len(files), desc=desc, unit="img", leave=False,
                                                enabled=progress)):
             if isinstance(array, str):
-                skipped.append((i, f"{str(files[i])!r} ({array})"))
+                skipped.append((i, f"{names[i] if names else str(files[i])!r} ({array})"))
             else:
                 images[i] = torch.from_numpy(array).permute(2, 0, 1)
     return images, skipped
