@@ -39,14 +39,14 @@ SEED_BUDGET, HALF, EIGHTH = 31269888, 59190672, 14797668  # fast_cnn is 118,381,
 class Job:
     name: str
     argv: list[str]
-    after: str | None = None  # a job that must finish first
+    after: tuple[str, ...] = ()  # jobs that must finish first (with status 0)
     proc: subprocess.Popen | None = field(default=None, repr=False)
     started: float = 0.0
     rc: int | None = None
 
 
-def teacher_dir(runs: Path, run: str, tag: str) -> Path:
-    return runs / "teachers" / f"fast_cnn_{run}_seed0_{tag}"
+def teacher_dir(runs: Path, run: str, tag: str, seed: int = 0) -> Path:
+    return runs / "teachers" / f"fast_cnn_{run}_seed{seed}_{tag}"
 
 
 def grid(args: argparse.Namespace) -> list[Job]:
@@ -54,26 +54,59 @@ def grid(args: argparse.Namespace) -> list[Job]:
     runs, tag, py = Path(args.runs), args.tag, sys.executable
     small = ["--limit-train", "600", "--limit-test", "300", "--epochs", "1"] if args.smoke else []
     device = ["--device", args.device]
+    if args.grid == "strong":
+        return strong_grid(args, device, small)
     teachers = [TEACHER, "fast-20", "fast", "fast-12", "fast-reflect", "fast-wide-12"]
     jobs = [Job(f"teacher-{run}", [py, "benchmarks/fast_recipe.py", "--data-dir", args.data_dir, "--runs", run,
                                    "--tag", tag, "--out", str(runs / "teachers"), "--", *device, *small])
             for run in teachers]
-    teacher_file, after = str(teacher_dir(runs, TEACHER, tag) / "teacher.pt"), f"teacher-{TEACHER}"
+    teacher_file, after = str(teacher_dir(runs, TEACHER, tag) / "teacher.pt"), (f"teacher-{TEACHER}",)
     if args.teacher:  # the students' teacher is given: no teacher runs
-        jobs, teacher_file, after = [], args.teacher, None
+        jobs, teacher_file, after = [], args.teacher, ()
     cells = scratch_cells() if args.grid == "scratch" else delta_cells()
-    for flops, epochs, loss, lr, seed, init in cells:
-        jobs.append(Job(f"cell-{flops}-{epochs}-{loss}-{lr:g}-{seed}" + ("" if init == "pruned" else f"-{init}"), [
-            py, "benchmarks/kd_gain.py", "--teacher", teacher_file, "--data-dir", args.data_dir,
-            "--flops", str(flops), "--epochs", str(1 if args.smoke else epochs), "--losses", loss,
-            "--lrs", str(lr), "--seeds", str(seed), "--init", init, "--tag", args.cell_tag or f"{tag}-t40",
-            "--out", str(runs / "kd"), "--", *device, *small[:4]], after=after))
+    jobs += cell_jobs(args, cells, teacher_file, args.cell_tag or f"{tag}-t40", after, device, small)
     if args.smoke:  # one teacher of each network (unless given) and the first two cells
         return jobs[-len(cells):][:2] if args.teacher else [jobs[0], jobs[len(teachers) - 1], *jobs[len(teachers):][:2]]
     return jobs
 
 
 Cell = tuple[int, int, str, float, int, str]  # flops target, epochs, loss, fine-tuning rate, seed, student start
+
+
+def cell_jobs(args: argparse.Namespace, cells: list[Cell], teacher_file: str, cell_tag: str, after: tuple[str, ...],
+              device: list[str], small: list[str]) -> list[Job]:
+    """One ``benchmarks/kd_gain.py`` process per cell, from ``teacher_file``, its results tagged ``cell_tag``."""
+    return [Job(f"cell-{cell_tag}-{flops}-{epochs}-{loss}-{lr:g}-{seed}" + ("" if init == "pruned" else f"-{init}"), [
+        sys.executable, "benchmarks/kd_gain.py", "--teacher", teacher_file, "--data-dir", args.data_dir,
+        "--flops", str(flops), "--epochs", str(1 if args.smoke else epochs), "--losses", loss, "--lrs", str(lr),
+        "--seeds", str(seed), "--init", init, "--tag", cell_tag, "--out", str(Path(args.runs) / "kd"), "--",
+        *device, *small[:4]], after=after) for flops, epochs, loss, lr, seed, init in cells]
+
+
+STRONG_TEACHERS = (("fast-wide-40", 0), ("fast-wide-40", 1), ("fast-wide-40", 2), ("fast-80", 0), ("fast-wide-80", 0))
+WIDE_ARGS = '{"widths": [128, 128, 384, 384, 384, 384]}'  # fast_recipe.WIDE
+
+
+def strong_grid(args: argparse.Namespace, device: list[str], small: list[str]) -> list[Job]:
+    """Issue 29's grid: candidates for a >= 92 % teacher (:data:`STRONG_TEACHERS`: fast_cnn for 80 epochs, airbench95's
+    widths for 40 and 80), the three wide-40 teachers' ensemble (mean of logits, each teacher also seeing the mirror
+    image) distilled into one wide network for 80 epochs, then from the first wide-40 teacher the seed-budget students
+    (KD and CE for 40 and 80 epochs from the pruned weights) and the four-way table's cells (:func:`scratch_cells`
+    at the seed's budget, 20 and 40 epochs), tagged ``<tag>-wide40``."""
+    runs, py = Path(args.runs), sys.executable
+    jobs = [Job(f"teacher-{run}-s{seed}", [py, "benchmarks/fast_recipe.py", "--data-dir", args.data_dir, "--runs", run,
+                                           "--seeds", str(seed), "--tag", args.tag, "--out", str(runs / "teachers"),
+                                           "--", *device, *small]) for run, seed in STRONG_TEACHERS]
+    wide = [str(teacher_dir(runs, "fast-wide-40", args.tag, s) / "teacher.pt") for s in (0, 1, 2)]
+    jobs.append(Job("ensemble-wide-80", [
+        py, "recipes/distill_only.py", "--dataset", "imagefolder", "--data-dir", args.data_dir, "--recipe", "fast",
+        "--teacher", *wide, "--teacher-tta", "--arch", "fast_cnn", "--model-args", WIDE_ARGS, "--epochs", "80",
+        "--out", str(runs / "ensemble-wide-80"), "--overwrite", "--no-progress", *device, *small],
+        after=tuple(f"teacher-fast-wide-40-s{s}" for s in (0, 1, 2))))
+    cells = [(SEED_BUDGET, e, loss, 0.3, 0, "pruned") for e in (40, 80) for loss in ("kd", "ce")]
+    cells += [c for c in scratch_cells() if c[0] == SEED_BUDGET and c[1] in (20, 40)]
+    jobs += cell_jobs(args, cells, wide[0], f"{args.tag}-wide40", ("teacher-fast-wide-40-s0",), device, small)
+    return jobs[:1] + jobs[-2:] if args.smoke else jobs
 
 
 def delta_cells() -> list[Cell]:
@@ -114,7 +147,7 @@ def run_all(jobs: list[Job], parallel: int, deadline: float, logs: Path) -> None
             print("the first runs all failed: stopping (see the logs)", flush=True)
             break
         running = [j for j in jobs if j.proc is not None and j.rc is None]
-        waiting = [j for j in jobs if j.proc is None and (j.after is None or by_name[j.after].rc == 0)]
+        waiting = [j for j in jobs if j.proc is None and all(by_name[a].rc == 0 for a in j.after)]
         if not running and not waiting:
             break
         for job in waiting[:max(0, parallel - len(running))]:
@@ -144,8 +177,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--smoke", action="store_true", help="tiny runs on few images, to test the plumbing")
     parser.add_argument("--cell-tag", help="names the student cells' result files (default: TAG-t40, the cells "
                         "from the 90.88 %% teacher); give another for another teacher")
-    parser.add_argument("--grid", choices=("delta", "scratch"), default="delta", help="the student cells: delta (KD "
-                        "against CE from the pruned weights) or scratch (the four-way table with the scratch arm)")
+    parser.add_argument("--grid", choices=("delta", "scratch", "strong"), default="delta", help="the student cells: "
+                        "delta (KD against CE from the pruned weights), scratch (the four-way table with the scratch "
+                        "arm) or strong (issue 29: teachers for 92 %%, their ensemble, students from the wide one)")
     args = parser.parse_args(argv)
     start = time.monotonic()
     out, logs = Path(args.out), Path(args.runs) / "logs"
@@ -155,10 +189,14 @@ def main(argv: list[str] | None = None) -> None:
     with tarfile.open(out / "results.tgz", "w:gz") as tar:
         tar.add(REPO / "benchmarks" / "results", arcname="results")
         tar.add(logs, arcname="logs")
-    for run in (TEACHER, "fast-20"):
-        teacher = teacher_dir(Path(args.runs), run, args.tag) / "teacher.pt"
+    keep = [(run, 0) for run in (TEACHER, "fast-20")] + list(STRONG_TEACHERS if args.grid == "strong" else ())
+    for run, seed in keep:
+        teacher = teacher_dir(Path(args.runs), run, args.tag, seed) / "teacher.pt"
         if teacher.is_file():
-            shutil.copy(teacher, out / f"fast_cnn_{run}_{args.tag}.pt")
+            shutil.copy(teacher, out / f"fast_cnn_{run}_seed{seed}_{args.tag}.pt")
+    for model in [Path(args.runs) / "ensemble-wide-80" / "student.pt", *(Path(args.runs) / "kd").glob("*/student.pt")]:
+        if model.is_file() and model.stat().st_size < 16 << 20:  # the students and the distilled ensemble
+            shutil.copy(model, out / f"{model.parent.name}.pt")
     print(f"finished in {time.monotonic() - start:.0f} s")
 
 

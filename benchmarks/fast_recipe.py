@@ -31,6 +31,8 @@ from recipes.plumbing.errors import run_main
 RESULTS = Path(__file__).resolve().parent / "results"
 WIDE = '{"widths": [128, 128, 384, 384, 384, 384]}'  # airbench95's widths in fast_cnn's three blocks
 # run name → the recipe's command-line words (the arch is fast_cnn, the network airbench94 measured)
+# "fast" and the runs built on it mean today's --recipe fast; a result file's "command" says what ran (runs before
+# issue 28 had the EMA, zero padding and the old head: "fast-old" below)
 RUNS = {
     "fast": ["--recipe", "fast"],
     "fast-decay-bn": ["--recipe", "fast", "--decay-norm-and-bias"],  # airbench decays BatchNorm biases too
@@ -42,16 +44,37 @@ RUNS = {
     "classic": ["--recipe", "classic", "--epochs", "10", "--tta", "flip-translate"],
     "classic-30": ["--recipe", "classic", "--tta", "flip-translate"],
 }
-# airbench94's pieces that the fast recipe lacked (issue 28): lookahead instead of the EMA, BatchNorm momentum 0.4 and
-# eps 1e-12, the stem's bias trained for 3 epochs, reflect padding, MaxPool2d(3) head and a bias-free classifier
+# airbench94's pieces that the fast recipe lacked before issue 28 and now sets (RECIPES["fast"]): lookahead instead of
+# the EMA, BatchNorm momentum 0.4 and eps 1e-12, the stem's bias trained for 3 epochs, reflect padding, MaxPool2d(3)
+# head and a bias-free classifier. "fast-airbench" spells them out (the runs made while they were options); "fast-10"
+# is issue 28's command word for word; "fast-old" undoes them (issue 18's recipe, on today's code) and each
+# "fast-old+<piece>" adds one back: the per-piece ablation.
 AIRBENCH_ARGS = '{"bn_eps": 1e-12, "head_pool_mode": "max3", "classifier_bias": false}'
 AIRBENCH = ["--lookahead", "--ema", "0", "--bn-momentum", "0.4", "--stem-bias-epochs", "3", "--pad-mode", "reflect"]
+OLD_ARGS = {"bn_eps": 1e-5, "head_pool_mode": "max", "classifier_bias": True}
+OLD = ["--recipe", "fast", "--no-lookahead", "--ema", "0.99", "--bn-momentum", "0", "--stem-bias-epochs", "0",
+       "--pad-mode", "zeros"]
+
+
+def _old_with(*words: str, **arch: object) -> list[str]:
+    """issue 18's fast recipe with some of airbench's pieces put back (later words override earlier ones)."""
+    return [*OLD, *words, "--model-args", json.dumps({**OLD_ARGS, **arch})]
+
+
 RUNS.update({
     "fast-airbench": ["--recipe", "fast", *AIRBENCH, "--model-args", AIRBENCH_ARGS],
-    "fast-lookahead": ["--recipe", "fast", "--lookahead", "--ema", "0"],
-    "fast-bn": ["--recipe", "fast", "--bn-momentum", "0.4", "--model-args", '{"bn_eps": 1e-12}'],
-    "fast-stem-bias": ["--recipe", "fast", "--stem-bias-epochs", "3"],
-    "fast-head": ["--recipe", "fast", "--model-args", '{"head_pool_mode": "max3", "classifier_bias": false}'],
+    "fast-10": ["--recipe", "fast", "--epochs", "10"],
+    "fast-old": _old_with(),
+    "fast-old+lookahead": _old_with("--lookahead", "--ema", "0"),
+    "fast-old+bn": _old_with("--bn-momentum", "0.4", bn_eps=1e-12),
+    "fast-old+stem-bias": _old_with("--stem-bias-epochs", "3"),
+    "fast-old+head": _old_with(head_pool_mode="max3", classifier_bias=False),
+    "fast-old+reflect": _old_with("--pad-mode", "reflect"),
+    # issue 29's candidates for a teacher of >= 92 %: longer runs of fast_cnn and of airbench95's widths (GPU work,
+    # benchmarks/device_sweep.py --grid strong; about 3 and 9 CPU-hours on 2 cores)
+    "fast-80": ["--recipe", "fast", "--epochs", "80"],
+    "fast-wide-40": ["--recipe", "fast", "--epochs", "40", "--model-args", WIDE],
+    "fast-wide-80": ["--recipe", "fast", "--epochs", "80", "--model-args", WIDE],
 })
 THRESHOLDS = (85.0, 88.0, 89.8, 90.0, 93.0)
 

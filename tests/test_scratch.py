@@ -123,6 +123,23 @@ def test_device_sweep_lists_the_scratch_cells_for_a_given_teacher():
     assert len(jobs) == len(device_sweep.scratch_cells()) == 6 * 3 * 6
     first = jobs[0].argv
     assert first[first.index("--init") + 1] == "scratch" and first[first.index("--epochs") + 1] == "20"
-    assert first[first.index("--tag") + 1] == "gpu-t92" and jobs[0].after is None
+    assert first[first.index("--tag") + 1] == "gpu-t92" and jobs[0].after == ()
     starts = {j.argv[j.argv.index("--init") + 1] for j in jobs}
     assert starts == {"pruned", "scratch"}
+
+
+def test_device_sweep_strong_grid_waits_for_its_teachers():
+    args = argparse.Namespace(data_dir="d", runs="/tmp/r", tag="h200", device="cuda", teacher=None, smoke=False,
+                              grid="strong", cell_tag=None)
+    jobs = {j.name: j for j in device_sweep.grid(args)}
+    teachers = [n for n in jobs if n.startswith("teacher-")]
+    assert len(teachers) == len(device_sweep.STRONG_TEACHERS) and all(jobs[n].after == () for n in teachers)
+    ensemble = jobs["ensemble-wide-80"]
+    assert ensemble.after == ("teacher-fast-wide-40-s0", "teacher-fast-wide-40-s1", "teacher-fast-wide-40-s2")
+    given = ensemble.argv[ensemble.argv.index("--teacher") + 1:ensemble.argv.index("--teacher-tta")]
+    assert given == [f"/tmp/r/teachers/fast_cnn_fast-wide-40_seed{s}_h200/teacher.pt" for s in (0, 1, 2)]
+    cells = [j for n, j in jobs.items() if n.startswith("cell-")]
+    scratch = [j for j in cells if j.argv[j.argv.index("--init") + 1] == "scratch"]
+    assert len(scratch) == 2 * 3 * 4  # 20 and 40 epochs, 3 seeds, CE and KD at two rates
+    assert all(j.after == ("teacher-fast-wide-40-s0",) and j.argv[j.argv.index("--flops") + 1] == "31269888"
+               and j.argv[j.argv.index("--tag") + 1] == "h200-wide40" for j in cells)
