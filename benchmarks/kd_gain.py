@@ -78,7 +78,7 @@ def run_cell(args: argparse.Namespace, flops: int, epochs: int, loss: str, lr: f
     out = Path(args.out) / name
     words = ["--alpha", "0"] if loss == "ce" else ["--kd-loss", loss]
     words += ["--student-init", init] if init != "pruned" else []
-    argv = ["--dataset", "imagefolder", "--data-dir", args.data_dir, "--teacher", args.teacher, "--recipe",
+    argv = ["--dataset", "imagefolder", "--data-dir", args.data_dir, "--teacher", *args.teacher, "--recipe",
             args.recipe, "--target-flops", str(flops), "--epochs", str(epochs), "--finetune-lr", str(lr),
             "--seed", str(seed), "--out", str(out), "--overwrite", "--no-progress", "--no-latency", *words,
             *args.extra]
@@ -109,27 +109,36 @@ def data_sha256(data_dir: str | Path) -> str:
 
 
 def current_inputs(args: argparse.Namespace) -> dict[str, str]:
-    """What the cells of this run are measured from: the teacher file's sha256, the data folder and its
+    """What the cells of this run are measured from: the teacher file's sha256 (several teachers, an ensemble: their
+    sha256s joined by ``+`` in the order given, the first being the one pruned), the data folder and its
     :func:`data_sha256`.
 
     Raises:
         ValueError: a missing teacher file or data folder.
     """
-    if not Path(args.teacher).is_file():
-        raise ValueError(f"--teacher {args.teacher!r} is not a file; pass a model file (e.g. "
-                         "benchmarks/weights/fast_cnn_cifar10_e40.pt)")
+    for teacher in args.teacher:
+        if not Path(teacher).is_file():
+            raise ValueError(f"--teacher {teacher!r} is not a file; pass a model file (e.g. "
+                             "benchmarks/weights/fast_cnn_cifar10_e40.pt)")
     if not Path(args.data_dir).is_dir():
         raise ValueError(f"--data-dir {args.data_dir!r} is not a folder; pass the images in ImageFolder layout")
-    return {"teacher_sha256": file_sha256(args.teacher), "data_dir": args.data_dir,
+    return {"teacher_sha256": "+".join(file_sha256(t) for t in args.teacher), "data_dir": args.data_dir,
             "data_sha256": data_sha256(args.data_dir)}
+
+
+def _short(teacher_sha256: object) -> str:
+    """``a teacher with sha256 0123456789ab...`` or, for an ensemble's ``a+b``, ``2 teachers with sha256 a...+b...``."""
+    shas = str(teacher_sha256).split("+")
+    which = "a teacher" if len(shas) == 1 else f"{len(shas)} teachers"
+    return f"{which} with sha256 " + "+".join(f"{sha[:12]}..." for sha in shas)
 
 
 def reuse_difference(record: dict, args: argparse.Namespace, inputs: dict[str, str]) -> str | None:
     """How a finished cell's record differs from what this run would measure (teacher, recipe, images), or None.
     A cell from before ``data_sha256`` was recorded is compared by the ``--data-dir`` its command names."""
     if record.get("teacher_sha256") != inputs["teacher_sha256"]:
-        return (f"it was measured from a teacher with sha256 {str(record.get('teacher_sha256'))[:12]}..., --teacher "
-                f"{args.teacher!r} has {inputs['teacher_sha256'][:12]}...")
+        return (f"it was measured from {_short(record.get('teacher_sha256'))}, --teacher {' '.join(args.teacher)!r} "
+                f"is {_short(inputs['teacher_sha256'])}")
     if record.get("recipe", args.recipe) != args.recipe:
         return f"it was measured with --recipe {record['recipe']}, this run has --recipe {args.recipe}"
     if "data_sha256" in record:
@@ -284,7 +293,8 @@ def comma_list(kind: Callable[[str], object]) -> Callable[[str], list]:
 
 def main(argv: list[str] | None = None) -> None:
     parser = OneLineParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--teacher", default="benchmarks/weights/fast_cnn_cifar10_e40.pt")
+    parser.add_argument("--teacher", nargs="+", default=["benchmarks/weights/fast_cnn_cifar10_e40.pt"],
+                        help="the teacher file, or several: the first is pruned, the mean of their logits teaches")
     parser.add_argument("--data-dir", default="../shared/data/cifar10")
     parser.add_argument("--recipe", default="fast", choices=("classic", "fast"))
     parser.add_argument("--flops", type=comma_list(int), default="31269888", help="comma-separated FLOPs targets")

@@ -253,6 +253,19 @@ def test_kd_gain_refuses_a_cell_measured_from_other_inputs(change, expected, kd_
     assert path.read_bytes() == before
 
 
+def test_kd_gain_does_not_reuse_one_teachers_cell_for_an_ensemble(kd_gain, gain_inputs, tmp_path, capsys):
+    one = kd_gain.file_sha256(tmp_path / "teacher.pt")
+    path = cell(kd_gain, tmp_path, {"teacher_sha256": one, "data_dir": str(tmp_path / "data"),
+                                    "data_sha256": kd_gain.data_sha256(tmp_path / "data")})
+    second = tmp_path / "second.pt"
+    second.write_bytes((tmp_path / "teacher.pt").read_bytes() + b"x")  # another file: only its sha256 is read
+    argv = list(gain_inputs)
+    at = argv.index("--teacher") + 2
+    line = fail(kd_gain.main, [*argv[:at], str(second), *argv[at:]], capsys)
+    assert "cannot be reused" in line and f"is 2 teachers with sha256 {one[:12]}...+" in line
+    assert path.is_file()
+
+
 def test_kd_gain_bad_arguments_and_files_are_one_line(kd_gain, gain_inputs, tmp_path, capsys):
     assert "argument --flops: 'abc' is not a comma-separated list of ints" in fail(
         kd_gain.main, [*gain_inputs, "--flops", "abc"], capsys)
