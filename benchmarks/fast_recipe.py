@@ -71,7 +71,8 @@ RUNS.update({
     "fast-old+head": _old_with(head_pool_mode="max3", classifier_bias=False),
     "fast-old+reflect": _old_with("--pad-mode", "reflect"),
     # issue 29's candidates for a teacher of >= 92 %: longer runs of fast_cnn and of airbench95's widths (GPU work,
-    # benchmarks/device_sweep.py --grid strong; about 3 and 9 CPU-hours on 2 cores)
+    # benchmarks/device_sweep.py --grid strong; on 2 CPU cores, estimated by flops from a 17-minute 10-epoch fast_cnn
+    # run: 2.3, 2.9 and 5.7 hours)
     "fast-80": ["--recipe", "fast", "--epochs", "80"],
     "fast-wide-40": ["--recipe", "fast", "--epochs", "40", "--model-args", WIDE],
     "fast-wide-80": ["--recipe", "fast", "--epochs", "80", "--model-args", WIDE],
