@@ -31,7 +31,7 @@ from kd.progress import progress_bar
 from kd.stem_bias import StemBiasHold
 from kd.tta import TTA_MODES, tta_logits
 from models.checkpoint import atomic_save, check_finite
-from models.common import Batches, eval_mode
+from models.common import Batches, batch_count, eval_mode
 from models.errors import NonFiniteError
 
 CHECKPOINT_FORMAT = 1
@@ -200,11 +200,11 @@ class Trainer:
             resume: True continues from ``out_dir/last.pt``, a path from that file: model, optimizer, scheduler,
                 history and random state are restored, so the run ends as an uninterrupted one would.
         """
+        total_steps = self.epochs * (batch_count(train) or 1)
         if self.scheduler is None:
-            steps = self.epochs * (_len(train) or 1)
-            self.scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(self.optimizer, T_max=steps)
+            self.scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(self.optimizer, T_max=total_steps)
         if self.use_lookahead and self.lookahead is None:
-            self.lookahead = Lookahead(self.student, self.epochs * (_len(train) or 1))
+            self.lookahead = Lookahead(self.student, total_steps)
         world = distributed.world_size()
         if world == 1:
             if resume:
@@ -275,7 +275,7 @@ class Trainer:
             self.teacher.eval()  # student.train() does not reach it, but a user's callback might; re-assert
         parts_sum: dict[str, float] = {}
         loss_sum, correct, seen, start = 0.0, 0, 0, time.perf_counter()
-        steps = _len(train)
+        steps = batch_count(train)
         bar = progress_bar(train, total=steps, desc=f"epoch {self.epoch}/{self.epochs}", enabled=self.progress,
                            leave=False, unit="batch")
         for step, batch in enumerate(bar):
@@ -478,10 +478,6 @@ def _as_parts(out: torch.Tensor | dict[str, torch.Tensor]) -> dict[str, torch.Te
     return dict(out) if isinstance(out, dict) else {"loss": out}
 
 
-def _len(batches: Batches) -> int | None:
-    return len(batches) if hasattr(batches, "__len__") else None
-
-
 @contextlib.contextmanager
 def _frozen(teacher: nn.Module | None) -> Iterator[None]:
     """``requires_grad=False`` on the teacher's parameters inside the block; their own flags come back after it."""
@@ -513,7 +509,8 @@ def evaluate(model: nn.Module, data: Batches, device: str | torch.device = "cpu"
     precision = resolve_precision(precision, device)
     model.to(device)
     with eval_mode(model):
-        for batch in progress_bar(data, total=_len(data), desc="eval", enabled=progress, leave=False, unit="batch"):
+        for batch in progress_bar(data, total=batch_count(data), desc="eval", enabled=progress, leave=False,
+                                  unit="batch"):
             x, y = batch[0].to(device), batch[1].to(device)
             if channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
@@ -544,7 +541,7 @@ def fit_model(student: nn.Module, train: Batches, val: Batches | None = None, *,
     groups = param_groups(modules, lr, weight_decay, decay_norm_and_bias=decay_norm_and_bias,
                           bn_bias_lr_scale=bn_bias_lr_scale, bn_weight_lr_scale=bn_weight_lr_scale)
     opt = make_optimizer(optimizer, groups, lr, weight_decay, momentum)
-    sched = make_scheduler(schedule, opt, epochs * (_len(train) or 1), warmup)
+    sched = make_scheduler(schedule, opt, epochs * (batch_count(train) or 1), warmup)
     if loss is not None and not getattr(loss, "needs_teacher", True) and feature_loss is None:
         teacher = None  # e.g. alpha = 0: running the teacher would cost time for nothing
     trainer = Trainer(student, teacher, loss, optimizer=opt, scheduler=sched, epochs=epochs,

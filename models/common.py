@@ -1,5 +1,5 @@
 """What every package repeats, in one place at the bottom of the imports (``recipes → pruning → kd → models``):
-the type of a stream of batches, a model in eval mode for a block with its own mode given back afterwards, the
+the type of a stream of batches and how many it yields per pass, a model in eval mode for a block with its own mode given back afterwards, the
 device a model is on, the intra-op thread count for a block, and bf16 autocast by precision name."""
 from __future__ import annotations
 
@@ -14,6 +14,15 @@ PRECISIONS = ("fp32", "bf16")
 
 # (x, y) batches: x (B, C, H, W) images, y (B,) labels; batches from a teacher cache add the teacher's logits (B, K).
 Batches = Iterable[tuple[torch.Tensor, ...]]
+
+
+def batch_count(batches: Batches) -> int | None:
+    """How many batches one pass over ``batches`` yields, or None when it cannot say: no ``__len__``, or a wrapper
+    whose ``__len__`` asks an inner iterable that has none (TypeError)."""
+    try:
+        return len(batches)  # type: ignore[arg-type]
+    except TypeError:
+        return None
 
 
 @contextlib.contextmanager

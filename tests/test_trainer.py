@@ -138,3 +138,21 @@ def test_bf16_autocast_trains(tiny):
     train, test = make_loaders(tiny, 32)
     result = Trainer(_student(), _teacher(), epochs=1, progress=False, precision="bf16").fit(train, test)
     assert torch.isfinite(torch.tensor(result.history[0].train_loss))
+
+
+def test_batch_count_is_none_for_a_wrapper_over_batches_without_a_length():
+    from models.common import batch_count
+
+    class Wrapper:  # as kd.mixup.MixedBatches: its __len__ asks the batches it wraps
+        def __init__(self, base):
+            self.base = base
+
+        def __len__(self):
+            return len(self.base)
+
+        def __iter__(self):
+            return iter(self.base)
+
+    endless = (b for b in [])  # a generator has no length
+    assert batch_count([1, 2, 3]) == 3 and batch_count(Wrapper([1, 2])) == 2
+    assert batch_count(endless) is None and batch_count(Wrapper(endless)) is None

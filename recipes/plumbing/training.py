@@ -21,7 +21,7 @@ from kd.precision import Hardware
 from kd.teacher_cache import CachedBatchIterator, load_or_build
 from kd.trainer import DivergedError, FitResult, evaluate, fit_model
 from models import create_model, save_model
-from models.common import Batches
+from models.common import Batches, batch_count
 from models.init import init_for_small_images
 from recipes.plumbing import external_teacher
 from recipes.plumbing.checks import check_teacher_fits, json_object, model_args
@@ -115,16 +115,8 @@ def _fit_stage(model: nn.Module, cfg: RunConfig, train_batches: Batches, eval_ba
                      device=resolve_device(cfg.device),
                      out_dir=out_dir, precision=cfg.precision, channels_last=cfg.channels_last, compile=cfg.compile,
                      progress=cfg.progress,
-                     callbacks=stage_callbacks(cfg, Path(out_dir), eval_split, _steps(train_batches)),
+                     callbacks=stage_callbacks(cfg, Path(out_dir), eval_split, batch_count(train_batches)),
                      sync_bn=cfg.sync_bn)
-
-
-def _steps(batches: Batches) -> int | None:
-    """Batches per epoch, when the iterable knows it."""
-    try:
-        return len(batches)  # type: ignore[arg-type]
-    except TypeError:
-        return None
 
 
 def _cached(cfg: RunConfig, teacher: nn.Module, train_batches: BatchIterator, views: int,
