@@ -1,19 +1,21 @@
 """Optimizers, their parameter groups and per-step schedules, picked by name on the command line."""
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable
 from typing import Any
 
 import torch
 from torch import nn
 
-OPTIMIZERS = ("sgd", "adamw")
+OPTIMIZERS = ("sgd", "adamw", "muon")
 SCHEDULES = ("cosine", "onecycle", "constant", "triangular")
 _NORMS = (nn.modules.batchnorm._NormBase, nn.GroupNorm, nn.LayerNorm)
 
 
 def param_groups(modules: Iterable[nn.Module], lr: float, weight_decay: float, *, decay_norm_and_bias: bool = True,
-                 bn_bias_lr_scale: float = 1.0, bn_weight_lr_scale: float = 1.0) -> list[dict[str, Any]]:
+                 bn_bias_lr_scale: float = 1.0, bn_weight_lr_scale: float = 1.0,
+                 filter_lr_scale: float | None = None) -> list[dict[str, Any]]:
     """The trainable parameters of ``modules`` as optimizer groups, each with its ``name``, ``lr`` and
     ``weight_decay``.
 
@@ -23,13 +25,17 @@ def param_groups(modules: Iterable[nn.Module], lr: float, weight_decay: float, *
       they are left out, as airbench keeps its BatchNorm scales at 1). Frozen means kept as they are, not reset:
       a fresh model's stay at their init of 1, a pruned student's learned scales stay what the teacher learned.
     - ``norm_biases``: their shifts: ``lr · bn_bias_lr_scale`` (airbench: 64).
+    - ``filters``: only when ``filter_lr_scale`` is given (the ``muon`` optimizer): the weights of bias-free convs,
+      which a norm layer follows, so their scale does not matter: ``lr · filter_lr_scale``, no weight decay,
+      ``"muon": True``. A conv with a bias (the whitening stem) stays in ``weights``.
 
     Biases and norm parameters get no weight decay unless ``decay_norm_and_bias``; where they do, a group whose
     rate is scaled by ``s`` gets ``weight_decay / s``, so each step still shrinks it by ``lr · weight_decay``.
     Parameters with ``requires_grad = False`` and empty groups are left out; a parameter shared by two modules is
     listed once.
     """
-    found: dict[str, list[nn.Parameter]] = {"weights": [], "biases": [], "norm_weights": [], "norm_biases": []}
+    found: dict[str, list[nn.Parameter]] = {"weights": [], "biases": [], "norm_weights": [], "norm_biases": [],
+                                            "filters": []}
     seen: set[int] = set()
     for module in modules:
         for sub in module.modules():
@@ -39,13 +45,19 @@ def param_groups(modules: Iterable[nn.Module], lr: float, weight_decay: float, *
                 seen.add(id(p))
                 if isinstance(sub, _NORMS):
                     found["norm_weights" if pname == "weight" else "norm_biases"].append(p)
+                elif filter_lr_scale is not None and _is_filter(sub, pname):
+                    found["filters"].append(p)
                 else:
                     found["weights" if p.ndim > 1 else "biases"].append(p)
-    scales = {"weights": 1.0, "biases": 1.0, "norm_weights": bn_weight_lr_scale, "norm_biases": bn_bias_lr_scale}
+    scales = {"weights": 1.0, "biases": 1.0, "norm_weights": bn_weight_lr_scale, "norm_biases": bn_bias_lr_scale,
+              "filters": filter_lr_scale}
     groups = []
     for name, params in found.items():
         scale = scales[name]
         if not params or scale == 0:
+            continue
+        if name == "filters":
+            groups.append({"name": name, "params": params, "lr": lr * scale, "weight_decay": 0.0, "muon": True})
             continue
         decays = name == "weights" or decay_norm_and_bias
         groups.append({"name": name, "params": params, "lr": lr * scale,
@@ -53,14 +65,106 @@ def param_groups(modules: Iterable[nn.Module], lr: float, weight_decay: float, *
     return groups
 
 
+def _is_filter(module: nn.Module, pname: str) -> bool:
+    """A bias-free conv's weight: the ``muon`` optimizer's share (see :func:`param_groups`)."""
+    return isinstance(module, nn.modules.conv._ConvNd) and pname == "weight" and module.bias is None
+
+
+NS_COEFFICIENTS = (3.4445, -4.7750, 2.0315)
+
+
+def newton_schulz(g: torch.Tensor, steps: int = 3, eps: float = 1e-7) -> torch.Tensor:
+    """An approximate orthogonalisation of the 2-D ``g`` (m, n): with ``g = U S Vᵀ`` it returns about ``U S' Vᵀ``,
+    ``S'`` near 1 (between ~0.5 and ~1.5: the iteration is tuned for speed, not convergence; Jordan et al., Muon).
+
+    From ``X₀ = g / (‖g‖_F + eps)`` (transposed when m > n, so ``X Xᵀ`` is the small Gram matrix), each of ``steps``
+    quintic steps is ``X ← a X + (b A + c A²) X`` with ``A = X Xᵀ`` and (a, b, c) = :data:`NS_COEFFICIENTS`. Computed
+    in float32 whatever ``g``'s dtype; returns ``g``'s shape and dtype.
+    """
+    if g.ndim != 2:
+        raise ValueError(f"newton_schulz needs a 2-D matrix, got shape {tuple(g.shape)}")
+    a, b, c = NS_COEFFICIENTS
+    x = g.float()
+    x = x / (x.norm() + eps)
+    tall = x.shape[0] > x.shape[1]
+    if tall:
+        x = x.T
+    for _ in range(steps):
+        gram = x @ x.T
+        x = a * x + (b * gram + c * gram @ gram) @ x
+    return (x.T if tall else x).to(g.dtype)
+
+
+class Muon(torch.optim.Optimizer):
+    """Muon (Jordan et al. 2024, as airbench94_muon uses it) on the groups marked ``"muon": True``, SGD with Nesterov
+    momentum and coupled weight decay (``torch.optim.SGD``'s arithmetic) on the others.
+
+    A Muon step on a filter ``W`` (out, in, kh, kw) with gradient ``G``, momentum ``μ`` (``muon_momentum``)::
+
+        B ← μ B + G;   U = G + μ B                          (Nesterov)
+        W ← W · sqrt(out) / ‖W‖_F                           (the scale a following norm layer ignores, held fixed)
+        W ← W − lr · newton_schulz(U as (out, in·kh·kw))    (an update with all singular values near 1)
+
+    Holding ‖W‖ fixed keeps the effective step of a scale-invariant filter constant, so Muon groups need no weight
+    decay. The other groups: ``D = G + wd · W;  B ← m B + D (B = D at the first step);  W ← W − lr (D + m B)``.
+    """
+
+    def __init__(self, params: Iterable[nn.Parameter] | list[dict[str, Any]], lr: float, momentum: float = 0.85,
+                 weight_decay: float = 0.0, muon_momentum: float = 0.6, ns_steps: int = 3) -> None:
+        if lr < 0 or not 0 <= momentum < 1 or not 0 <= muon_momentum < 1 or weight_decay < 0:
+            raise ValueError(f"Muon needs lr >= 0, momenta in [0, 1) and weight_decay >= 0; got lr={lr}, "
+                             f"momentum={momentum}, muon_momentum={muon_momentum}, weight_decay={weight_decay}")
+        super().__init__(params, {"lr": lr, "momentum": momentum, "weight_decay": weight_decay, "muon": False,
+                                  "muon_momentum": muon_momentum, "ns_steps": ns_steps})
+
+    @torch.no_grad()
+    def step(self, closure: Any = None) -> Any:  # noqa: D102 - see the class docstring
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for group in self.param_groups:
+            for p in group["params"]:
+                if p.grad is not None:
+                    (self._muon_step if group["muon"] else self._sgd_step)(p, group)
+        return loss
+
+    def _muon_step(self, p: torch.Tensor, group: dict[str, Any]) -> None:
+        mu = group["muon_momentum"]
+        state = self.state[p]
+        if "momentum_buffer" not in state:
+            state["momentum_buffer"] = torch.zeros_like(p.grad)
+        buf = state["momentum_buffer"]
+        buf.mul_(mu).add_(p.grad)
+        update = p.grad.add(buf, alpha=mu)
+        p.mul_(math.sqrt(p.shape[0]) / p.norm().clamp_min(1e-12))
+        p.add_(newton_schulz(update.reshape(len(update), -1), group["ns_steps"]).view_as(p), alpha=-group["lr"])
+
+    def _sgd_step(self, p: torch.Tensor, group: dict[str, Any]) -> None:
+        m, wd = group["momentum"], group["weight_decay"]
+        d = p.grad.add(p, alpha=wd) if wd else p.grad
+        state = self.state[p]
+        if m:
+            if "momentum_buffer" not in state:
+                state["momentum_buffer"] = d.clone()
+            else:
+                state["momentum_buffer"].mul_(m).add_(d)
+            d = d.add(state["momentum_buffer"], alpha=m)
+        p.add_(d, alpha=-group["lr"])
+
+
 def make_optimizer(name: str, params: Iterable[nn.Parameter] | list[dict[str, Any]], lr: float,
-                   weight_decay: float = 5e-4, momentum: float = 0.9) -> torch.optim.Optimizer:
-    """``sgd``: SGD with Nesterov momentum ``momentum`` (plain SGD at 0); ``adamw``: AdamW. ``params`` may be
-    parameters (weight decay on all of them) or :func:`param_groups` (their own rates and decays)."""
+                   weight_decay: float = 5e-4, momentum: float = 0.9,
+                   muon_momentum: float = 0.6) -> torch.optim.Optimizer:
+    """``sgd``: SGD with Nesterov momentum ``momentum`` (plain SGD at 0); ``adamw``: AdamW; ``muon``: :class:`Muon`
+    on the ``"muon"`` groups (``muon_momentum``), the same SGD on the rest. ``params`` may be parameters (weight
+    decay on all of them) or :func:`param_groups` (their own rates and decays)."""
     if name == "sgd":
         return torch.optim.SGD(params, lr=lr, momentum=momentum, nesterov=momentum > 0, weight_decay=weight_decay)
     if name == "adamw":
         return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
+    if name == "muon":
+        return Muon(params, lr=lr, momentum=momentum, weight_decay=weight_decay, muon_momentum=muon_momentum)
     raise ValueError(f"unknown optimizer {name!r}; choose one of {', '.join(OPTIMIZERS)}")
 
 

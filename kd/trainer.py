@@ -530,17 +530,19 @@ def fit_model(student: nn.Module, train: Batches, val: Batches | None = None, *,
               schedule: str = "cosine", weight_decay: float = 5e-4, feature_loss: nn.Module | None = None,
               resume: bool | str | Path = False, momentum: float = 0.9, decay_norm_and_bias: bool = True,
               bn_bias_lr_scale: float = 1.0, bn_weight_lr_scale: float = 1.0, warmup: float = 0.23,
-              **trainer_options: Any) -> FitResult:
+              muon_lr_scale: float = 0.16, muon_momentum: float = 0.6, **trainer_options: Any) -> FitResult:
     """The one training entry: optimizer by name over the student's (and the feature loss's) trainable parameters in
-    :func:`kd.optim.param_groups` (``decay_norm_and_bias``, ``bn_bias_lr_scale``, ``bn_weight_lr_scale``), a per-step
+    :func:`kd.optim.param_groups` (``decay_norm_and_bias``, ``bn_bias_lr_scale``, ``bn_weight_lr_scale``; with
+    ``optimizer="muon"`` the filters at ``lr · muon_lr_scale`` and ``muon_momentum``: :class:`kd.optim.Muon`), a per-step
     schedule over ``epochs × len(train)`` steps (``warmup``: the ``triangular`` schedule's warm-up fraction), and
     ``loss`` (default: the Trainer's — ``DEFAULT_LOSS`` with a teacher, cross-entropy without one). A teacher is only
     run when the loss or a feature loss needs it. ``trainer_options`` go to :class:`Trainer` (``device``,
     ``out_dir``, ``precision``, ``progress``, ``callbacks``, ``ema``, ``tta`` ...)."""
     modules = [student] + ([feature_loss] if feature_loss is not None else [])
     groups = param_groups(modules, lr, weight_decay, decay_norm_and_bias=decay_norm_and_bias,
-                          bn_bias_lr_scale=bn_bias_lr_scale, bn_weight_lr_scale=bn_weight_lr_scale)
-    opt = make_optimizer(optimizer, groups, lr, weight_decay, momentum)
+                          bn_bias_lr_scale=bn_bias_lr_scale, bn_weight_lr_scale=bn_weight_lr_scale,
+                          filter_lr_scale=muon_lr_scale if optimizer == "muon" else None)
+    opt = make_optimizer(optimizer, groups, lr, weight_decay, momentum, muon_momentum)
     sched = make_scheduler(schedule, opt, epochs * (batch_count(train) or 1), warmup)
     if loss is not None and not getattr(loss, "needs_teacher", True) and feature_loss is None:
         teacher = None  # e.g. alpha = 0: running the teacher would cost time for nothing
