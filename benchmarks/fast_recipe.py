@@ -46,13 +46,14 @@ RUNS = {
 }
 # airbench94's pieces that the fast recipe lacked before issue 28 and now sets (RECIPES["fast"]): lookahead instead of
 # the EMA, BatchNorm momentum 0.4 and eps 1e-12, the stem's bias trained for 3 epochs, reflect padding, MaxPool2d(3)
-# head and a bias-free classifier. "fast-airbench" spells them out (the runs made while they were options); "fast-10"
-# is issue 28's command word for word; "fast-old" undoes them (issue 18's recipe, on today's code) and each
+# head and a bias-free classifier. "fast-airbench" spells them out with SGD (the runs made while they were options,
+# before the recipe took Muon); "fast-10" is issue 28's command word for word (Muon since then); "fast-muon" the
+# recipe with Muon spelled out; "fast-old" undoes them (issue 18's recipe, on today's code) and each
 # "fast-old+<piece>" adds one back: the per-piece ablation.
 AIRBENCH_ARGS = '{"bn_eps": 1e-12, "head_pool_mode": "max3", "classifier_bias": false}'
 AIRBENCH = ["--lookahead", "--ema", "0", "--bn-momentum", "0.4", "--stem-bias-epochs", "3", "--pad-mode", "reflect"]
 OLD_ARGS = {"bn_eps": 1e-5, "head_pool_mode": "max", "classifier_bias": True}
-OLD = ["--recipe", "fast", "--no-lookahead", "--ema", "0.99", "--bn-momentum", "0", "--stem-bias-epochs", "0",
+OLD = ["--recipe", "fast", "--optimizer", "sgd", "--no-lookahead", "--ema", "0.99", "--bn-momentum", "0", "--stem-bias-epochs", "0",
        "--pad-mode", "zeros"]
 
 
@@ -62,8 +63,9 @@ def _old_with(*words: str, **arch: object) -> list[str]:
 
 
 RUNS.update({
-    "fast-airbench": ["--recipe", "fast", *AIRBENCH, "--model-args", AIRBENCH_ARGS],
+    "fast-airbench": ["--recipe", "fast", "--optimizer", "sgd", *AIRBENCH, "--model-args", AIRBENCH_ARGS],
     "fast-10": ["--recipe", "fast", "--epochs", "10"],
+    "fast-muon": ["--recipe", "fast", "--epochs", "10", "--optimizer", "muon"],
     "fast-old": _old_with(),
     "fast-old+lookahead": _old_with("--lookahead", "--ema", "0"),
     "fast-old+bn": _old_with("--bn-momentum", "0.4", bn_eps=1e-12),
