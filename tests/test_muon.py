@@ -15,6 +15,7 @@ from kd.trainer import fit_model
 from models import create_model
 from recipes.distill_only import DistillConfig
 from recipes.plumbing.config import parse_config
+from recipes.plumbing.training import teacher_optimizer
 from recipes.prune_then_distill import PruneThenDistillConfig
 from recipes.train_teacher import TeacherConfig
 
@@ -146,3 +147,14 @@ def test_resume_with_muon_ends_with_the_weights_of_an_uninterrupted_run(tmp_path
     resumed = fit(tmp_path / "cut", resume=True)
     for (name, a), b in zip(full.state_dict().items(), resumed.state_dict().values()):
         assert torch.equal(a, b), name
+
+
+def test_fresh_teachers_take_muon_loaded_weights_and_given_optimizers_do_not():
+    fast = parse_config(TeacherConfig, ["--recipe", "fast"])
+    assert teacher_optimizer(fast, fresh=True) == "muon"
+    assert teacher_optimizer(fast, fresh=False) == "sgd"  # --pretrained / --initial-checkpoint
+    kd_fast = parse_config(PruneThenDistillConfig, ["--recipe", "fast"])  # a teacher trained in the run
+    assert (kd_fast.optimizer, teacher_optimizer(kd_fast, fresh=True)) == ("sgd", "muon")
+    given = parse_config(TeacherConfig, ["--recipe", "fast", "--optimizer", "adamw"])
+    assert teacher_optimizer(given, fresh=True) == teacher_optimizer(given, fresh=False) == "adamw"
+    assert teacher_optimizer(parse_config(TeacherConfig, ["--recipe", "classic"]), fresh=True) == "sgd"

@@ -65,8 +65,9 @@ INITS = ("default", "whiten-dirac")
 # loss at batch 1024, and its decoupled decay 0.0153 per 1024 is weight_decay = 0.0153 / 11.5 = 1.33e-3 at that rate.
 # BENCHMARKS.md ("How fast does a teacher reach 93 %?") measures both on CIFAR-10. Since issue 28 fast also has
 # airbench's lookahead (instead of the EMA), BatchNorm momentum 0.4 and eps 1e-12, the stem bias held after 3 epochs,
-# reflect padding, and fast_cnn's MaxPool2d(3) head without a classifier bias: 89.69 % / 90.78 % with TTA (2 seeds)
-# against 88.87 % / 89.07 % in 10 epochs on the CPU (BENCHMARKS.md, "airbench94's pieces").
+# reflect padding, and fast_cnn's MaxPool2d(3) head without a classifier bias, and its teachers train with Muon on the
+# filters (airbench94_muon's optimiser, kd.optim.Muon): 89.93 % / 90.93 % with TTA (3 seeds) against 88.87 % / 89.07 %
+# in 10 epochs on the CPU (BENCHMARKS.md, "airbench94's pieces").
 RECIPES: dict[str, dict[str, Any]] = {
     "classic": {"epochs": 30, "finetune_epochs": 30, "teacher_epochs": 30, "batch_size": 128, "lr": 0.05,
                 "finetune_lr": 0.01, "weight_decay": 5e-4, "schedule": "cosine", "momentum": 0.9, "warmup": 0.23,
@@ -86,10 +87,10 @@ RECIPES: dict[str, dict[str, Any]] = {
 }
 # "arch_args": architecture arguments a recipe gives the networks it names when a run builds one (--model-args and
 # --teacher-model-args override them key by key): see recipe_arch_args.
+# "optimizer" is train_teacher.py's, "student_optimizer" the distillation recipes' (a config whose OPTIMIZER_KEY names
+# it): Muon on the filters measured best for fast's teachers (89.93 % against 89.67 % single view, 3 seeds each,
+# BENCHMARKS.md "airbench94's pieces"); the students' tables were measured with SGD, so they keep it.
 # "kd_loss" is prune_then_distill's fine-tuning loss (its field defaults to None; distill_only's to kd), and
-# "optimizer" is a network trained from fresh weights' (train_teacher.py), "student_optimizer" the distillation recipes'
-# (a config whose OPTIMIZER_KEY names it): Muon on the filters measured best for fast's teachers (89.97 % against
-# 89.69 % single view, BENCHMARKS.md "airbench94's pieces"); students were measured with SGD only, so they keep it.
 # "finetune_epochs" its --epochs (a config whose EPOCHS_KEY names it): fast's 8 epochs of KD recover the seed's budget
 # to 87.4 % (BENCHMARKS.md's Δ table) within the 15 minutes the no-argument run is allowed on a 2-core CPU.
 RECIPE_CHOICES = ("auto", *RECIPES)
