@@ -81,14 +81,16 @@ class _StopAfterOne(Callback):
         trainer.should_stop = True  # "crashes" after epoch 1
 
 
-def test_resume_with_lookahead_ends_with_the_weights_of_an_uninterrupted_run(tmp_path, tiny, one_thread):
+@pytest.mark.parametrize("optimizer", ["sgd", "muon"])
+def test_resume_with_lookahead_ends_with_the_weights_of_an_uninterrupted_run(tmp_path, tiny, one_thread, optimizer):
+    """The lookahead's slow weights and the optimizer's state (SGD's momentum; Muon's too) come back on --resume."""
     def fit(out, stop=False, resume=False):
         train, test = make_loaders(tiny, 32, seed=7)
         torch.manual_seed(11 if resume else 1)
         model = create_model("wide_cnn", 10, widths=(8, 16), hidden=0, dropout=0.0)
-        trainer = Trainer(model, epochs=3, out_dir=out, progress=False, lookahead=True, precision="fp32",
-                          callbacks=[_StopAfterOne()] if stop else [])
-        trainer.fit(train, test, resume=resume)
+        fit_model(model, train, test, epochs=3, lr=0.5, optimizer=optimizer, schedule="triangular", momentum=0.85,
+                  lookahead=True, out_dir=out, progress=False, precision="fp32", resume=resume,
+                  callbacks=[_StopAfterOne()] if stop else [])
         return model
 
     full = fit(tmp_path / "full")
