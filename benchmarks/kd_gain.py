@@ -25,7 +25,7 @@ scratch + CE, and what the pruned start gained over the scratch one:
         --init pruned,scratch --tag h200-t40
 
 A finished cell is reused only when it was measured as this run would measure it: same teacher file (sha256), same
-recipe and same images (the sha256 of their names and sizes; a cell from before that was recorded names its
+recipe and optimizer (a cell without one was SGD's) and same images (the sha256 of their names and sizes; a cell from before that was recorded names its
 --data-dir). Otherwise the run stops in one line naming the cell and the difference, before any cell runs: committed
 measurements are never silently replaced or mixed. Pass another --tag, or move the cell away to measure it again.
 """
@@ -45,7 +45,7 @@ from pathlib import Path
 from kd.losses import LOSSES
 from kd.precision import Hardware
 from recipes import prune_then_distill
-from recipes.plumbing.config import OneLineParser
+from recipes.plumbing.config import RECIPES, OneLineParser
 from recipes.plumbing.errors import run_main
 from recipes.plumbing.inputs import file_sha256
 from recipes.plumbing.report import write_json
@@ -123,7 +123,16 @@ def current_inputs(args: argparse.Namespace) -> dict[str, str]:
     if not Path(args.data_dir).is_dir():
         raise ValueError(f"--data-dir {args.data_dir!r} is not a folder; pass the images in ImageFolder layout")
     return {"teacher_sha256": "+".join(file_sha256(t) for t in args.teacher), "data_dir": args.data_dir,
-            "data_sha256": data_sha256(args.data_dir)}
+            "data_sha256": data_sha256(args.data_dir), "optimizer": cell_optimizer(args)}
+
+
+def cell_optimizer(args: argparse.Namespace) -> str:
+    """The optimizer the cells' students fine-tune with: ``--optimizer`` among the words after ``--``, else the
+    recipe's (``RECIPES``)."""
+    extra = list(args.extra)
+    if "--optimizer" in extra[:-1]:
+        return extra[extra.index("--optimizer") + 1]
+    return RECIPES[args.recipe]["optimizer"]
 
 
 def _short(teacher_sha256: object) -> str:
@@ -141,6 +150,9 @@ def reuse_difference(record: dict, args: argparse.Namespace, inputs: dict[str, s
                 f"is {_short(inputs['teacher_sha256'])}")
     if record.get("recipe", args.recipe) != args.recipe:
         return f"it was measured with --recipe {record['recipe']}, this run has --recipe {args.recipe}"
+    if record.get("optimizer", "sgd") != inputs["optimizer"]:  # every cell before Muon was SGD's
+        return (f"its student trained with --optimizer {record.get('optimizer', 'sgd')}, this run's with "
+                f"--optimizer {inputs['optimizer']}")
     if "data_sha256" in record:
         if record["data_sha256"] != inputs["data_sha256"]:
             return (f"it was measured on other images (data sha256 {record['data_sha256'][:12]}... in "

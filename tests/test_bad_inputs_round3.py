@@ -225,7 +225,7 @@ def cell(kd_gain, tmp_path, argv_inputs: dict, **changes) -> Path:
 
 def test_kd_gain_reuses_a_cell_measured_from_the_same_inputs(kd_gain, gain_inputs, tmp_path, capsys):
     inputs = {"teacher_sha256": kd_gain.file_sha256(tmp_path / "teacher.pt"), "data_dir": "elsewhere",
-              "data_sha256": kd_gain.data_sha256(tmp_path / "data")}
+              "data_sha256": kd_gain.data_sha256(tmp_path / "data"), "optimizer": "muon"}
     cell(kd_gain, tmp_path, inputs)
     run_main(kd_gain.main, gain_inputs)
     assert "1 of 1 cells done" in capsys.readouterr().out  # a copy of the images elsewhere is the same data
@@ -234,6 +234,7 @@ def test_kd_gain_reuses_a_cell_measured_from_the_same_inputs(kd_gain, gain_input
 @pytest.mark.parametrize("change, expected", [
     ({"teacher_sha256": "0" * 64}, "measured from a teacher with sha256 000000000000..."),
     ({"recipe": "classic"}, "measured with --recipe classic, this run has --recipe fast"),
+    ({"optimizer": None}, "its student trained with --optimizer sgd, this run's with --optimizer muon"),
     ({"data_sha256": "f" * 64}, "measured on other images (data sha256 ffffffffffff..."),
     ({"data_sha256": None, "command": "python recipes/prune_then_distill.py --data-dir /other/c10 --seed 0"},
      "measured on --data-dir '/other/c10'"),
@@ -241,12 +242,12 @@ def test_kd_gain_reuses_a_cell_measured_from_the_same_inputs(kd_gain, gain_input
 def test_kd_gain_refuses_a_cell_measured_from_other_inputs(change, expected, kd_gain, gain_inputs, tmp_path,
                                                            capsys):
     inputs = {"teacher_sha256": kd_gain.file_sha256(tmp_path / "teacher.pt"), "data_dir": str(tmp_path / "data"),
-              "data_sha256": kd_gain.data_sha256(tmp_path / "data")}
+              "data_sha256": kd_gain.data_sha256(tmp_path / "data"), "optimizer": "muon"}
     path = cell(kd_gain, tmp_path, inputs, **change)
-    if change.get("data_sha256", "") is None:
-        body = json.loads(path.read_text())
-        del body["data_sha256"]  # a cell from before the images' sha256 was recorded
-        path.write_text(json.dumps(body))
+    body = json.loads(path.read_text())
+    for key in [k for k, v in change.items() if v is None]:  # a cell from before the images' sha256 / the optimizer
+        del body[key]                                            # was recorded
+    path.write_text(json.dumps(body))
     before = path.read_bytes()
     line = fail(kd_gain.main, gain_inputs, capsys)
     assert "cell t_f1000_e2_ce_lr0.1_s0 cannot be reused" in line and expected in line and "another --tag" in line

@@ -74,22 +74,22 @@ RECIPES: dict[str, dict[str, Any]] = {
                 "decay_norm_and_bias": True, "bn_bias_lr_scale": 1.0, "bn_weight_lr_scale": 1.0,
                 "label_smoothing": 0.0, "ema": 0.0, "tta": "none", "pad": 4, "pad_mode": "zeros", "flip": "random",
                 "init": "default", "kd_loss": "kd-ls", "lookahead": False, "bn_momentum": 0.0,
-                "stem_bias_epochs": 0, "optimizer": "sgd", "student_optimizer": "sgd", "muon_lr_scale": 0.16,
+                "stem_bias_epochs": 0, "optimizer": "sgd", "muon_lr_scale": 0.16,
                 "muon_momentum": 0.6},
     "fast": {"epochs": 10, "finetune_epochs": 8, "teacher_epochs": 10, "batch_size": 1024, "lr_batch": 1024,
              "lr": 1.5, "finetune_lr": 0.3, "weight_decay": 0.0153 / 11.5, "schedule": "triangular", "momentum": 0.85,
              "warmup": 0.23, "decay_norm_and_bias": False, "bn_bias_lr_scale": 64.0, "bn_weight_lr_scale": 0.0,
              "label_smoothing": 0.2, "ema": 0.0, "tta": "flip-translate", "pad": 2, "pad_mode": "reflect",
              "flip": "alternating", "init": "whiten-dirac", "kd_loss": "kd", "lookahead": True, "bn_momentum": 0.4,
-             "stem_bias_epochs": 3, "optimizer": "muon", "student_optimizer": "sgd", "muon_lr_scale": 0.16,
+             "stem_bias_epochs": 3, "optimizer": "muon", "muon_lr_scale": 0.16,
              "muon_momentum": 0.6,
              "arch_args": {"fast_cnn": {"bn_eps": 1e-12, "head_pool_mode": "max3", "classifier_bias": False}}},
 }
 # "arch_args": architecture arguments a recipe gives the networks it names when a run builds one (--model-args and
 # --teacher-model-args override them key by key): see recipe_arch_args.
-# "optimizer" is train_teacher.py's, "student_optimizer" the distillation recipes' (a config whose OPTIMIZER_KEY names
-# it): Muon on the filters measured best for fast's teachers (89.93 % against 89.67 % single view, 3 seeds each,
-# BENCHMARKS.md "airbench94's pieces"); the students' tables were measured with SGD, so they keep it.
+# "optimizer": fast trains every stage with Muon on the filters, which measured best for its teachers (89.93 % against
+# 89.67 % single view in 10 epochs, 3 seeds each) and for the seed's budget's students (BENCHMARKS.md "airbench94's
+# pieces").
 # "kd_loss" is prune_then_distill's fine-tuning loss (its field defaults to None; distill_only's to kd), and
 # "finetune_epochs" its --epochs (a config whose EPOCHS_KEY names it): fast's 8 epochs of KD recover the seed's budget
 # to 87.4 % (BENCHMARKS.md's Δ table) within the 15 minutes the no-argument run is allowed on a 2-core CPU.
@@ -136,8 +136,8 @@ class RunConfig:
                            limit=POSITIVE)
     weight_decay: float | None = arg(None, "weight decay (default: from --recipe)", limit=NON_NEGATIVE)
     optimizer: str | None = arg(None, "sgd (Nesterov momentum), adamw, or muon (Muon on the bias-free convs' "
-                                "filters, sgd on the rest) (default: from --recipe; fast: muon in train_teacher.py, "
-                                "sgd in the distillation recipes; classic: sgd)", OPTIMIZERS)
+                                "filters, sgd on the rest) (default: from --recipe; fast: muon, classic: sgd)",
+                                OPTIMIZERS)
     muon_lr_scale: float | None = arg(None, "muon: the filters' learning rate as a multiple of --lr (default: from "
                                       "--recipe; 0.16: airbench94_muon's 0.24 at the fast recipe's 1.5)",
                                       limit=POSITIVE)
@@ -235,16 +235,13 @@ def resolve_recipe(cfg: Any) -> str:
     return "fast" if big else "classic"
 
 
-def recipe_values(recipe: str, batch_size: int | None = None, epochs_key: str = "epochs",
-                  optimizer_key: str = "optimizer") -> dict[str, Any]:
+def recipe_values(recipe: str, batch_size: int | None = None, epochs_key: str = "epochs") -> dict[str, Any]:
     """Every option value ``RECIPES[recipe]`` gives, its batch size included; a rate the recipe gives per
     ``lr_batch`` images (the fast recipe's) is scaled linearly to ``batch_size`` (default: the recipe's batch):
     ``lr = lr_recipe · batch_size / lr_batch``. ``epochs`` is the preset's ``epochs_key`` entry (prune_then_distill
-    fine-tunes for ``finetune_epochs``), ``optimizer`` its ``optimizer_key`` entry (the distillation recipes take
-    ``student_optimizer``)."""
+    fine-tunes for ``finetune_epochs``)."""
     preset = dict(RECIPES[recipe])
     preset["epochs"] = preset[epochs_key]
-    preset["optimizer"] = preset[optimizer_key]
     batch = batch_size if batch_size is not None else preset["batch_size"]
     scale = batch / preset["lr_batch"] if "lr_batch" in preset else 1.0
     return {name: value * scale if name in _BATCH_SCALED else value for name, value in preset.items()
@@ -254,16 +251,14 @@ def recipe_values(recipe: str, batch_size: int | None = None, epochs_key: str = 
 def apply_recipe(cfg: Any) -> Any:
     """Resolves ``--recipe auto`` (:func:`resolve_recipe`), fills every option of ``cfg`` left at None that
     ``RECIPES[cfg.recipe]`` sets (:func:`recipe_values`, rates scaled to the batch size unless given, ``--epochs``
-    from the key ``cfg.EPOCHS_KEY`` names when the config has one, ``--optimizer`` from ``cfg.OPTIMIZER_KEY``'s) and
-    records the filled names as derived (:func:`derived_options`)."""
+    from the key ``cfg.EPOCHS_KEY`` names when the config has one) and records the filled names as derived
+    (:func:`derived_options`)."""
     cfg.recipe = resolve_recipe(cfg)
     names = {f.name for f in dataclasses.fields(cfg)}
     filled = set()
     epochs_key = getattr(cfg, "EPOCHS_KEY", "epochs")
-    optimizer_key = getattr(cfg, "OPTIMIZER_KEY", "optimizer")
     # an unset batch size is the recipe's own, which recipe_values scales the rates to and fills in below
-    for name, value in recipe_values(cfg.recipe, getattr(cfg, "batch_size", None), epochs_key,
-                                     optimizer_key).items():
+    for name, value in recipe_values(cfg.recipe, getattr(cfg, "batch_size", None), epochs_key).items():
         if name in names and getattr(cfg, name) is None:
             setattr(cfg, name, value)
             filled.add(name)
@@ -684,8 +679,6 @@ def _summary(cls: type) -> str:
 @dataclass
 class KDConfig(RunConfig):
     """Shared words of the distillation recipes: where the teacher comes from and the loss."""
-
-    OPTIMIZER_KEY: ClassVar[str] = "student_optimizer"  # students were measured with SGD only (RECIPES)
 
     teacher: tuple[str, ...] | None = arg(None, "teacher model file(s) (train_teacher.py's); several teach the mean "
                                           "of their logits; default: the committed teacher for CIFAR-10, else one "

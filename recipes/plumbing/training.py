@@ -25,8 +25,7 @@ from models.common import Batches, batch_count
 from models.init import init_for_small_images
 from recipes.plumbing import external_teacher
 from recipes.plumbing.checks import check_teacher_fits, json_object, model_args
-from recipes.plumbing.config import (RECIPES, KDConfig, RunConfig, check_values, derived_options, recipe_arch_args,
-                                     resolve_device)
+from recipes.plumbing.config import KDConfig, RunConfig, check_values, recipe_arch_args, resolve_device
 from recipes.plumbing.report import ModelReport
 from recipes.plumbing.teachers import load_teachers, wrap_teacher
 
@@ -71,9 +70,9 @@ def make_loss(cfg: KDConfig) -> DistillLoss:
 def fit_stage(model: nn.Module, cfg: RunConfig, train_batches: Batches, eval_batches: Batches | None = None, *,
               out_dir: str | Path, teacher: nn.Module | None = None, loss: nn.Module | None = None,
               epochs: int | None = None, lr: float | None = None, feature_loss: nn.Module | None = None,
-              eval_split: str = "test", tta: str = "none", optimizer: str | None = None) -> FitResult:
+              eval_split: str = "test", tta: str = "none") -> FitResult:
     """The one way a recipe trains: fits ``model`` with the optimizer, schedule, precision, memory format, compile,
-    sync-BN and progress options of ``cfg`` (``epochs``/``lr``/``optimizer`` override it), checkpointing to ``out_dir`` (with
+    sync-BN and progress options of ``cfg`` (``epochs``/``lr`` override it), checkpointing to ``out_dir`` (with
     ``metrics.csv``, ``curves.png`` and, with ``--tensorboard``, TensorBoard logs) and resuming from it when
     ``cfg.resume`` and a ``last.pt`` is there. ``eval_batches`` (the ``eval_split`` split) is scored after each
     epoch; the teacher is only run when the loss or ``feature_loss`` needs it (:func:`kd.trainer.fit_model`).
@@ -91,16 +90,14 @@ def fit_stage(model: nn.Module, cfg: RunConfig, train_batches: Batches, eval_bat
     """
     try:
         return _fit_stage(model, cfg, train_batches, eval_batches, out_dir=out_dir, teacher=teacher, loss=loss,
-                          epochs=epochs, lr=lr, feature_loss=feature_loss, eval_split=eval_split, tta=tta,
-                          optimizer=optimizer or cfg.optimizer)
+                          epochs=epochs, lr=lr, feature_loss=feature_loss, eval_split=eval_split, tta=tta)
     except DivergedError as err:
         raise DivergedError(f"stage {Path(out_dir).name!r}: {err}") from None
 
 
 def _fit_stage(model: nn.Module, cfg: RunConfig, train_batches: Batches, eval_batches: Batches | None, *,
                out_dir: str | Path, teacher: nn.Module | None, loss: nn.Module | None, epochs: int | None,
-               lr: float | None, feature_loss: nn.Module | None, eval_split: str, tta: str,
-               optimizer: str) -> FitResult:
+               lr: float | None, feature_loss: nn.Module | None, eval_split: str, tta: str) -> FitResult:
     resume = cfg.resume and (Path(out_dir) / "last.pt").is_file()
     if resume:
         print(f"  resuming from {Path(out_dir) / 'last.pt'}", flush=True)
@@ -109,7 +106,7 @@ def _fit_stage(model: nn.Module, cfg: RunConfig, train_batches: Batches, eval_ba
         train_batches, teacher = _cached(cfg, teacher, train_batches, views, feature_loss), None
     train_batches = mixed(cfg, train_batches)
     return fit_model(model, train_batches, eval_batches, epochs=epochs if epochs is not None else cfg.epochs,
-                     lr=lr if lr is not None else cfg.lr, teacher=teacher, loss=loss, optimizer=optimizer,
+                     lr=lr if lr is not None else cfg.lr, teacher=teacher, loss=loss, optimizer=cfg.optimizer,
                      schedule=cfg.schedule, weight_decay=cfg.weight_decay, feature_loss=feature_loss, resume=resume,
                      momentum=cfg.momentum, decay_norm_and_bias=cfg.decay_norm_and_bias,
                      bn_bias_lr_scale=cfg.bn_bias_lr_scale, bn_weight_lr_scale=cfg.bn_weight_lr_scale,
@@ -199,29 +196,18 @@ def fit_teacher(cfg: RunConfig, data: DataSplits, arch: str, arch_args: dict[str
     train_batches, test_batches = loaders(cfg, data)
     fresh = model is None
     start = "from scratch" if fresh else "from loaded weights"
-    optimizer = teacher_optimizer(cfg, fresh)
-    print(f"teacher {arch} ({start}, {optimizer}): {len(data.train)} training / {len(data.test)} test images, "
+    print(f"teacher {arch} ({start}, {cfg.optimizer}): {len(data.train)} training / {len(data.test)} test images, "
           f"{data.num_classes} classes")
     if fresh:
         model = create_model(arch, data.num_classes, **recipe_arch_args(cfg.recipe, arch, arch_args))
         init_model(cfg, model, train_batches)
     result = fit_stage(model, cfg, train_batches, test_batches, out_dir=out / "teacher_train", epochs=epochs,
-                       loss=CrossEntropy(label_smoothing=cfg.label_smoothing), tta=cfg.tta,
-                       optimizer=optimizer)
+                       loss=CrossEntropy(label_smoothing=cfg.label_smoothing), tta=cfg.tta)
     report = ModelReport.measure("teacher", model, result.last_accuracy, data.input_size,
                                  tta_accuracy=result.tta_accuracy)
     save_model(model, out / "teacher.pt", meta={"accuracy": report.accuracy, "tta_accuracy": result.tta_accuracy,
                                                 **data.meta(), "history": result.to_dict()["history"]})
     return model, report
-
-
-def teacher_optimizer(cfg: RunConfig, fresh: bool) -> str:
-    """The optimizer a teacher trains with: ``--optimizer`` when given, else the recipe's ``optimizer`` for a network
-    trained from fresh weights (the fast recipe's Muon) and its ``student_optimizer`` for one that starts from trained
-    weights (``--pretrained``, ``--initial-checkpoint``: SGD, which moves them less), whichever recipe runs."""
-    if "optimizer" not in derived_options(cfg):
-        return cfg.optimizer
-    return RECIPES[cfg.recipe]["optimizer" if fresh else "student_optimizer"]
 
 
 WHITEN_IMAGES = 5000  # training images whose patches set the whitening conv (airbench's number)
