@@ -7,6 +7,7 @@ from typing import Any
 
 import torch
 from torch import nn
+from torch.optim.sgd import sgd
 
 OPTIMIZERS = ("sgd", "adamw", "muon")
 SCHEDULES = ("cosine", "onecycle", "constant", "triangular")
@@ -124,33 +125,31 @@ class Muon(torch.optim.Optimizer):
             with torch.enable_grad():
                 loss = closure()
         for group in self.param_groups:
-            for p in group["params"]:
-                if p.grad is not None:
-                    (self._muon_step if group["muon"] else self._sgd_step)(p, group)
+            params = [p for p in group["params"] if p.grad is not None]
+            (self._muon_step if group["muon"] else self._sgd_step)(params, group)
         return loss
 
-    def _muon_step(self, p: torch.Tensor, group: dict[str, Any]) -> None:
+    def _muon_step(self, params: list[torch.Tensor], group: dict[str, Any]) -> None:
         mu = group["muon_momentum"]
-        state = self.state[p]
-        if "momentum_buffer" not in state:
-            state["momentum_buffer"] = torch.zeros_like(p.grad)
-        buf = state["momentum_buffer"]
-        buf.mul_(mu).add_(p.grad)
-        update = p.grad.add(buf, alpha=mu)
-        p.mul_(math.sqrt(p.shape[0]) / p.norm().clamp_min(1e-12))
-        p.add_(newton_schulz(update.reshape(len(update), -1), group["ns_steps"]).view_as(p), alpha=-group["lr"])
-
-    def _sgd_step(self, p: torch.Tensor, group: dict[str, Any]) -> None:
-        m, wd = group["momentum"], group["weight_decay"]
-        d = p.grad.add(p, alpha=wd) if wd else p.grad
-        state = self.state[p]
-        if m:
+        for p in params:
+            state = self.state[p]
             if "momentum_buffer" not in state:
-                state["momentum_buffer"] = d.clone()
-            else:
-                state["momentum_buffer"].mul_(m).add_(d)
-            d = d.add(state["momentum_buffer"], alpha=m)
-        p.add_(d, alpha=-group["lr"])
+                state["momentum_buffer"] = torch.zeros_like(p.grad)
+            buf = state["momentum_buffer"]
+            buf.mul_(mu).add_(p.grad)
+            update = p.grad.add(buf, alpha=mu)
+            p.mul_(math.sqrt(p.shape[0]) / p.norm().clamp_min(1e-12))
+            p.add_(newton_schulz(update.reshape(len(update), -1), group["ns_steps"]).view_as(p), alpha=-group["lr"])
+
+    def _sgd_step(self, params: list[torch.Tensor], group: dict[str, Any]) -> None:
+        """torch.optim.SGD's own update (its functional form), the momentum buffers kept in this optimizer's state."""
+        m = group["momentum"]
+        buffers = [self.state[p].get("momentum_buffer") for p in params]
+        sgd(params, [p.grad for p in params], buffers, weight_decay=group["weight_decay"], momentum=m,
+            lr=group["lr"], dampening=0.0, nesterov=m > 0, maximize=False)
+        if m:
+            for p, buf in zip(params, buffers):
+                self.state[p]["momentum_buffer"] = buf
 
 
 def make_optimizer(name: str, params: Iterable[nn.Parameter] | list[dict[str, Any]], lr: float,
