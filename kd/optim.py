@@ -72,6 +72,8 @@ def _is_filter(module: nn.Module, pname: str) -> bool:
 
 
 NS_COEFFICIENTS = (3.4445, -4.7750, 2.0315)
+MUON_LR_SCALE = 0.16  # the filters' rate per unit SGD rate: airbench94_muon's 0.24 at the fast recipe's 1.5
+MUON_MOMENTUM = 0.6  # airbench94_muon's
 
 
 def newton_schulz(g: torch.Tensor, steps: int = 3, eps: float = 1e-7) -> torch.Tensor:
@@ -111,7 +113,7 @@ class Muon(torch.optim.Optimizer):
     """
 
     def __init__(self, params: Iterable[nn.Parameter] | list[dict[str, Any]], lr: float, momentum: float = 0.85,
-                 weight_decay: float = 0.0, muon_momentum: float = 0.6, ns_steps: int = 3) -> None:
+                 weight_decay: float = 0.0, muon_momentum: float = MUON_MOMENTUM, ns_steps: int = 3) -> None:
         if lr < 0 or not 0 <= momentum < 1 or not 0 <= muon_momentum < 1 or weight_decay < 0:
             raise ValueError(f"Muon needs lr >= 0, momenta in [0, 1) and weight_decay >= 0; got lr={lr}, "
                              f"momentum={momentum}, muon_momentum={muon_momentum}, weight_decay={weight_decay}")
@@ -154,7 +156,7 @@ class Muon(torch.optim.Optimizer):
 
 def make_optimizer(name: str, params: Iterable[nn.Parameter] | list[dict[str, Any]], lr: float,
                    weight_decay: float = 5e-4, momentum: float = 0.9,
-                   muon_momentum: float = 0.6) -> torch.optim.Optimizer:
+                   muon_momentum: float = MUON_MOMENTUM) -> torch.optim.Optimizer:
     """``sgd``: SGD with Nesterov momentum ``momentum`` (plain SGD at 0); ``adamw``: AdamW; ``muon``: :class:`Muon`
     on the ``"muon"`` groups (``muon_momentum``), the same SGD on the rest. ``params`` may be parameters (weight
     decay on all of them) or :func:`param_groups` (their own rates and decays)."""

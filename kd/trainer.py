@@ -25,7 +25,7 @@ from kd.batchnorm import set_bn_momentum
 from kd.callbacks import Callback
 from kd.lookahead import Lookahead
 from kd.losses import CrossEntropy, DistillLoss, TrainState, create_loss, hard_labels, total_loss
-from kd.optim import make_optimizer, make_scheduler, param_groups
+from kd.optim import MUON_LR_SCALE, MUON_MOMENTUM, make_optimizer, make_scheduler, param_groups
 from kd.precision import Hardware, autocast, resolve_precision
 from kd.progress import progress_bar
 from kd.stem_bias import StemBiasHold
@@ -530,13 +530,14 @@ def fit_model(student: nn.Module, train: Batches, val: Batches | None = None, *,
               schedule: str = "cosine", weight_decay: float = 5e-4, feature_loss: nn.Module | None = None,
               resume: bool | str | Path = False, momentum: float = 0.9, decay_norm_and_bias: bool = True,
               bn_bias_lr_scale: float = 1.0, bn_weight_lr_scale: float = 1.0, warmup: float = 0.23,
-              muon_lr_scale: float = 0.16, muon_momentum: float = 0.6, **trainer_options: Any) -> FitResult:
+              muon_lr_scale: float = MUON_LR_SCALE, muon_momentum: float = MUON_MOMENTUM,
+              **trainer_options: Any) -> FitResult:
     """The one training entry: optimizer by name over the student's (and the feature loss's) trainable parameters in
     :func:`kd.optim.param_groups` (``decay_norm_and_bias``, ``bn_bias_lr_scale``, ``bn_weight_lr_scale``; with
-    ``optimizer="muon"`` the filters at ``lr · muon_lr_scale`` and ``muon_momentum``: :class:`kd.optim.Muon`), a per-step
-    schedule over ``epochs × len(train)`` steps (``warmup``: the ``triangular`` schedule's warm-up fraction), and
-    ``loss`` (default: the Trainer's — ``DEFAULT_LOSS`` with a teacher, cross-entropy without one). A teacher is only
-    run when the loss or a feature loss needs it. ``trainer_options`` go to :class:`Trainer` (``device``,
+    ``optimizer="muon"`` the filters at ``lr · muon_lr_scale`` and ``muon_momentum``: :class:`kd.optim.Muon`), a
+    per-step schedule over ``epochs × len(train)`` steps (``warmup``: the ``triangular`` schedule's warm-up
+    fraction), and ``loss`` (default: the Trainer's — ``DEFAULT_LOSS`` with a teacher, cross-entropy without one). A
+    teacher is only run when the loss or a feature loss needs it. ``trainer_options`` go to :class:`Trainer` (``device``,
     ``out_dir``, ``precision``, ``progress``, ``callbacks``, ``ema``, ``tta`` ...)."""
     modules = [student] + ([feature_loss] if feature_loss is not None else [])
     groups = param_groups(modules, lr, weight_decay, decay_norm_and_bias=decay_norm_and_bias,

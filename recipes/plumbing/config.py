@@ -22,7 +22,7 @@ import torch
 from kd.data import DATA_MODES, DATASETS, TRANSFORMS
 from kd.data.batches import FLIPS, PAD_MODES
 from kd.losses import LOSSES
-from kd.optim import OPTIMIZERS, SCHEDULES
+from kd.optim import MUON_LR_SCALE, MUON_MOMENTUM, OPTIMIZERS, SCHEDULES
 from kd.precision import PRECISIONS
 from kd.tta import TTA_MODES
 from recipes.plumbing.report import json_ready, write_json
@@ -74,15 +74,13 @@ RECIPES: dict[str, dict[str, Any]] = {
                 "decay_norm_and_bias": True, "bn_bias_lr_scale": 1.0, "bn_weight_lr_scale": 1.0,
                 "label_smoothing": 0.0, "ema": 0.0, "tta": "none", "pad": 4, "pad_mode": "zeros", "flip": "random",
                 "init": "default", "kd_loss": "kd-ls", "lookahead": False, "bn_momentum": 0.0,
-                "stem_bias_epochs": 0, "optimizer": "sgd", "muon_lr_scale": 0.16,
-                "muon_momentum": 0.6},
+                "stem_bias_epochs": 0, "optimizer": "sgd"},
     "fast": {"epochs": 10, "finetune_epochs": 8, "teacher_epochs": 10, "batch_size": 1024, "lr_batch": 1024,
              "lr": 1.5, "finetune_lr": 0.3, "weight_decay": 0.0153 / 11.5, "schedule": "triangular", "momentum": 0.85,
              "warmup": 0.23, "decay_norm_and_bias": False, "bn_bias_lr_scale": 64.0, "bn_weight_lr_scale": 0.0,
              "label_smoothing": 0.2, "ema": 0.0, "tta": "flip-translate", "pad": 2, "pad_mode": "reflect",
              "flip": "alternating", "init": "whiten-dirac", "kd_loss": "kd", "lookahead": True, "bn_momentum": 0.4,
-             "stem_bias_epochs": 3, "optimizer": "muon", "muon_lr_scale": 0.16,
-             "muon_momentum": 0.6,
+             "stem_bias_epochs": 3, "optimizer": "muon",
              "arch_args": {"fast_cnn": {"bn_eps": 1e-12, "head_pool_mode": "max3", "classifier_bias": False}}},
 }
 # "arch_args": architecture arguments a recipe gives the networks it names when a run builds one (--model-args and
@@ -138,11 +136,10 @@ class RunConfig:
     optimizer: str | None = arg(None, "sgd (Nesterov momentum), adamw, or muon (Muon on the bias-free convs' "
                                 "filters, sgd on the rest) (default: from --recipe; fast: muon, classic: sgd)",
                                 OPTIMIZERS)
-    muon_lr_scale: float | None = arg(None, "muon: the filters' learning rate as a multiple of --lr (default: from "
-                                      "--recipe; 0.16: airbench94_muon's 0.24 at the fast recipe's 1.5)",
-                                      limit=POSITIVE)
-    muon_momentum: float | None = arg(None, "muon: the filters' Nesterov momentum (default: from --recipe)",
-                                      limit=FRACTION)
+    muon_lr_scale: float = arg(MUON_LR_SCALE, "muon: the filters' learning rate as a multiple of --lr "
+                               "(airbench94_muon's 0.24 at the fast recipe's 1.5)", limit=POSITIVE)
+    muon_momentum: float = arg(MUON_MOMENTUM, "muon: the filters' Nesterov momentum (airbench94_muon's)",
+                               limit=FRACTION)
     schedule: str | None = arg(None, "per-step learning-rate schedule (default: from --recipe)", SCHEDULES)
     momentum: float | None = arg(None, "SGD's Nesterov momentum (default: from --recipe)", limit=FRACTION)
     warmup: float | None = arg(None, "fraction of the steps the triangular schedule warms up over (default: from "
@@ -359,7 +356,8 @@ GROUPS: dict[str, tuple[str, ...]] = {
     "distillation": ("kd_loss", "loss_args", "temperature", "alpha", "distill", "hint_layer", "hint_student_layer",
                      "hint_teacher_layer", "hint_weight"),
     "optimisation": ("recipe", "epochs", "batch_size", "lr", "finetune_lr", "optimizer", "muon_lr_scale",
-                     "muon_momentum", "schedule", "momentum", "warmup", "weight_decay", "decay_norm_and_bias", "bn_bias_lr_scale", "bn_weight_lr_scale",
+                     "muon_momentum", "schedule", "momentum", "warmup", "weight_decay", "decay_norm_and_bias",
+                     "bn_bias_lr_scale", "bn_weight_lr_scale",
                      "label_smoothing", "ema", "lookahead", "bn_momentum", "stem_bias_epochs", "seed", "seeds"),
     "augmentation": ("pad", "pad_mode", "flip", "tta", "transforms", "aa", "crop_pct", "scale", "mixup", "cutmix",
                      "mixup_prob", "mixup_switch_prob"),
