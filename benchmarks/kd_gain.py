@@ -25,9 +25,10 @@ scratch + CE, and what the pruned start gained over the scratch one:
         --init pruned,scratch --tag h200-t40
 
 A finished cell is reused only when it was measured as this run would measure it: same teacher file (sha256), same
-recipe and optimizer (a cell without one was SGD's) and same images (the sha256 of their names and sizes; a cell from before that was recorded names its
---data-dir). Otherwise the run stops in one line naming the cell and the difference, before any cell runs: committed
-measurements are never silently replaced or mixed. Pass another --tag, or move the cell away to measure it again.
+recipe and optimizer (a cell without one was SGD's) and same images (the sha256 of their names and sizes; a cell
+from before that was recorded names its --data-dir). Otherwise the run stops in one line naming the cell and the
+difference, before any cell runs: committed measurements are never silently replaced or mixed. Pass another --tag, or
+move the cell away to measure it again.
 """
 from __future__ import annotations
 
@@ -45,7 +46,7 @@ from pathlib import Path
 from kd.losses import LOSSES
 from kd.precision import Hardware
 from recipes import prune_then_distill
-from recipes.plumbing.config import RECIPES, OneLineParser
+from recipes.plumbing.config import OneLineParser, parse_config
 from recipes.plumbing.errors import run_main
 from recipes.plumbing.inputs import file_sha256
 from recipes.plumbing.report import write_json
@@ -127,12 +128,9 @@ def current_inputs(args: argparse.Namespace) -> dict[str, str]:
 
 
 def cell_optimizer(args: argparse.Namespace) -> str:
-    """The optimizer the cells' students fine-tune with: ``--optimizer`` among the words after ``--``, else the
-    recipe's (``RECIPES``)."""
-    extra = list(args.extra)
-    if "--optimizer" in extra[:-1]:
-        return extra[extra.index("--optimizer") + 1]
-    return RECIPES[args.recipe]["optimizer"]
+    """The optimizer the cells' students fine-tune with, as prune_then_distill.py reads it from ``--recipe`` and the
+    words after ``--`` (``--optimizer X`` or ``--optimizer=X``; else the recipe's)."""
+    return parse_config(prune_then_distill.PruneThenDistillConfig, ["--recipe", args.recipe, *args.extra]).optimizer
 
 
 def _short(teacher_sha256: object) -> str:
@@ -150,8 +148,9 @@ def reuse_difference(record: dict, args: argparse.Namespace, inputs: dict[str, s
                 f"is {_short(inputs['teacher_sha256'])}")
     if record.get("recipe", args.recipe) != args.recipe:
         return f"it was measured with --recipe {record['recipe']}, this run has --recipe {args.recipe}"
-    if record.get("optimizer", "sgd") != inputs["optimizer"]:  # every cell before Muon was SGD's
-        return (f"its student trained with --optimizer {record.get('optimizer', 'sgd')}, this run's with "
+    measured_with = record.get("optimizer", "sgd")  # every cell before Muon was SGD's
+    if measured_with != inputs["optimizer"]:
+        return (f"its student trained with --optimizer {measured_with}, this run's with "
                 f"--optimizer {inputs['optimizer']}")
     if "data_sha256" in record:
         if record["data_sha256"] != inputs["data_sha256"]:
