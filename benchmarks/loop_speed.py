@@ -11,7 +11,8 @@ The loop is the fast recipe's as ``train_teacher.py --recipe fast`` runs it (its
 momentum, the stem bias hold, EMA if the recipe keeps one), on in-memory uint8 images through
 :class:`kd.data.BatchIterator` (shuffle, pad-2 crop, alternating flip, normalisation); its figure is the epoch's
 ``images_per_s`` the Trainer reports. The bare step is forward, label-smoothed cross-entropy, backward and the
-recipe's optimizer step (``--optimizer``: SGD, or Muon on the filters as airbench94_muon's step) on a batch made once. Prints both medians and their ratio (the issue asks for >= 0.85), the CPU and precision.
+recipe's optimizer step (``--optimizer``: SGD, or Muon on the filters as airbench94_muon's step) on a batch made
+once. Prints both medians and their ratio (the issue asks for >= 0.85), the CPU and precision.
 """
 from __future__ import annotations
 
@@ -25,7 +26,7 @@ import torch.nn.functional as F
 
 from kd.data import BatchIterator
 from kd.data.sources import ImageTensors
-from kd.optim import make_optimizer, param_groups
+from kd.optim import optimizer_for
 from kd.precision import Hardware, autocast
 from kd.trainer import fit_model
 from models import create_model
@@ -40,7 +41,8 @@ def loop_epoch(cfg: TeacherConfig, data: ImageTensors, hw: Hardware, arch_args: 
                             flip=cfg.flip, pad_mode=cfg.pad_mode)
     result = fit_model(model, batches, epochs=1, lr=cfg.lr, optimizer=cfg.optimizer, schedule=cfg.schedule,
                        weight_decay=cfg.weight_decay, muon_lr_scale=cfg.muon_lr_scale,
-                       muon_momentum=cfg.muon_momentum, momentum=cfg.momentum, decay_norm_and_bias=cfg.decay_norm_and_bias,
+                       muon_momentum=cfg.muon_momentum, momentum=cfg.momentum,
+                       decay_norm_and_bias=cfg.decay_norm_and_bias,
                        bn_bias_lr_scale=cfg.bn_bias_lr_scale, bn_weight_lr_scale=cfg.bn_weight_lr_scale,
                        warmup=cfg.warmup, ema=cfg.ema or None, lookahead=cfg.lookahead,
                        bn_momentum=cfg.bn_momentum or None, stem_bias_epochs=cfg.stem_bias_epochs,
@@ -54,9 +56,8 @@ def bare_steps(cfg: TeacherConfig, steps: int, hw: Hardware, arch_args: dict) ->
     batch_size = cfg.batch_size
     fmt = torch.channels_last if hw.channels_last else torch.contiguous_format
     model = create_model("fast_cnn", 10, **arch_args).to(memory_format=fmt).train()
-    muon = cfg.muon_lr_scale if cfg.optimizer == "muon" else None
-    opt = make_optimizer(cfg.optimizer, param_groups([model], 0.01, 0.0, filter_lr_scale=muon), 0.01, 0.0, 0.85,
-                         cfg.muon_momentum)
+    opt = optimizer_for(cfg.optimizer, [model], 0.01, 0.0, 0.85, muon_lr_scale=cfg.muon_lr_scale,
+                        muon_momentum=cfg.muon_momentum)
     x = torch.randn(batch_size, 3, 32, 32).contiguous(memory_format=fmt)
     y = torch.randint(0, 10, (batch_size,))
     start = time.perf_counter()

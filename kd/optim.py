@@ -169,6 +169,17 @@ def make_optimizer(name: str, params: Iterable[nn.Parameter] | list[dict[str, An
     raise ValueError(f"unknown optimizer {name!r}; choose one of {', '.join(OPTIMIZERS)}")
 
 
+def optimizer_for(name: str, modules: Iterable[nn.Module], lr: float, weight_decay: float, momentum: float, *,
+                  muon_lr_scale: float = MUON_LR_SCALE, muon_momentum: float = MUON_MOMENTUM,
+                  **group_options: Any) -> torch.optim.Optimizer:
+    """:func:`make_optimizer` ``name`` over :func:`param_groups` of ``modules`` (``group_options``: its
+    ``decay_norm_and_bias``, ``bn_bias_lr_scale``, ``bn_weight_lr_scale``); for ``muon`` the filters get their own
+    group at ``lr · muon_lr_scale`` and ``muon_momentum``."""
+    groups = param_groups(modules, lr, weight_decay, filter_lr_scale=muon_lr_scale if name == "muon" else None,
+                          **group_options)
+    return make_optimizer(name, groups, lr, weight_decay, momentum, muon_momentum)
+
+
 def triangular(step: int, total_steps: int, warmup: float = 0.23, start: float = 0.2, end: float = 0.07) -> float:
     """The rate multiplier of the ``triangular`` schedule at 0-based ``step`` (airbench94's):
     linear from ``start`` to 1 over the first ``warmup · total`` steps, then linear from 1 to ``end`` at the last."""

@@ -25,7 +25,7 @@ from kd.batchnorm import set_bn_momentum
 from kd.callbacks import Callback
 from kd.lookahead import Lookahead
 from kd.losses import CrossEntropy, DistillLoss, TrainState, create_loss, hard_labels, total_loss
-from kd.optim import MUON_LR_SCALE, MUON_MOMENTUM, make_optimizer, make_scheduler, param_groups
+from kd.optim import MUON_LR_SCALE, MUON_MOMENTUM, make_scheduler, optimizer_for
 from kd.precision import Hardware, autocast, resolve_precision
 from kd.progress import progress_bar
 from kd.stem_bias import StemBiasHold
@@ -533,17 +533,16 @@ def fit_model(student: nn.Module, train: Batches, val: Batches | None = None, *,
               muon_lr_scale: float = MUON_LR_SCALE, muon_momentum: float = MUON_MOMENTUM,
               **trainer_options: Any) -> FitResult:
     """The one training entry: optimizer by name over the student's (and the feature loss's) trainable parameters in
-    :func:`kd.optim.param_groups` (``decay_norm_and_bias``, ``bn_bias_lr_scale``, ``bn_weight_lr_scale``; with
-    ``optimizer="muon"`` the filters at ``lr · muon_lr_scale`` and ``muon_momentum``: :class:`kd.optim.Muon`), a
-    per-step schedule over ``epochs × len(train)`` steps (``warmup``: the ``triangular`` schedule's warm-up
-    fraction), and ``loss`` (default: the Trainer's — ``DEFAULT_LOSS`` with a teacher, cross-entropy without one). A
-    teacher is only run when the loss or a feature loss needs it. ``trainer_options`` go to :class:`Trainer` (``device``,
-    ``out_dir``, ``precision``, ``progress``, ``callbacks``, ``ema``, ``tta`` ...)."""
+    :func:`kd.optim.param_groups` (:func:`kd.optim.optimizer_for`: ``decay_norm_and_bias``, ``bn_bias_lr_scale``,
+    ``bn_weight_lr_scale``; with ``optimizer="muon"`` the filters at ``lr · muon_lr_scale`` and ``muon_momentum``:
+    :class:`kd.optim.Muon`), a per-step schedule over ``epochs × len(train)`` steps (``warmup``: the ``triangular``
+    schedule's warm-up fraction), and ``loss`` (default: the Trainer's — ``DEFAULT_LOSS`` with a teacher,
+    cross-entropy without one). A teacher is only run when the loss or a feature loss needs it. ``trainer_options`` go
+    to :class:`Trainer` (``device``, ``out_dir``, ``precision``, ``progress``, ``callbacks``, ``ema``, ``tta`` ...)."""
     modules = [student] + ([feature_loss] if feature_loss is not None else [])
-    groups = param_groups(modules, lr, weight_decay, decay_norm_and_bias=decay_norm_and_bias,
-                          bn_bias_lr_scale=bn_bias_lr_scale, bn_weight_lr_scale=bn_weight_lr_scale,
-                          filter_lr_scale=muon_lr_scale if optimizer == "muon" else None)
-    opt = make_optimizer(optimizer, groups, lr, weight_decay, momentum, muon_momentum)
+    opt = optimizer_for(optimizer, modules, lr, weight_decay, momentum, muon_lr_scale=muon_lr_scale,
+                        muon_momentum=muon_momentum, decay_norm_and_bias=decay_norm_and_bias,
+                        bn_bias_lr_scale=bn_bias_lr_scale, bn_weight_lr_scale=bn_weight_lr_scale)
     sched = make_scheduler(schedule, opt, epochs * (batch_count(train) or 1), warmup)
     if loss is not None and not getattr(loss, "needs_teacher", True) and feature_loss is None:
         teacher = None  # e.g. alpha = 0: running the teacher would cost time for nothing
