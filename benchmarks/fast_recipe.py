@@ -53,8 +53,8 @@ RUNS = {
 AIRBENCH_ARGS = '{"bn_eps": 1e-12, "head_pool_mode": "max3", "classifier_bias": false}'
 AIRBENCH = ["--lookahead", "--ema", "0", "--bn-momentum", "0.4", "--stem-bias-epochs", "3", "--pad-mode", "reflect"]
 OLD_ARGS = {"bn_eps": 1e-5, "head_pool_mode": "max", "classifier_bias": True}
-OLD = ["--recipe", "fast", "--optimizer", "sgd", "--no-lookahead", "--ema", "0.99", "--bn-momentum", "0", "--stem-bias-epochs", "0",
-       "--pad-mode", "zeros"]
+OLD = ["--recipe", "fast", "--optimizer", "sgd", "--no-lookahead", "--ema", "0.99", "--bn-momentum", "0",
+       "--stem-bias-epochs", "0", "--pad-mode", "zeros"]
 
 
 def _old_with(*words: str, **arch: object) -> list[str]:

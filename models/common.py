@@ -1,6 +1,7 @@
 """What every package repeats, in one place at the bottom of the imports (``recipes → pruning → kd → models``):
-the type of a stream of batches and how many it yields per pass, a model in eval mode for a block with its own mode given back afterwards, the
-device a model is on, the intra-op thread count for a block, and bf16 autocast by precision name."""
+the type of a stream of batches and how many it yields per pass, a model in eval mode for a block with its own mode
+given back afterwards, the device a model is on, the intra-op thread count for a block, and bf16 autocast by precision
+name."""
 from __future__ import annotations
 
 import contextlib

@@ -4,6 +4,7 @@ import torch
 from kd import Callback, DistillationLoss, EarlyStopping, HintLoss, Trainer
 from kd.data import make_loaders
 from models import create_model
+from models.common import batch_count
 
 
 def _student(seed=1):
@@ -141,8 +142,6 @@ def test_bf16_autocast_trains(tiny):
 
 
 def test_batch_count_is_none_for_a_wrapper_over_batches_without_a_length():
-    from models.common import batch_count
-
     class Wrapper:  # as kd.mixup.MixedBatches: its __len__ asks the batches it wraps
         def __init__(self, base):
             self.base = base
