@@ -59,7 +59,8 @@ def main(argv: list[str] | None = None) -> list[Summary]:
     results = []
     for seed in range(cfg.seed, cfg.seed + cfg.seeds):
         setup = make_setup(teacher, data, target_flops=target, epochs=cfg.epochs, batch_size=cfg.batch_size,
-                           pad=cfg.pad, flip=cfg.flip, pad_mode=cfg.pad_mode, val_size=cfg.val_size,
+                           pad=cfg.pad, flip=cfg.flip, pad_mode=cfg.pad_mode, cutout=cfg.cutout,
+                           val_size=cfg.val_size,
                            calibration_batches=cfg.calibration_batches, seed=seed, device=resolve_device(cfg.device),
                            lr=cfg.lr, finetune_lr=cfg.finetune_lr,
                            loss=run.loss, progressive_steps=cfg.progressive_steps,

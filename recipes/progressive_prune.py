@@ -70,7 +70,7 @@ def main(argv: list[str] | None = None) -> ProgressiveResult:
     fit, val, _ = validation_split(data.train, cfg.val_size, cfg.seed)
     norm = {"mean": data.mean, "std": data.std, "device": device}
     train_batches = BatchIterator(fit, cfg.batch_size, train=True, seed=cfg.seed, pad=cfg.pad, flip=cfg.flip,
-                                  pad_mode=cfg.pad_mode, **norm)
+                                  pad_mode=cfg.pad_mode, cutout=cfg.cutout, **norm)
     calibration = [b for _, b in zip(range(cfg.calibration_batches),
                                      BatchIterator(fit, cfg.batch_size, train=True, seed=cfg.seed + 1, **norm))]
     target = {"target_params": cfg.target_params} if cfg.target_params is not None else \

@@ -6,8 +6,11 @@ import torch
 from PIL import Image
 
 from kd.data import (BatchIterator, DataUnavailableError, ImageTensors, balanced_indices, channel_stats,
-                     load_dataset, random_crop_flip)
+                     load_dataset, make_loaders, random_crop_flip)
 from kd.data import sources
+from kd.data.batches import apply_cutout, draw_cutout
+from recipes.plumbing import option_checks
+from recipes.plumbing.config import KDConfig
 
 
 def _all_crops(img: torch.Tensor, pad: int) -> list[torch.Tensor]:
@@ -62,6 +65,36 @@ def test_iterator_state_replays_the_same_epoch(synthetic):
     it.load_state_dict(state)
     again = [x for x, _ in it]
     assert all(torch.equal(a, b) for a, b in zip(first, again))
+
+
+def test_cutout_blanks_the_square_at_each_corner_by_hand():
+    x = torch.ones(3, 2, 8, 8)
+    out = apply_cutout(x, 3, torch.tensor([[0, 0], [5, 3], [2, 6]]))  # the last square is cut by the image's edge
+    expected = torch.ones(3, 8, 8)
+    expected[0, 0:3, 0:3] = 0
+    expected[1, 5:8, 3:6] = 0
+    expected[2, 2:5, 6:8] = 0
+    assert torch.equal(out, expected[:, None].expand(3, 2, 8, 8))
+    corners = draw_cutout(1000, 3, 8, 6, torch.Generator().manual_seed(0))
+    assert corners[:, 0].min() == 0 and corners[:, 0].max() == 5  # uniform over 0..H-size: always inside
+    assert corners[:, 1].min() == 0 and corners[:, 1].max() == 3
+
+
+def test_cutout_batch_is_the_plain_batch_with_one_mean_coloured_square(synthetic):
+    options = {"train": True, "mean": synthetic.mean, "std": synthetic.std, "seed": 4, "pad": 2}
+    plain = next(iter(BatchIterator(synthetic.train, 64, **options)))[0]
+    cut = next(iter(BatchIterator(synthetic.train, 64, cutout=5, **options)))[0]  # crop drawn first: same crops
+    differs = (cut != plain).any(1)  # (B, H, W)
+    assert (cut == 0).all(1).flatten(1).sum(1).eq(25).all()  # one 5×5 square per image at 0, the mean colour
+    assert torch.equal(differs, differs & (cut == 0).all(1))  # only inside it
+    with pytest.raises(ValueError, match="cutout must be in"):
+        BatchIterator(synthetic.train, 64, cutout=33, **options)
+
+
+def test_cutout_refusals(synthetic):
+    with pytest.raises(ValueError, match="--teacher-cache"):
+        option_checks.check_options(KDConfig(cutout=8, teacher_cache=2, batch_size=32))
+    assert make_loaders(synthetic, 32, cutout=8)[0].cutout == 8
 
 
 def test_balanced_subset_counts():

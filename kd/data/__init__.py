@@ -212,13 +212,17 @@ def _stream_splits(data_dir: str | os.PathLike, data_mode: str, image_size: int,
 
 def make_loaders(data: DataSplits, batch_size: int, device: str | torch.device = "cpu", seed: int = 0,
                  eval_batch_size: int | None = None, workers: int = 4, pad: int = 4,
-                 flip: str = "random", pad_mode: str = "zeros"
+                 flip: str = "random", pad_mode: str = "zeros", cutout: int = 0
                  ) -> tuple[BatchIterator | StreamBatchIterator, BatchIterator | StreamBatchIterator]:
     """(training iterator: shuffled and augmented with a pad-``pad`` random crop and a ``flip``; test iterator: in
-    order, unaugmented; ``pad_mode`` zeros or reflect). Stream-mode splits (:class:`FileSplit`) get
+    order, unaugmented; ``pad_mode`` zeros or reflect; ``cutout``: the side of a square blanked in each training
+    image, in memory only). Stream-mode splits (:class:`FileSplit`) get
     :class:`StreamBatchIterator` with ``workers`` DataLoader workers (random flips and zero padding only). Splits
     with a transform policy (mode ``timm``) get :class:`TransformBatchIterator`: the policy's RandomResizedCrop and
     flip replace ``pad`` and ``flip``, the policy's mean and std are ``data.mean`` and ``data.std``."""
+    if cutout and (data.policy is not None or isinstance(data.train, FileSplit)):
+        raise ValueError("--cutout needs the images in memory on the tensor path (--data-mode memory, --transforms "
+                         "tensor)")
     if data.policy is not None:
         policy = replace(data.policy, mean=tuple(data.mean), std=tuple(data.std))
         options = {"policy": policy, "device": device, "workers": workers}
@@ -235,7 +239,7 @@ def make_loaders(data: DataSplits, batch_size: int, device: str | torch.device =
         return (StreamBatchIterator(data.train, batch_size, train=True, seed=seed, pad=pad, **options),
                 StreamBatchIterator(data.test, eval_batch_size or 2 * batch_size, train=False, **options))
     train = BatchIterator(data.train, batch_size, train=True, mean=data.mean, std=data.std, device=device, seed=seed,
-                          pad=pad, flip=flip, pad_mode=pad_mode)
+                          pad=pad, flip=flip, pad_mode=pad_mode, cutout=cutout)
     test = BatchIterator(data.test, eval_batch_size or 2 * batch_size, train=False, mean=data.mean, std=data.std,
                          device=device)
     return train, test

@@ -1,7 +1,7 @@
 """Batch iterator over in-memory uint8 tensors, augmenting whole batches on the target device.
 
 Per epoch: shuffle indices, slice whole batches, then (training only) a pad-``pad`` random crop per image and a
-horizontal flip, then normalise. The flip is ``random`` (each image, each epoch, with probability 1/2) or
+horizontal flip, then normalise, then (with ``cutout``) one square per image set to zero, the mean colour. The flip is ``random`` (each image, each epoch, with probability 1/2) or
 ``alternating`` (airbench: each image gets one random flip bit for the whole run, and every odd epoch mirrors all of
 them, so every image is seen mirrored and not mirrored in turn). No PIL, no DataLoader workers: on 2 CPU cores the
 model is the cost, not the data.
@@ -99,6 +99,25 @@ def random_crop_flip(x: torch.Tensor, pad: int, generator: torch.Generator) -> t
     return apply_crop_flip(x, pad, draw_crop_flip(x.shape[0], pad, generator))
 
 
+def draw_cutout(batch: int, size: int, height: int, width: int, generator: torch.Generator) -> torch.Tensor:
+    """Top-left corners of one ``size`` × ``size`` square per image: (B, 2) int64 rows ``(y, x)``, uniform in
+    [0, H − size] × [0, W − size], so the square lies wholly inside the image (airbench96's cutout)."""
+    y = torch.randint(0, height - size + 1, (batch,), generator=generator)
+    x = torch.randint(0, width - size + 1, (batch,), generator=generator)
+    return torch.stack([y, x], dim=1)
+
+
+def apply_cutout(x: torch.Tensor, size: int, corners: torch.Tensor) -> torch.Tensor:
+    """``x`` (B, C, H, W) with pixels ``corner ≤ (row, col) < corner + size`` of each image set to 0 in every channel
+    (on normalised images: the mean colour). ``corners``: (B, 2) rows ``(y, x)`` from :func:`draw_cutout`."""
+    _, _, h, w = x.shape
+    corners = corners.to(x.device)
+    rows = torch.arange(h, device=x.device)[None, :] - corners[:, :1]  # (B, H): row offset into the square
+    cols = torch.arange(w, device=x.device)[None, :] - corners[:, 1:]  # (B, W)
+    inside = ((rows >= 0) & (rows < size))[:, :, None] & ((cols >= 0) & (cols < size))[:, None, :]  # (B, H, W)
+    return x.masked_fill(inside[:, None], 0)
+
+
 FLIPS = ("random", "alternating")
 
 
@@ -136,13 +155,16 @@ class BatchIterator(SeededBatches):
         pad: crop padding (0 disables the crop); flip comes with it.
         pad_mode: ``zeros`` or ``reflect`` (see :func:`apply_crop_flip`).
         flip: ``random`` or ``alternating`` (see the module docstring).
+        cutout: side of the square :func:`apply_cutout` blanks in each training image (0 = none); drawn after the
+            crop and flip from the same generator.
         seed: seeds the iterator's own generator (shuffle order and augmentation), saved by ``state_dict``.
         rank, world_size: data-parallel sharding (see :meth:`shard`); the default 0 of 1 serves whole batches.
     """
 
     def __init__(self, data: ImageTensors, batch_size: int, *, train: bool, mean: Sequence[float],
                  std: Sequence[float], device: str | torch.device = "cpu", pad: int = 4, seed: int = 0,
-                 rank: int = 0, world_size: int = 1, flip: str = "random", pad_mode: str = "zeros") -> None:
+                 rank: int = 0, world_size: int = 1, flip: str = "random", pad_mode: str = "zeros",
+                 cutout: int = 0) -> None:
         if flip not in FLIPS:
             raise ValueError(f"flip must be one of {', '.join(FLIPS)}, got {flip!r}")
         if pad_mode not in PAD_MODES:
@@ -151,11 +173,14 @@ class BatchIterator(SeededBatches):
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         if len(data) == 0:
             raise ValueError("cannot iterate over an empty data split")
+        if not 0 <= cutout <= min(data.images.shape[-2:]):
+            raise ValueError(f"cutout must be in [0, {min(data.images.shape[-2:])}] (the image side), got {cutout}")
         self.device = torch.device(device)
         self.images = data.images.to(self.device)  # (N, 3, H, W) uint8
         self.labels = data.labels.to(self.device)  # (N,)
         self.classes = data.classes
         self.batch_size, self.train, self.pad, self.flip, self.pad_mode = batch_size, train, pad, flip, pad_mode
+        self.cutout = cutout
         self.epoch = 0
         # alternating flip: each image's own flip bit, drawn from the seed alone (so it survives a resume unchanged)
         self._flip_bits = torch.rand(len(data), generator=torch.Generator().manual_seed(seed)) < 0.5
@@ -212,12 +237,16 @@ class BatchIterator(SeededBatches):
             params = draw_crop_flip(idx.shape[0], self.pad, self.generator) if self.pad > 0 else None
             if params is not None and self.flip == "alternating":
                 params[:, 2] = (self._flip_bits[idx] ^ bool(epoch % 2)).long()
+            h, w = self.images.shape[-2:]
+            corners = draw_cutout(idx.shape[0], self.cutout, h, w, self.generator) if self.cutout else None
             if self.world_size > 1:
                 idx = shard(idx, self.rank, self.world_size)  # (B / world,)
                 params = shard(params, self.rank, self.world_size) if params is not None else None
+                corners = shard(corners, self.rank, self.world_size) if corners is not None else None
             idx = idx.to(self.device)
             x = self.images[idx]
             if params is not None:
                 x = apply_crop_flip(x, self.pad, params, self.pad_mode)
-            yield self.normalize(x), self.labels[idx]
+            x = self.normalize(x)
+            yield (apply_cutout(x, self.cutout, corners) if corners is not None else x), self.labels[idx]
 

@@ -104,14 +104,15 @@ class CompareSetup:
 def make_setup(teacher: nn.Module, data: DataSplits, *, target_flops: int, epochs: int, batch_size: int = 128,
                val_size: int | float = 0.1, calibration_batches: int = 4, seed: int = 0,
                device: str | torch.device = "cpu", pad: int = 4, flip: str = "random", pad_mode: str = "zeros",
-               **options) -> CompareSetup:
+               cutout: int = 0, **options) -> CompareSetup:
     """Splits ``data.train`` into training and validation (class-balanced, by ``seed``) and builds the iterators (the
-    training one with a pad-``pad`` ``pad_mode`` crop and ``flip``); ``options`` go to :class:`CompareSetup` (``lr``,
+    training one with a pad-``pad`` ``pad_mode`` crop, ``flip`` and ``cutout``); ``options`` go to :class:`CompareSetup` (``lr``,
     ``finetune_lr``, ``loss``, ``progressive_steps``)."""
     device = torch.device(device)
     fit, val, _ = validation_split(data.train, val_size, seed)
     norm = {"mean": data.mean, "std": data.std, "device": device}
-    train = BatchIterator(fit, batch_size, train=True, seed=seed, pad=pad, flip=flip, pad_mode=pad_mode, **norm)
+    train = BatchIterator(fit, batch_size, train=True, seed=seed, pad=pad, flip=flip, pad_mode=pad_mode,
+                          cutout=cutout, **norm)
     calib_iter = BatchIterator(fit, batch_size, train=True, seed=seed + 1, **norm)  # shuffled: every class present
     calibration = [b for _, b in zip(range(calibration_batches), calib_iter)]
     return CompareSetup(teacher.to(device).eval(), train, BatchIterator(val, 2 * batch_size, train=False, **norm),

@@ -160,6 +160,8 @@ class RunConfig:
                           limit=NON_NEGATIVE_COUNT)
     pad_mode: str | None = arg(None, "what the crop's border shows: zeros (black) or reflect (the image mirrored "
                                "at its edge, as airbench) (default: from --recipe)", PAD_MODES)
+    cutout: int = arg(0, "side of a square set to the mean colour at a random place in every training image "
+                      "(airbench96's cutout, for long runs); 0 = off; memory mode only", limit=NON_NEGATIVE_COUNT)
     flip: str | None = arg(None, "random: each image flipped with probability 1/2 each epoch; alternating: one "
                            "random flip per image, all mirrored every other epoch (default: from --recipe)", FLIPS)
     lookahead: bool | None = arg(None, "airbench's lookahead: every 5 steps the weights are pulled to a slow average "
@@ -359,8 +361,8 @@ GROUPS: dict[str, tuple[str, ...]] = {
                      "muon_momentum", "schedule", "momentum", "warmup", "weight_decay", "decay_norm_and_bias",
                      "bn_bias_lr_scale", "bn_weight_lr_scale",
                      "label_smoothing", "ema", "lookahead", "bn_momentum", "stem_bias_epochs", "seed", "seeds"),
-    "augmentation": ("pad", "pad_mode", "flip", "tta", "transforms", "aa", "crop_pct", "scale", "mixup", "cutmix",
-                     "mixup_prob", "mixup_switch_prob"),
+    "augmentation": ("pad", "pad_mode", "flip", "cutout", "tta", "transforms", "aa", "crop_pct", "scale", "mixup",
+                     "cutmix", "mixup_prob", "mixup_switch_prob"),
     "precision and speed": ("device", "precision", "channels_last", "compile", "dynamo", "sync_bn", "threads"),
     "output": ("out", "resume", "overwrite", "progress", "tensorboard", "latency", "latency_batch_sizes", "batch_sizes",
                "repeats", "min_seconds", "export", "opset"),

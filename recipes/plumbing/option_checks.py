@@ -157,6 +157,9 @@ def _check_teacher_cache(cfg: Any) -> None:
         # each step, so the cached logits would belong to images the student never sees (no function matching).
         raise ValueError("--teacher-cache stores the teacher's logits on unmixed views, but with --mixup/--cutmix the "
                          "teacher must score each freshly mixed image; drop --teacher-cache or the mixing")
+    if getattr(cfg, "cutout", 0) > 0:
+        raise ValueError("--teacher-cache stores the teacher's logits on uncut views, so the student would be scored "
+                         "against images it never sees with --cutout; drop --teacher-cache or --cutout")
     if getattr(cfg, "flip", "random") == "alternating":
         raise ValueError("--teacher-cache replays the random flips it stored with the teacher's logits, so it cannot "
                          "serve --flip alternating; pass --flip random (or drop --teacher-cache)")

@@ -33,7 +33,7 @@ from recipes.plumbing.teachers import load_teachers, wrap_teacher
 def loaders(cfg: RunConfig, data: DataSplits) -> tuple[BatchIterator, BatchIterator]:
     """Training and test iterators on ``cfg.device``."""
     return make_loaders(data, cfg.batch_size, resolve_device(cfg.device), seed=cfg.seed, workers=cfg.workers,
-                        pad=cfg.pad, flip=cfg.flip, pad_mode=cfg.pad_mode)
+                        pad=cfg.pad, flip=cfg.flip, pad_mode=cfg.pad_mode, cutout=cfg.cutout)
 
 
 def hardware(cfg: RunConfig) -> Hardware:
