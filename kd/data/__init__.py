@@ -138,7 +138,8 @@ def load_dataset(name: str, data_dir: str | os.PathLike | None = None, *, image_
         test = subset(load_cifar(name, data_dir, False, image_size), limit_test, seed)
     elif name == "imagefolder":
         if data_dir is None:
-            raise DataUnavailableError("--dataset imagefolder needs --data-dir DIR (DIR/train/<class>/*, DIR/test/<class>/*)")
+            raise DataUnavailableError("--dataset imagefolder needs --data-dir DIR (DIR/train/<class>/*, "
+                                       "DIR/test/<class>/*)")
         classes = imagefolder_classes(data_dir, train_split, val_split)  # both splits checked before decoding
         splits = split_names(data_dir, train_split, val_split)
         options = {"skip_bad_images": skip_bad_images, "progress": progress}

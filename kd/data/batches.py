@@ -1,9 +1,10 @@
 """Batch iterator over in-memory uint8 tensors, augmenting whole batches on the target device.
 
 Per epoch: shuffle indices, slice whole batches, then (training only) a pad-``pad`` random crop per image and a
-horizontal flip, then normalise, then (with ``cutout``) one square per image set to zero, the mean colour. The flip is ``random`` (each image, each epoch, with probability 1/2) or
-``alternating`` (airbench: each image gets one random flip bit for the whole run, and every odd epoch mirrors all of
-them, so every image is seen mirrored and not mirrored in turn). No PIL, no DataLoader workers: on 2 CPU cores the
+horizontal flip, then normalise, then (with ``cutout``) set one square per image to zero, the mean colour. The flip is
+``random`` (each image, each epoch, with probability 1/2) or ``alternating`` (airbench: each image gets one random flip
+bit for the whole run, and every odd epoch mirrors all of them, so every image is seen mirrored and not mirrored in
+turn). No PIL, no DataLoader workers: on 2 CPU cores the
 model is the cost, not the data.
 """
 from __future__ import annotations

@@ -106,8 +106,8 @@ def make_setup(teacher: nn.Module, data: DataSplits, *, target_flops: int, epoch
                device: str | torch.device = "cpu", pad: int = 4, flip: str = "random", pad_mode: str = "zeros",
                cutout: int = 0, **options) -> CompareSetup:
     """Splits ``data.train`` into training and validation (class-balanced, by ``seed``) and builds the iterators (the
-    training one with a pad-``pad`` ``pad_mode`` crop, ``flip`` and ``cutout``); ``options`` go to :class:`CompareSetup` (``lr``,
-    ``finetune_lr``, ``loss``, ``progressive_steps``)."""
+    training one with a pad-``pad`` ``pad_mode`` crop, ``flip`` and ``cutout``); ``options`` go to
+    :class:`CompareSetup` (``lr``, ``finetune_lr``, ``loss``, ``progressive_steps``)."""
     device = torch.device(device)
     fit, val, _ = validation_split(data.train, val_size, seed)
     norm = {"mean": data.mean, "std": data.std, "device": device}

@@ -704,8 +704,8 @@ class KDConfig(RunConfig):
                               limit=Limit(lambda v: 0.0 <= v <= 1.0, "in [0, 1]"))
     latency: bool = arg(True, "measure teacher and student forward latency after training (report.json)")
     latency_batch_sizes: tuple[int, ...] = arg((1, 64), "batch sizes of the latency measurement", limit=COUNT)
-    export: str | None = arg(None, "onnx: also write OUT/student.onnx (mean, std, classes, image size in its metadata); "
-                             "torch-export: OUT/student.pt2 (torch.export); each checked against PyTorch",
+    export: str | None = arg(None, "onnx: also write OUT/student.onnx (mean, std, classes, image size in its "
+                             "metadata); torch-export: OUT/student.pt2 (torch.export); each checked against PyTorch",
                              ("onnx", "torch-export"))
     teacher_tta: bool = arg(False, "the teacher scores the student's view and its mirror image and teaches the "
                             "mean of the two logit vectors (kd.ensemble)")
