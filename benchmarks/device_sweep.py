@@ -90,7 +90,8 @@ def cell_jobs(args: argparse.Namespace, cells: list[Cell], teacher_file: str, ce
         *device, *small[:4]], after=after) for flops, epochs, loss, lr, seed, init in cells]
 
 
-STRONG_TEACHERS = (("fast-wide-40", 0), ("fast-wide-40", 1), ("fast-wide-40", 2), ("fast-80", 0), ("fast-wide-80", 0))
+STRONG_TEACHERS = (("fast-wide-40", 0), ("fast-wide-40", 1), ("fast-wide-40", 2), ("fast-80", 0), ("fast-wide-80", 0),
+                   ("fast-wide-40-cutout", 0))
 WIDE_ARGS = '{"widths": [128, 128, 384, 384, 384, 384]}'  # fast_recipe.WIDE
 
 
