@@ -21,7 +21,8 @@ import torch
 import pruning
 import recipes.plumbing.training
 from kd.data import BadImageError, CacheWarning, DataUnavailableError, load_dataset
-from kd.data.sources import imagefolder_classes, load_imagefolder
+from kd.data.fingerprint import split_fingerprint
+from kd.data.sources import imagefolder_classes, list_image_files, load_imagefolder
 from kd.losses import CrossEntropy
 from models import create_model, load_model, save_model
 from models.checkpoint import atomic_save, check_finite, safe_load, stale_temp_files
@@ -857,6 +858,29 @@ def test_resume_refuses_changed_training_images_naming_the_class_folder(tmp_path
     line = fail(train_teacher, [*argv, "--resume"], capsys)
     assert "files in class folder 'dog' were replaced or rewritten (4 files then and now)" in line
     assert files(tmp_path / "run") == before
+
+
+def test_resume_goes_on_over_training_images_restored_with_the_same_pixels(tmp_path, capsys):
+    # a workspace restored into a new session: every file rewritten (new inode, change and modification times), the
+    # same bytes; the file entries all differ, the decoded pixels do not
+    root = made_folder(tmp_path / "data", {"cat": 4, "dog": 4}, {"cat": 2, "dog": 2})
+    argv = [*imagefolder_args(root, tmp_path / "cache"), "--out", str(tmp_path / "run")]
+    train_teacher.main(argv)
+    recorded = json.loads((tmp_path / "run" / "inputs.json").read_text())
+    assert set(recorded["pixels"]) == {"train", "test"} and recorded["pixels"]["train"]["dog"].startswith("4:")
+    for f in sorted((root / "train").rglob("*.png")):
+        blob = f.read_bytes()
+        f.unlink()
+        f.write_bytes(blob)
+    again = json.loads(json.dumps(recorded))
+    listed = list_image_files(root / "train", None)
+    assert split_fingerprint(root / "train", *listed) != recorded["data"]["train"]  # the file entries did change
+    train_teacher.main([*argv, "--resume"])
+    assert json.loads((tmp_path / "run" / "inputs.json").read_text())["pixels"] == again["pixels"]
+    # the same count with other pixels is still refused, though the pixels were recorded
+    shutil.copy(root / "train" / "dog" / "1.png", root / "train" / "dog" / "0.png")
+    line = fail(train_teacher, [*argv, "--resume"], capsys)
+    assert "files in class folder 'dog' were replaced or rewritten (4 files then and now)" in line
 
 
 def test_resume_refuses_a_replaced_teacher_file(teacher, tmp_path, capsys):

@@ -8,6 +8,7 @@ from typing import Any
 import torch
 
 from kd.data.batches import PAD_MODES, BatchIterator, apply_crop_flip, channel_stats, draw_crop_flip, random_crop_flip
+from kd.data.fingerprint import pixel_fingerprint
 from kd.data.pack import PackError, load_pack_split, shipped_pack
 from kd.data.sources import (
     DATASETS, BadImageError, CacheWarning, DataUnavailableError, ImageTensors, balanced_indices, default_cache_dir,
@@ -68,6 +69,14 @@ class DataSplits:
         """``{"train": {class: digest}, "test": {...}}`` of the files both splits were read from (empty for
         synthetic and torchvision data): what ``--resume`` compares (:mod:`kd.data.fingerprint`)."""
         return {"train": dict(self.train.fingerprint), "test": dict(self.test.fingerprint)}
+
+    def pixel_fingerprint(self) -> dict[str, dict[str, str]]:
+        """``{"train": {class: digest}, "test": {...}}`` of the decoded images of each split read from files into
+        memory (:func:`kd.data.fingerprint.pixel_fingerprint`; empty for streamed splits and those not read from
+        files), what lets ``--resume`` tell copied or restored files from changed ones."""
+        return {name: pixel_fingerprint(split.images, split.labels, self.classes)
+                for name, split in (("train", self.train), ("test", self.test))
+                if split.fingerprint and isinstance(split, ImageTensors) and torch.is_tensor(split.images)}
 
     @property
     def input_size(self) -> tuple[int, int, int, int]:

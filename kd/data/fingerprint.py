@@ -4,8 +4,11 @@ The change time (``st_ctime``) moves whenever a file's content or metadata is wr
 user space, so a same-size replacement that keeps its modification time (``cp -p``, ``rsync -t``) is still seen —
 the way git's index and ccache's direct mode notice changed files. The decoded-image cache is keyed on these
 entries, and a run records one digest per class folder (:func:`split_fingerprint`) so that ``--resume`` can name the
-class folder whose files changed. Copying the data elsewhere also changes the change times: a false alarm that
-costs a decode or a refused resume, never stale pixels.
+class folder whose files changed. Copying or restoring the data (a fresh checkout, a workspace restored into a new
+session) also changes the change times: a false alarm that costs a decode, never stale pixels. So that it does not
+also cost a resume, a run that decoded its images records a digest of each class's decoded pixels as well
+(:func:`pixel_fingerprint`); :func:`fingerprint_changes` lets a class folder whose file entries changed pass when
+its file count and its pixels are those recorded.
 """
 from __future__ import annotations
 
@@ -13,6 +16,8 @@ import hashlib
 import os
 from collections.abc import Sequence
 from pathlib import Path
+
+import torch
 
 
 def file_entry(path: Path) -> tuple[int, int, int, int]:
@@ -44,12 +49,34 @@ def split_fingerprint(split_dir: Path, files: Sequence[Path], labels: Sequence[i
     return {c: f"{len(fs)}:{files_digest(fs, split_dir)[:16]}" for c, fs in zip(classes, by_class)}
 
 
-def fingerprint_changes(before: dict[str, str], now: dict[str, str]) -> list[str]:
-    """What differs between two :func:`split_fingerprint` results, one phrase per class folder."""
+def pixel_fingerprint(images: torch.Tensor, labels: torch.Tensor, classes: Sequence[str]) -> dict[str, str]:
+    """``{class: "<number of images>:<digest>"}``: a sha1 of each class's decoded images, in split order.
+
+    Args:
+        images: (N, C, H, W) uint8, as decoded. labels: (N,) int64 in ``[0, len(classes))``.
+    """
+    out = {}
+    for k, c in enumerate(classes):
+        mine = images[labels == k].contiguous()
+        out[c] = f"{mine.shape[0]}:{hashlib.sha1(mine.numpy().tobytes()).hexdigest()[:16]}"
+    return out
+
+
+def fingerprint_changes(before: dict[str, str], now: dict[str, str], pixels_before: dict[str, str] | None = None,
+                        pixels_now: dict[str, str] | None = None) -> list[str]:
+    """What differs between two :func:`split_fingerprint` results, one phrase per class folder.
+
+    A class folder whose file entries differ but whose file count is the same and whose decoded pixels
+    (:func:`pixel_fingerprint`, when both runs recorded them) are equal holds the same images, copied or restored:
+    it is no change.
+    """
+    pixels_before, pixels_now = pixels_before or {}, pixels_now or {}
     changes = [f"class folder {c!r} is gone" for c in before if c not in now]
     changes += [f"class folder {c!r} is new" for c in now if c not in before]
     for c in (c for c in before if c in now and before[c] != now[c]):
         n_before, n_now = before[c].split(":")[0], now[c].split(":")[0]
+        if n_before == n_now and pixels_before.get(c) is not None and pixels_before.get(c) == pixels_now.get(c):
+            continue
         changes.append(f"class folder {c!r} had {n_before} files then and {n_now} now" if n_before != n_now else
                        f"files in class folder {c!r} were replaced or rewritten ({n_now} files then and now)")
     return changes

@@ -1,5 +1,6 @@
 """What a run was computed from, recorded beside its options: ``OUT/inputs.json`` holds the data's fingerprint (one
-digest per class folder and split, :mod:`kd.data.fingerprint`) and the sha256 of the ``--teacher`` file. ``--resume``
+digest per class folder and split of the file entries and, for decoded images, of their pixels:
+:mod:`kd.data.fingerprint`) and the sha256 of the ``--teacher`` file. ``--resume``
 compares them with the inputs as they are now and refuses to continue from changed ones, naming what changed: a
 student pruned from one teacher is never finished by distilling from another, nor trained on other images.
 """
@@ -29,10 +30,12 @@ def file_sha256(path: str | Path) -> str:
 
 
 def fingerprint(cfg: Any, data: DataSplits) -> dict[str, Any]:
-    """``{"data": {"train": {class: digest}, "test": {...}}, "teacher": [{"path", "sha256"}, ...] | None}`` (one
-    entry per ``--teacher`` file)."""
+    """``{"data": {"train": {class: digest}, "test": {...}}, "pixels": {...}, "teacher": [{"path", "sha256"}, ...]
+    | None}`` (``pixels``: :meth:`kd.data.DataSplits.pixel_fingerprint`, where there are any; one ``teacher`` entry per
+    ``--teacher`` file)."""
     paths = getattr(cfg, "teacher", None) or ()
-    return {"data": data.fingerprint(),
+    pixels = data.pixel_fingerprint()
+    return {"data": data.fingerprint(), **({"pixels": pixels} if pixels else {}),
             "teacher": [{"path": p, "sha256": file_sha256(p)} for p in paths] or None,
             **_weights_fingerprint(cfg)}
 
@@ -79,7 +82,8 @@ def check_unchanged(cfg: Any, data: DataSplits, out: Path) -> None:
     now = fingerprint(cfg, data)
     advice = "; restore them, or start afresh with --overwrite or another --out"
     for split, word in SPLITS.items():
-        changes = fingerprint_changes(earlier.get("data", {}).get(split, {}), now["data"][split])
+        changes = fingerprint_changes(earlier.get("data", {}).get(split, {}), now["data"][split],
+                                      earlier.get("pixels", {}).get(split), now.get("pixels", {}).get(split))
         if changes:
             more = f" (and {len(changes) - 1} more)" if len(changes) > 1 else ""
             raise ValueError(f"--resume: the {word} images changed since the earlier run in {cfg.out!r}: "
