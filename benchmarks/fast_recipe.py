@@ -79,7 +79,7 @@ RUNS.update({
     "fast-wide-40": ["--recipe", "fast", "--epochs", "40", "--model-args", WIDE],
     "fast-wide-80": ["--recipe", "fast", "--epochs", "80", "--model-args", WIDE],
     # with airbench96's augmentation for long runs (4-pixel translation, 12-pixel cutout): the run issue 29 trains on
-    # the CPU over several sittings (benchmarks/checkpoints/README.md)
+    # the CPU over several sittings (benchmarks/checkpoints/README.md): benchmarks/weights/fast_cnn_wide_cifar10_e40.pt
     "fast-wide-40-cutout": ["--recipe", "fast", "--epochs", "40", "--pad", "4", "--cutout", "12", "--model-args", WIDE],
 })
 THRESHOLDS = (85.0, 88.0, 89.8, 90.0, 93.0)
