@@ -56,12 +56,13 @@ def main(argv: list[str] | None = None) -> None:
     hw = Hardware.detect("auto", "cpu")
     print(hw.describe())
     data = load_dataset("imagefolder", args.data_dir, progress=False)
-    rows = []
-    print(f"{'teachers':70s} {'flops':>12s} {'single view':>12s} {'+ mirror':>9s}")
-    for paths in subsets(args.teachers):
+    rows, groups = [], subsets(args.teachers)
+    width = max(len(" + ".join(Path(p).name for p in paths)) for paths in groups)
+    print(f"{'teachers':{width}s} {'flops':>12s} {'single view':>12s} {'+ mirror':>9s}")
+    for paths in groups:
         row = score_subset(paths, data, hw)
         rows.append(row)
-        print(f"{' + '.join(row['teachers']):70s} {row['flops']:>12,d} {row['accuracy']:>11.2f}% "
+        print(f"{' + '.join(row['teachers']):{width}s} {row['flops']:>12,d} {row['accuracy']:>11.2f}% "
               f"{row['mirror_accuracy']:>8.2f}%", flush=True)
     record = {"hardware": hw.to_dict(),
               "threads": torch.get_num_threads(), "data_dir": args.data_dir,

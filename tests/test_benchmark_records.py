@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -34,3 +35,18 @@ def test_a_run_is_kept_with_its_models_and_per_epoch_curves(tmp_path, monkeypatc
 def test_every_subset_of_the_teachers_is_scored_once():
     assert teacher_ensemble.subsets(["a", "b", "c"]) == [
         ("a",), ("b",), ("c",), ("a", "b"), ("a", "c"), ("b", "c"), ("a", "b", "c")]
+
+
+@pytest.mark.slow
+def test_an_ensemble_of_the_committed_teachers_is_scored_with_the_sum_of_their_flops(one_thread, tmp_path):
+    from kd.data import load_dataset
+    from kd.precision import Hardware
+
+    weights = Path(__file__).resolve().parent.parent / "benchmarks" / "weights"
+    pair = (str(weights / "fast_cnn_cifar10_e40.pt"), str(weights / "fast_cnn_wide_cifar10_e40.pt"))
+    data = load_dataset("imagefolder", Path(__file__).resolve().parent / "data" / "cifar10", progress=False,
+                        cache_dir=tmp_path)
+    row = teacher_ensemble.score_subset(pair, data, Hardware.detect("auto", "cpu"))
+    assert row["teachers"] == ["fast_cnn_cifar10_e40.pt", "fast_cnn_wide_cifar10_e40.pt"]
+    assert row["flops"] == 118_381_344 + 301_969_440
+    assert row["accuracy"] > 80.0 and row["mirror_accuracy"] > 80.0  # 200 real test images; 10 % is chance
