@@ -102,7 +102,8 @@ def test_resume_names_the_replaced_one_of_several_teachers(tmp_path, tiny):
     a, b = _teacher_file(tmp_path, 1), _teacher_file(tmp_path, 2)
     cfg = parse_config(KDConfig, ["--teacher", a, b, "--out", str(tmp_path)])
     inputs.save(cfg, tiny, tmp_path)
-    inputs.check_unchanged(cfg, tiny, tmp_path)  # nothing changed: no error
+    # nothing changed: no error, and today's record (which save then writes again) is the one on disk
+    assert inputs.check_unchanged(cfg, tiny, tmp_path) == json.loads((tmp_path / "inputs.json").read_text())
     Path(b).rename(tmp_path / "old.pt")
     Path(_teacher_file(tmp_path, 5)).rename(b)  # the second file replaced by other weights
     with pytest.raises(ValueError, match=f"the teacher file '{b}' changed"):

@@ -58,14 +58,18 @@ def _check_weights_unchanged(earlier: dict[str, Any], now: dict[str, Any], cfg: 
                              f"{cfg.out!r}; put that file back, or start afresh with --overwrite or another --out")
 
 
-def save(cfg: Any, data: DataSplits, out: Path) -> None:
-    """Writes ``OUT/inputs.json`` (atomically)."""
-    write_json(out / INPUTS_NAME, fingerprint(cfg, data))
+def save(cfg: Any, data: DataSplits, out: Path, record: dict[str, Any] | None = None) -> None:
+    """Writes ``OUT/inputs.json`` (atomically): ``record`` (what :func:`check_unchanged` just computed, so that a
+    resumed run hashes its images and teacher files once), else :func:`fingerprint`."""
+    write_json(out / INPUTS_NAME, record if record is not None else fingerprint(cfg, data))
 
 
-def check_unchanged(cfg: Any, data: DataSplits, out: Path) -> None:
+def check_unchanged(cfg: Any, data: DataSplits, out: Path) -> dict[str, Any] | None:
     """``--resume``: the data and the teacher file are those the earlier run in ``out`` recorded. A run from before
     inputs were recorded cannot be checked: a warning says so.
+
+    Returns:
+        today's :func:`fingerprint` (for :func:`save`), or None where there was no record to check against.
 
     Raises:
         ValueError: naming the changed input (split and class folder, or the teacher file) and what to do.
@@ -75,7 +79,7 @@ def check_unchanged(cfg: Any, data: DataSplits, out: Path) -> None:
     except FileNotFoundError:
         warnings.warn(f"{str(out)!r} holds no {INPUTS_NAME} (an earlier version wrote it): whether its data and "
                       "teacher changed since cannot be checked", stacklevel=2)
-        return
+        return None
     except (OSError, ValueError):
         raise ValueError(f"--resume: {str(out / INPUTS_NAME)!r} is unreadable, so the inputs of the earlier run "
                          "are unknown; start afresh with --overwrite") from None
@@ -93,6 +97,7 @@ def check_unchanged(cfg: Any, data: DataSplits, out: Path) -> None:
     before = [before] if isinstance(before, dict) else before or []  # one dict: recorded before several teachers
     for then, after in zip(before, now["teacher"] or []):
         _check_teacher_unchanged(cfg, then, after)
+    return now
 
 
 def _check_teacher_unchanged(cfg: Any, before: dict[str, Any], after: dict[str, Any]) -> None:

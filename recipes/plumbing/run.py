@@ -137,12 +137,11 @@ def start_run(cfg: RunConfig) -> tuple[DataSplits, Path]:
     elif teacher is not None:
         check_teacher_fits(cfg, teacher, data)
     option_checks.check_with_data(cfg, data, ensemble_members(teacher)[0] if teacher is not None else None)
-    if cfg.resume:
-        inputs.check_unchanged(cfg, data, out)
+    record = inputs.check_unchanged(cfg, data, out) if cfg.resume else None
     if distributed.is_main():
         prepare_out(cfg, out)
         save_config(cfg, out / "config.json")
-        inputs.save(cfg, data, out)
+        inputs.save(cfg, data, out, record)
     distributed.barrier()
     return data, out
 
