@@ -18,7 +18,7 @@ from __future__ import annotations
 import hashlib
 import time
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -130,7 +130,8 @@ def _tensor_bytes(t: torch.Tensor) -> bytes:
 def build_teacher_cache(teacher: nn.Module, images: torch.Tensor, *, views: int, mean: Sequence[float],
                         std: Sequence[float], pad: int = 4, seed: int = 0, topk: int | None = None,
                         batch_size: int = 256, device: str | torch.device = "cpu", precision: str = "auto",
-                        progress: bool = True) -> TeacherCache:
+                        progress: bool = True, on_view: Callable[[int, int, float], None] | None = None
+                        ) -> TeacherCache:
     """Runs ``teacher`` (eval mode) over ``views`` augmented views of every image of ``images`` (N, 3, H, W) uint8.
 
     The augmentation of view k of image i is drawn up front from a generator seeded with ``seed``; the teacher sees
@@ -140,6 +141,8 @@ def build_teacher_cache(teacher: nn.Module, images: torch.Tensor, *, views: int,
         topk: keep only the k largest logits per view (None: all logits up to ``FULL_LOGITS_MAX_CLASSES`` classes,
             else the top ``DEFAULT_TOPK``; 0: all logits).
         precision: the teacher's forward precision (``auto`` follows :mod:`kd.precision`).
+        on_view: called as ``on_view(done, views, seconds)`` after each finished view (a log line where no progress
+            bar is drawn: the build is ``views`` teacher passes over the training set).
     """
     if views < 1:
         raise ValueError(f"a teacher cache needs at least 1 view per image, got {views}")
@@ -163,6 +166,8 @@ def build_teacher_cache(teacher: nn.Module, images: torch.Tensor, *, views: int,
                 x = x.contiguous(memory_format=torch.channels_last)
             with autocast(hw.precision, device):
                 chunks[k].append(teacher(x).float().cpu())  # (B, C)
+            if on_view is not None and i + batch_size >= n:
+                on_view(k + 1, views, time.perf_counter() - start)
     logits = torch.stack([torch.cat(c) for c in chunks])  # (K, N, C) fp32
     cache = _pack(logits, augment, pad, topk)
     cache.seconds = time.perf_counter() - start
@@ -181,12 +186,12 @@ def _pack(logits: torch.Tensor, augment: torch.Tensor, pad: int, topk: int | Non
 
 
 def load_or_build(teacher: nn.Module, train: BatchIterator, views: int, *, cache_dir: str | Path | None = None,
-                  seed: int = 0, topk: int | None = None, precision: str = "auto",
-                  progress: bool = True) -> tuple[TeacherCache, bool]:
+                  seed: int = 0, topk: int | None = None, precision: str = "auto", progress: bool = True,
+                  on_view: Callable[[int, int, float], None] | None = None) -> tuple[TeacherCache, bool]:
     """The cache for ``teacher`` over ``train``'s images, augmentation and normalisation: read from ``cache_dir``
     (default: ``kd.data.default_cache_dir()/teacher-logits``) when a matching one is there, else built and written
     atomically. Returns ``(cache, reused)``. An unwritable folder only costs the reuse: a warning, and the cache is
-    kept in memory for this run.
+    kept in memory for this run. ``on_view``: see :func:`build_teacher_cache`.
     """
     mean, std = train.mean.flatten().tolist(), train.std.flatten().tolist()
     if not isinstance(train.images, torch.Tensor):
@@ -204,7 +209,8 @@ def load_or_build(teacher: nn.Module, train: BatchIterator, views: int, *, cache
         except (OSError, RuntimeError, ValueError, TypeError, KeyError) as err:
             warnings.warn(f"teacher cache {path} is unreadable ({type(err).__name__}); rebuilding it", stacklevel=2)
     cache = build_teacher_cache(teacher, train.images, views=views, mean=mean, std=std, pad=train.pad, seed=seed,
-                                topk=topk, device=train.device, precision=precision, progress=progress)
+                                topk=topk, device=train.device, precision=precision, progress=progress,
+                                on_view=on_view)
     cache.key = key
     try:
         atomic_save(cache.state_dict(), path)

@@ -106,7 +106,11 @@ def test_shared_options_reach_every_trainer(name, teacher, trainers, tmp_path, c
     assert any(s["distils"] for s in trainers)
     assert len(FakeTensorBoard.folders) == len(trainers)  # one log folder per training stage, inside --out
     assert all(f.is_relative_to(tmp_path / "out") for f in FakeTensorBoard.folders)
-    assert "teacher cache: 2 views" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "teacher cache: 2 views" in out
+    # a log line per view where the cache is built (an earlier parameter's cache may be reused: then none)
+    built = "views × " in out and ", built in " in out
+    assert ("teacher cache: view 1/2 in" in out and "teacher cache: view 2/2 in" in out) == built
 
 
 @pytest.mark.slow

@@ -73,6 +73,19 @@ def test_topk_cache_keeps_the_top_probabilities_and_the_total_mass(tiny):
     torch.testing.assert_close(spread, spread[:, :1].expand(-1, 45))  # the remaining mass, evenly
 
 
+def test_a_build_reports_each_finished_view_once_and_a_reuse_none(tiny, tmp_path):
+    train, _ = make_loaders(tiny, 32, seed=0)
+    calls = []
+    load_or_build(_teacher(), train, views=3, cache_dir=tmp_path, progress=False, on_view=lambda *a: calls.append(a))
+    assert [(done, views) for done, views, _ in calls] == [(1, 3), (2, 3), (3, 3)]  # after the last batch of each
+    seconds = [s for _, _, s in calls]
+    assert seconds == sorted(seconds) and seconds[0] >= 0
+    calls.clear()
+    _, reused = load_or_build(_teacher(), train, views=3, cache_dir=tmp_path, progress=False,
+                              on_view=lambda *a: calls.append(a))
+    assert reused and calls == []
+
+
 def test_the_disk_cache_is_reused_and_keyed_by_teacher_views_and_data(tiny, tmp_path):
     train, _ = make_loaders(tiny, 32, seed=0)
     teacher = _teacher()

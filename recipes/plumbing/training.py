@@ -18,6 +18,7 @@ from kd.losses import CrossEntropy, DistillLoss, create_loss, loss_arguments
 from kd.metrics import MetricsLogger, TensorBoardLogger
 from kd.mixup import MixedBatches, make_mixup
 from kd.precision import Hardware
+from kd.progress import on_terminal
 from kd.teacher_cache import CachedBatchIterator, load_or_build
 from kd.trainer import DivergedError, FitResult, evaluate, fit_model
 from models import create_model, save_model
@@ -128,11 +129,19 @@ def _cached(cfg: RunConfig, teacher: nn.Module, train_batches: BatchIterator, vi
                          "(drop --teacher-cache or the hint)")
     with distributed.main_first():  # rank 0 builds and writes it, the others read it
         cache, reused = load_or_build(teacher, train_batches, views, cache_dir=cfg.cache_dir, seed=cfg.seed,
-                                      precision=cfg.precision, progress=cfg.progress)
+                                      precision=cfg.precision, progress=cfg.progress,
+                                      on_view=None if cfg.progress and on_terminal() else _say_view)
     how = "reused" if reused else f"built in {cache.seconds:.0f} s"
     print(f"  teacher cache: {views} views × {train_batches.num_samples} images, {cache.nbytes / 2**20:.1f} MiB, "
           f"{how}", flush=True)
     return CachedBatchIterator(cache, train_batches)
+
+
+def _say_view(done: int, views: int, seconds: float) -> None:
+    """A teacher-cache build's log line where no progress bar is drawn (a long build is otherwise silent)."""
+    left = seconds / done * (views - done)
+    print(f"  teacher cache: view {done}/{views} in {seconds:.0f} s" + (f", about {left:.0f} s left" if left else ""),
+          flush=True)
 
 
 def mixed(cfg: RunConfig, train_batches: Batches) -> Batches:
