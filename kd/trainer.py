@@ -39,8 +39,37 @@ DEFAULT_LOSS = "kd"  # the loss a Trainer with a teacher uses when none is given
 
 
 class DivergedError(NonFiniteError):
-    """The training or validation loss stopped being finite: the run diverged. Raised before that epoch's
-    checkpoint, metrics row or model is written, so nothing non-finite is saved; the message names the epoch."""
+    """The training or validation loss stopped being finite, or the training accuracy collapsed to chance
+    (:func:`collapse_reason`): the run diverged. Raised before that epoch's checkpoint, metrics row or model is
+    written, so nothing non-finite is saved; the message names the epoch."""
+
+
+COLLAPSE_MARGIN = 2.0  # points above chance that still count as chance
+COLLAPSE_PEAK = 20.0  # points above chance the run must have reached before, for a fall to chance to be a collapse
+
+
+def collapse_reason(train_accuracies: Sequence[float], num_classes: int, first_epoch: int = 1) -> str | None:
+    """Why the run has collapsed, or None: the training accuracy (percent) of the last two epochs is within
+    ``COLLAPSE_MARGIN`` points of chance (100 / K) after an earlier epoch was ``COLLAPSE_PEAK`` points above it.
+
+    A network that learned and then fell back to guessing for two whole epochs has lost its weights (an exploding
+    BatchNorm variance, a loss of 10⁶ that settles): it does not come back, and every further epoch is wasted. The
+    losses may still be finite, so :meth:`Trainer.fit`'s finiteness check does not see it.
+
+    Args:
+        train_accuracies: one per epoch so far, in order, the first being epoch ``first_epoch``.
+    """
+    chance = 100.0 / max(num_classes, 1)
+    if len(train_accuracies) < 3 or not all(a <= chance + COLLAPSE_MARGIN for a in train_accuracies[-2:]):
+        return None
+    earlier = list(train_accuracies[:-2])
+    peak = max(earlier)
+    if peak < chance + COLLAPSE_PEAK:
+        return None
+    last = first_epoch + len(train_accuracies) - 1
+    return (f"the training accuracy fell from {peak:.2f} % (epoch {first_epoch + earlier.index(peak)}) to chance "
+            f"({train_accuracies[-2]:.2f} and {train_accuracies[-1]:.2f} % in epochs {last - 1} and {last}; chance "
+            f"is {chance:.2f} %)")
 
 
 @dataclass
@@ -240,6 +269,7 @@ class Trainer:
                     ev = self.evaluate(val)
                     record.val_loss, record.val_accuracy = ev.loss, ev.accuracy
                 self._check_losses_finite(record, validated=val is not None)
+                self._check_not_collapsed(record)
                 self._record(record, train)
                 for cb in self.callbacks:
                     cb.on_epoch_end(self, record)
@@ -257,6 +287,14 @@ class Trainer:
             if (name == "training" or validated) and not math.isfinite(value):
                 raise DivergedError(f"the {name} loss became {value} at epoch {record.epoch} (peak lr {peak:.3g}): "
                                     "the run diverged")
+
+    def _check_not_collapsed(self, record: EpochRecord) -> None:
+        """:func:`collapse_reason` over the epochs of the history and ``record`` (the epoch just trained)."""
+        history = [*self.result.history, record]
+        reason = collapse_reason([r.train_accuracy for r in history], self._num_classes, history[0].epoch)
+        if reason is not None:
+            peak = self.optimizer.param_groups[0].get("initial_lr", record.lr)
+            raise DivergedError(f"{reason} (peak lr {peak:.3g}): the run collapsed")
 
     def _data_parallel(self) -> nn.Module:
         """The student (and the feature loss, whose regressor trains too) in DistributedDataParallel, so backward
@@ -289,6 +327,7 @@ class Trainer:
             loss = sum(parts.values())
             loss_sum += loss * b
             correct += int((logits.argmax(1) == hard_labels(y)).sum())
+            self._num_classes = logits.shape[1]
             seen += b
             rate = seen / max(time.perf_counter() - start, 1e-9)
             shown = {k: f"{v / seen:.3f}" for k, v in parts_sum.items()} if len(parts_sum) > 1 else {}

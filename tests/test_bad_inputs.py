@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 import torch
 
+import kd.trainer
 import pruning
 import recipes.plumbing.training
 from kd.data import BadImageError, CacheWarning, DataUnavailableError, load_dataset
@@ -300,6 +301,26 @@ def test_a_diverged_run_keeps_the_last_finite_checkpoint(tmp_path, monkeypatch, 
     assert last["epoch"] == 1  # epoch 1's checkpoint is kept; the diverged epoch wrote none
     check_finite(last["student"], "last.pt")
     check_finite(torch.load(out / "teacher_train" / "best.pt", weights_only=True)["student"], "best.pt")
+
+
+def test_a_run_whose_accuracy_collapses_to_chance_stops_two_epochs_later(tmp_path, monkeypatch, capsys):
+    # finite losses, but the network fell back to guessing (what DIST at the fast recipe's rate did): stop, keep
+    # the checkpoint of the epoch before
+    real = kd.trainer.Trainer._train_epoch
+    accuracy = {1: 60.0, 2: 10.4, 3: 9.9}  # the synthetic set has 10 classes: chance is 10 %
+
+    def collapsing(self, train):
+        record = real(self, train)
+        record.train_accuracy = accuracy.get(record.epoch, record.train_accuracy)
+        return record
+
+    monkeypatch.setattr(kd.trainer.Trainer, "_train_epoch", collapsing)
+    out = tmp_path / "run"
+    line = fail(train_teacher, [*SYNTHETIC, "--model-args", TINY, "--out", str(out), "--epochs", "4"], capsys)
+    assert "fell from 60.00 % (epoch 1) to chance (10.40 and 9.90 % in epochs 2 and 3" in line
+    assert "the run collapsed" in line and "--lr" in line
+    assert torch.load(out / "teacher_train" / "last.pt", weights_only=True)["epoch"] == 2
+    assert not (out / "teacher.pt").exists()
 
 
 # -------------------------------------------------------------------------------------- full or read-only disk

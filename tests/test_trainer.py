@@ -3,6 +3,7 @@ import torch
 
 from kd import Callback, DistillationLoss, EarlyStopping, HintLoss, Trainer
 from kd.data import make_loaders
+from kd.trainer import collapse_reason
 from models import create_model
 from models.common import batch_count
 
@@ -155,3 +156,16 @@ def test_batch_count_is_none_for_a_wrapper_over_batches_without_a_length():
     endless = (b for b in [])  # a generator has no length
     assert batch_count([1, 2, 3]) == 3 and batch_count(Wrapper([1, 2])) == 2
     assert batch_count(endless) is None and batch_count(Wrapper(endless)) is None
+
+
+@pytest.mark.parametrize("accuracies, classes, expected", [
+    ([30.0, 40.0, 10.5, 11.0], 10, "fell from 40.00 % (epoch 2) to chance (10.50 and 11.00 % in epochs 3 and 4"),
+    ([30.0, 40.0, 10.5, 12.5], 10, None),  # 12.5 is more than 2 points above chance
+    ([11.0, 10.0, 10.0, 9.0], 10, None),  # never learned: slow, not collapsed
+    ([40.0, 10.0], 10, None),  # one epoch at chance is not two after a peak
+    ([25.0, 2.5, 3.0], 100, "to chance (2.50 and 3.00 % in epochs 2 and 3; chance is 1.00 %)"),
+    ([20.9, 2.5, 3.0], 100, None),  # the peak was not 20 points above chance
+])
+def test_collapse_is_two_epochs_at_chance_after_a_peak(accuracies, classes, expected):
+    reason = collapse_reason(accuracies, classes)
+    assert (reason is None) if expected is None else (expected in reason)
