@@ -210,6 +210,7 @@ class Trainer:
         self._step_count = 0  # optimizer steps so far, the EMA's t
         self.should_stop = False  # a callback may set it to end fit after the current epoch
         self.epoch = 0
+        self._num_classes = 0  # the student's outputs K, known after its first training step (0: not yet)
         self.result = FitResult(checkpoint_dir=str(self.out_dir) if self.out_dir else None)
 
     def _trainable(self) -> list[nn.Parameter]:
@@ -282,7 +283,7 @@ class Trainer:
     def _check_losses_finite(self, record: EpochRecord, validated: bool) -> None:
         """Every step's loss was finite, yet the epoch's mean or the validation loss may not be (weights that
         overflow only on unseen images): then no checkpoint or metrics row of the epoch is written."""
-        peak = self.optimizer.param_groups[0].get("initial_lr", record.lr)  # the schedule's base, not its end
+        peak = self._peak_lr(record)
         for name, value in (("training", record.train_loss), ("validation", record.val_loss)):
             if (name == "training" or validated) and not math.isfinite(value):
                 raise DivergedError(f"the {name} loss became {value} at epoch {record.epoch} (peak lr {peak:.3g}): "
@@ -293,8 +294,11 @@ class Trainer:
         history = [*self.result.history, record]
         reason = collapse_reason([r.train_accuracy for r in history], self._num_classes, history[0].epoch)
         if reason is not None:
-            peak = self.optimizer.param_groups[0].get("initial_lr", record.lr)
-            raise DivergedError(f"{reason} (peak lr {peak:.3g}): the run collapsed")
+            raise DivergedError(f"{reason} (peak lr {self._peak_lr(record):.3g}): the run collapsed")
+
+    def _peak_lr(self, record: EpochRecord) -> float:
+        """The schedule's base learning rate, not its value at the end of ``record``'s epoch."""
+        return self.optimizer.param_groups[0].get("initial_lr", record.lr)
 
     def _data_parallel(self) -> nn.Module:
         """The student (and the feature loss, whose regressor trains too) in DistributedDataParallel, so backward
@@ -327,7 +331,6 @@ class Trainer:
             loss = sum(parts.values())
             loss_sum += loss * b
             correct += int((logits.argmax(1) == hard_labels(y)).sum())
-            self._num_classes = logits.shape[1]
             seen += b
             rate = seen / max(time.perf_counter() - start, 1e-9)
             shown = {k: f"{v / seen:.3f}" for k, v in parts_sum.items()} if len(parts_sum) > 1 else {}
@@ -336,6 +339,8 @@ class Trainer:
             for cb in self.callbacks:
                 cb.on_step_end(self, step, loss)
         seconds = time.perf_counter() - start
+        if seen:
+            self._num_classes = logits.shape[1]
         if getattr(train, "world_size", 1) > 1:  # each rank saw its slice: the epoch's numbers are the sums
             names = sorted(parts_sum)
             total = distributed.all_reduce_sum([loss_sum, correct, seen, *(parts_sum[k] for k in names)], self.device)
