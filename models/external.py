@@ -31,11 +31,11 @@ from typing import Any
 import torch
 from torch import nn
 
-from models.checkpoint import FORMAT, NotAModelFile, check_finite, safe_load
+from models.checkpoint import FORMAT, NotAModelFile, check_finite, read_model_file, safe_load
 from models.errors import FileFormatError
 from models.heads import classes_in, num_outputs, replace_head
 from models.registry import TIMM_PREFIX, create_model
-from models.validate import check_state_dict
+from models.validate import apply_widths, check_state_dict
 
 # Wrappers of a state dict, in the order timm's load_state_dict prefers them (the EMA weights first)
 WRAPPER_KEYS = ("state_dict_ema", "model_ema", "state_dict", "model")
@@ -66,6 +66,40 @@ def read_weights(path: str | os.PathLike) -> dict[str, torch.Tensor]:
         raise FileFormatError(f"weight file {str(path)!r} holds no state dict (a dict of tensors, plain or under "
                               f"{', '.join(WRAPPER_KEYS)})")
     return _clean(inner)
+
+
+def load_weights_into(model: nn.Module, path: str | os.PathLike, where: str | None = None) -> dict[str, Any]:
+    """Loads the weights of ``path`` into ``model``, a freshly built network (timm's ``--initial-checkpoint``).
+
+    ``path`` is a weight file (see the module docstring) or a prune-then-distill model file; a model file's recorded
+    widths (a pruned network's) are applied to ``model``'s layers first, so a pruned student can go on training.
+
+    Args:
+        model: the network, built with the architecture arguments the weights were trained with.
+        path: the file.
+        where: how errors name the file (default ``"weight file 'PATH'"``).
+
+    Returns:
+        the model file's ``meta`` (its normalisation ``mean``/``std``, classes, input size), or ``{}`` for a weight
+        file, which records none.
+
+    Raises:
+        FileNotFoundError, FileFormatError: an unreadable file, or weights that do not fit ``model`` (the first
+            offending key or shape). NonFiniteError: NaN or infinite weights.
+    """
+    where = where or f"weight file {str(path)!r}"
+    try:
+        state_dict, widths, meta = read_weights(path), {}, {}
+    except NotAModelFile as err:
+        if err.kind != "model_file":
+            raise
+        payload = read_model_file(path)
+        state_dict, widths, meta = payload["state_dict"], payload.get("widths", {}), payload.get("meta", {})
+    check_finite(state_dict, where)
+    apply_widths(model, widths, state_dict, where)
+    check_state_dict(model, state_dict, where)
+    model.load_state_dict(state_dict)
+    return dict(meta)
 
 
 def _clean(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

@@ -3,9 +3,10 @@
     python recipes/distill_only.py --dataset imagefolder --data-dir ../shared/data/cifar10 \
         --teacher runs/teacher/teacher.pt --arch wide_cnn --model-args '{"widths": [32, 64, 128, 128]}'
 
-Without --teacher a teacher is trained first on the same data (--teacher-arch, --teacher-epochs). The loss is
-alpha · T² · KL(softmax(t/T) ‖ softmax(s/T)) + (1 − alpha) · CE(s, y); --alpha 0 trains the student with
-cross-entropy alone. Writes OUT/student.pt (pickle-free), OUT/report.json, OUT/config.json.
+Without --teacher a teacher is trained first on the same data (--teacher-arch, --teacher-epochs); with
+--initial-checkpoint FILE the student starts from FILE's weights (e.g. an earlier run's student, distilled again at a
+lower --lr). The loss is alpha · T² · KL(softmax(t/T) ‖ softmax(s/T)) + (1 − alpha) · CE(s, y); --alpha 0 trains
+the student with cross-entropy alone. Writes OUT/student.pt (pickle-free), OUT/report.json, OUT/config.json.
 """
 from __future__ import annotations
 
@@ -22,7 +23,7 @@ from recipes.plumbing.errors import run_main
 from recipes.plumbing.report import ModelReport
 from recipes.plumbing.run import finish_run, start_kd_run
 from recipes.plumbing.teachers import use_committed_teacher
-from recipes.plumbing.training import fit_stage, init_model, loaders, seed_everything
+from recipes.plumbing.training import fit_stage, init_model, loaders, seed_everything, start_from
 
 
 WIDE_STUDENT = '{"widths": [32, 64, 128, 128], "hidden": 256}'  # half the teacher's widths
@@ -33,6 +34,8 @@ class DistillConfig(KDConfig):
     arch: str = arg("wide_cnn", f"student architecture: {', '.join(list_models())} or timm:<name>")
     model_args: str | None = arg(None, "JSON of the student's architecture arguments (default: for wide_cnn "
                                  f"{WIDE_STUDENT}, for any other --arch its own defaults, {{}})")
+    initial_checkpoint: str | None = arg(None, "start the student from these weights, not --init: a model file (e.g. "
+                                         "a student.pt) or a state dict of --arch --model-args")
     hint_student_layer: str | None = arg(None, "FitNet hint: student layer (e.g. features.conv3); off by default")
     hint_teacher_layer: str | None = arg(None, "FitNet hint: teacher layer matched to --hint-student-layer")
     hint_weight: float = arg(1.0, "weight of the FitNet hint loss", limit=NON_NEGATIVE)
@@ -56,7 +59,10 @@ def main(argv: list[str] | None = None) -> list[ModelReport]:
     seed_everything(cfg.seed)  # the student's initial weights do not depend on how the teacher was obtained
     student = create_model(cfg.arch, data.num_classes, **recipe_arch_args(cfg.recipe, cfg.arch,
                                                                           model_args(cfg.model_args)))
-    init_model(cfg, student, train_batches)
+    if cfg.initial_checkpoint is None:
+        init_model(cfg, student, train_batches)
+    else:
+        start_from(student, cfg.initial_checkpoint, data)
     hint = None
     if cfg.hint_student_layer is not None:  # start_run checked that both layers are given and exist
         hint = HintLoss(student, run.teacher, cfg.hint_student_layer, cfg.hint_teacher_layer, weight=cfg.hint_weight)

@@ -395,7 +395,10 @@ def test_portable_files_hold_contiguous_tensors_and_what_rebuilds_them(tmp_path)
     fresh = rebuild(timm.create_model("test_resnet", num_classes=10), spec["widths"],
                     safetensors.torch.load_file(str(weights)))
     x = torch.randn(2, 3, 16, 16)
-    assert torch.equal(fresh(x), student(x))
+    assert all(torch.equal(a, b) for a, b in zip(fresh.state_dict().values(), student.state_dict().values()))
+    # the same weights; the student's channels-last filters take another convolution kernel on some CPUs (AMD EPYC
+    # with AVX512-BF16), which rounds differently in the last bits
+    torch.testing.assert_close(fresh(x), student(x), rtol=1e-5, atol=1e-6)
 
 
 @pytest.mark.slow  # a fresh interpreter imports torch and timm: seconds

@@ -63,6 +63,18 @@ def test_distill_only_reports_teacher_and_student(teacher_run, cifar10_dir, tmp_
     assert sum(p.numel() for p in model.parameters()) == student.params
 
 
+def test_distill_only_starts_from_an_initial_checkpoint(teacher_run, cifar10_dir, tmp_path, capsys):
+    teacher_dir, teacher_report = teacher_run
+    argv = ["--dataset", "imagefolder", "--data-dir", str(cifar10_dir), "--teacher", str(teacher_dir / "teacher.pt"),
+            "--initial-checkpoint", str(teacher_dir / "teacher.pt"), "--epochs", "1", "--lr", "1e-9",
+            "--out", str(tmp_path), "--cache-dir", str(teacher_dir / "cache"), *SMALL]
+    teacher, student = distill_only.main(argv)  # --arch wide_cnn, its default widths: the file's are applied
+    assert "init: the weights of" in capsys.readouterr().out
+    assert student.flops == teacher.flops and student.params == teacher.params
+    # the teacher's weights, barely moved (BatchNorm statistics only): its accuracy, where fresh weights give chance
+    assert teacher.accuracy > 20.0 and abs(student.accuracy - teacher.accuracy) <= 3.0
+
+
 def test_recipe_errors_are_one_line(tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_info:
         train_teacher.run_main(train_teacher.main, ["--dataset", "imagefolder", "--data-dir", str(tmp_path / "x"),

@@ -349,9 +349,9 @@ EPILOG = ("Options marked 'from --recipe' take the recipe's value unless given. 
 GROUPS: dict[str, tuple[str, ...]] = {
     "data": ("dataset", "data_dir", "image_size", "limit_train", "limit_test", "val_size", "cache_dir", "data_mode",
              "memory_budget", "workers", "skip_bad_images", "train_split", "val_split"),
-    "model": ("arch", "model_args", "init", "student", "student_init"),
+    "model": ("arch", "model_args", "init", "initial_checkpoint", "student", "student_init"),
     "teacher": ("teacher", "train_teacher", "teacher_arch", "teacher_model_args", "teacher_epochs", "teacher_cache",
-                "teacher_tta", "teacher_weights", "pretrained", "new_head", "initial_checkpoint"),
+                "teacher_tta", "teacher_weights", "pretrained", "new_head"),
     "pruning": ("target_flops", "target_params", "ratio", "budget", "importance", "global_pruning", "round_to",
                 "calibration_images", "calibration_batches", "recalibrate_bn", "progressive_steps", "step_ratio",
                 "max_drop", "max_steps", "methods", "num_steps", "tolerance"),
