@@ -1,4 +1,5 @@
-"""benchmarks/record_run.py keeps a run's numbers and curves; benchmarks/teacher_ensemble.py lists every subset."""
+"""benchmarks/record_run.py keeps a run's numbers and curves; benchmarks/teacher_ensemble.py lists every subset;
+benchmarks/average_weights.py averages model files."""
 from __future__ import annotations
 
 import json
@@ -6,7 +7,11 @@ from pathlib import Path
 
 import pytest
 
-from benchmarks import record_run, teacher_ensemble
+import torch
+from torch import nn
+
+from benchmarks import average_weights, record_run, teacher_ensemble
+from models import load_model
 from recipes.plumbing.errors import run_main
 
 
@@ -50,3 +55,34 @@ def test_an_ensemble_of_the_committed_teachers_is_scored_with_the_sum_of_their_f
     assert row["teachers"] == ["fast_cnn_cifar10_e40.pt", "fast_cnn_wide_cifar10_e40.pt"]
     assert row["flops"] == 118_381_344 + 301_969_440
     assert row["accuracy"] > 80.0 and row["mirror_accuracy"] > 80.0  # 200 real test images; 10 % is chance
+
+
+def _tiny(weight: float, shift: float) -> nn.Module:
+    net = nn.Sequential(nn.Linear(2, 2), nn.BatchNorm1d(2))
+    with torch.no_grad():
+        net[0].weight.fill_(weight)
+        net[0].bias.fill_(shift)
+        net[1].running_mean.fill_(shift)
+    net[1].num_batches_tracked.fill_(int(weight))
+    return net
+
+
+def test_weights_are_averaged_tensor_by_tensor_and_other_networks_refused():
+    mean = average_weights.average_state_dicts([_tiny(1.0, -2.0), _tiny(2.0, 0.0), _tiny(6.0, 5.0)])
+    assert torch.equal(mean["0.weight"], torch.full((2, 2), 3.0))  # (1 + 2 + 6) / 3
+    assert torch.equal(mean["0.bias"], torch.full((2,), 1.0)) and torch.equal(mean["1.running_mean"], mean["0.bias"])
+    assert mean["1.num_batches_tracked"].item() == 1  # an integer buffer: the first model's
+    with pytest.raises(ValueError, match=r"model 2 is another network: '0.weight' has shape \(3, 2\), not \(2, 2\)"):
+        average_weights.average_state_dicts([_tiny(1.0, 0.0), nn.Sequential(nn.Linear(2, 3), nn.BatchNorm1d(2))])
+
+
+@pytest.mark.slow
+def test_a_file_averaged_with_itself_keeps_its_accuracy(one_thread, tmp_path, capsys):
+    weights = Path(__file__).resolve().parent.parent / "benchmarks" / "weights"
+    data_dir = Path(__file__).resolve().parent / "data" / "cifar10"
+    one = str(weights / "fast_cnn_cifar10_e40.pt")
+    accuracy = average_weights.main([one, one, "--data-dir", str(data_dir), "--bn-images", "250",
+                                     "--out", str(tmp_path / "soup.pt")])
+    soup = load_model(tmp_path / "soup.pt")  # the same weights; BatchNorm re-estimated on 250 training images
+    assert soup.meta["accuracy"] == accuracy > 80.0 and len(soup.meta["averaged"]) == 2  # 200 test images
+    assert "average of 2 files, BatchNorm from 250 training images" in capsys.readouterr().out
