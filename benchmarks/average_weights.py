@@ -26,6 +26,7 @@ from pruning.fitting import recalibrate_bn
 from recipes.plumbing.config import OneLineParser
 from recipes.plumbing.errors import run_main
 from recipes.plumbing.inputs import file_sha256
+from recipes.plumbing.report import write_json
 
 BN_BATCH = 250
 
@@ -60,6 +61,7 @@ def main(argv: list[str] | None = None) -> float:
     parser.add_argument("--pad", type=int, default=4, help="translation of those images (pixels), as in training")
     parser.add_argument("--seed", type=int, default=0, help="which training images and augmentations")
     parser.add_argument("--out", required=True, help="the averaged model file")
+    parser.add_argument("--record", help="also write a JSON record (files, their accuracies, the average's) here")
     args = parser.parse_args(argv)
     if len(args.files) < 2:
         parser.error("give two or more model files to average")
@@ -78,6 +80,12 @@ def main(argv: list[str] | None = None) -> float:
     accuracy = evaluate(soup.eval(), test, precision=hw.precision, channels_last=hw.channels_last).accuracy
     save_model(soup, args.out, meta={**meta, "accuracy": accuracy,
                                      "averaged": [{"path": f, "sha256": file_sha256(f)} for f in args.files]})
+    if args.record:
+        write_json(Path(args.record), {
+            "hardware": hw.to_dict(), "bn_images": len(batches) * BN_BATCH, "pad": args.pad, "seed": args.seed,
+            "files": [{"path": f, "sha256": file_sha256(f), "accuracy": m.meta.get("accuracy")}
+                      for f, m in zip(args.files, models)],
+            "accuracy": accuracy, "out": {"path": args.out, "sha256": file_sha256(args.out)}})
     print(f"average of {len(args.files)} files, BatchNorm from {len(batches) * BN_BATCH} training images: "
           f"{accuracy:.2f} % on {len(data.test)} test images\nsaved {args.out} (sha256 {file_sha256(args.out)})")
     return accuracy

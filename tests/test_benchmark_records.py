@@ -82,7 +82,10 @@ def test_a_file_averaged_with_itself_keeps_its_accuracy(one_thread, tmp_path, ca
     data_dir = Path(__file__).resolve().parent / "data" / "cifar10"
     one = str(weights / "fast_cnn_cifar10_e40.pt")
     accuracy = average_weights.main([one, one, "--data-dir", str(data_dir), "--bn-images", "250",
-                                     "--out", str(tmp_path / "soup.pt")])
+                                     "--out", str(tmp_path / "soup.pt"), "--record", str(tmp_path / "soup.json")])
     soup = load_model(tmp_path / "soup.pt")  # the same weights; BatchNorm re-estimated on 250 training images
     assert soup.meta["accuracy"] == accuracy > 80.0 and len(soup.meta["averaged"]) == 2  # 200 test images
     assert "average of 2 files, BatchNorm from 250 training images" in capsys.readouterr().out
+    record = json.loads((tmp_path / "soup.json").read_text())
+    assert record["accuracy"] == accuracy and record["bn_images"] == 250
+    assert [f["accuracy"] for f in record["files"]] == [90.88, 90.88]  # each file's own, from its meta
