@@ -13,6 +13,7 @@ because the mean of running statistics is not the statistics of the averaged net
 """
 from __future__ import annotations
 
+import itertools
 from pathlib import Path
 
 import torch
@@ -74,20 +75,19 @@ def main(argv: list[str] | None = None) -> float:
     data = load_dataset("imagefolder", args.data_dir, progress=False)
     data.mean, data.std = tuple(meta["mean"]), tuple(meta["std"])  # as the networks were trained
     train, test = make_loaders(data, BN_BATCH, seed=args.seed, pad=args.pad)
-    batches = [b for _, b in zip(range(max(1, args.bn_images // BN_BATCH)), train)]
-    with torch.no_grad():
-        recalibrate_bn(soup, [(x, y) for x, y, *_ in batches])
+    count = min(max(1, args.bn_images // BN_BATCH), len(train))
+    recalibrate_bn(soup, itertools.islice(train, count))
     accuracy = evaluate(soup.eval(), test, precision=hw.precision, channels_last=hw.channels_last).accuracy
-    save_model(soup, args.out, meta={**meta, "accuracy": accuracy,
-                                     "averaged": [{"path": f, "sha256": file_sha256(f)} for f in args.files]})
+    sources = [{"path": f, "sha256": file_sha256(f)} for f in args.files]
+    save_model(soup, args.out, meta={**meta, "accuracy": accuracy, "averaged": sources})
+    out_sha256 = file_sha256(args.out)
     if args.record:
         write_json(Path(args.record), {
-            "hardware": hw.to_dict(), "bn_images": len(batches) * BN_BATCH, "pad": args.pad, "seed": args.seed,
-            "files": [{"path": f, "sha256": file_sha256(f), "accuracy": m.meta.get("accuracy")}
-                      for f, m in zip(args.files, models)],
-            "accuracy": accuracy, "out": {"path": args.out, "sha256": file_sha256(args.out)}})
-    print(f"average of {len(args.files)} files, BatchNorm from {len(batches) * BN_BATCH} training images: "
-          f"{accuracy:.2f} % on {len(data.test)} test images\nsaved {args.out} (sha256 {file_sha256(args.out)})")
+            "hardware": hw.to_dict(), "bn_images": count * BN_BATCH, "pad": args.pad, "seed": args.seed,
+            "files": [{**source, "accuracy": m.meta.get("accuracy")} for source, m in zip(sources, models)],
+            "accuracy": accuracy, "out": {"path": args.out, "sha256": out_sha256}})
+    print(f"average of {len(args.files)} files, BatchNorm from {count * BN_BATCH} training images: "
+          f"{accuracy:.2f} % on {len(data.test)} test images\nsaved {args.out} (sha256 {out_sha256})")
     return accuracy
 
 

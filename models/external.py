@@ -31,11 +31,11 @@ from typing import Any
 import torch
 from torch import nn
 
-from models.checkpoint import FORMAT, NotAModelFile, check_finite, read_model_file, safe_load
+from models.checkpoint import FORMAT, NotAModelFile, check_finite, load_model, safe_load
 from models.errors import FileFormatError
 from models.heads import classes_in, num_outputs, replace_head
 from models.registry import TIMM_PREFIX, create_model
-from models.validate import apply_widths, check_state_dict
+from models.validate import check_state_dict
 
 # Wrappers of a state dict, in the order timm's load_state_dict prefers them (the EMA weights first)
 WRAPPER_KEYS = ("state_dict_ema", "model_ema", "state_dict", "model")
@@ -77,7 +77,8 @@ def load_weights_into(model: nn.Module, path: str | os.PathLike, where: str | No
     Args:
         model: the network, built with the architecture arguments the weights were trained with.
         path: the file.
-        where: how errors name the file (default ``"weight file 'PATH'"``).
+        where: how errors about a weight file name it (default ``"weight file 'PATH'"``); a model file's errors are
+            :func:`models.load_model`'s, which name the file and its architecture.
 
     Returns:
         the model file's ``meta`` (its normalisation ``mean``/``std``, classes, input size), or ``{}`` for a weight
@@ -87,19 +88,16 @@ def load_weights_into(model: nn.Module, path: str | os.PathLike, where: str | No
         FileNotFoundError, FileFormatError: an unreadable file, or weights that do not fit ``model`` (the first
             offending key or shape). NonFiniteError: NaN or infinite weights.
     """
+    try:  # a model file: load_model rebuilds the fresh instance at the file's widths (one read of the file)
+        return dict(load_model(path, model=model).meta)
+    except NotAModelFile:  # a safetensors file (told by its first bytes) or a state dict: weights of model as built
+        pass
     where = where or f"weight file {str(path)!r}"
-    try:
-        state_dict, widths, meta = read_weights(path), {}, {}
-    except NotAModelFile as err:
-        if err.kind != "model_file":
-            raise
-        payload = read_model_file(path)
-        state_dict, widths, meta = payload["state_dict"], payload.get("widths", {}), payload.get("meta", {})
+    state_dict = read_weights(path)
     check_finite(state_dict, where)
-    apply_widths(model, widths, state_dict, where)
     check_state_dict(model, state_dict, where)
     model.load_state_dict(state_dict)
-    return dict(meta)
+    return {}
 
 
 def _clean(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
