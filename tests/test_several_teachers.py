@@ -15,6 +15,7 @@ from recipes import distill_only, progressive_prune, prune_then_distill
 from recipes.plumbing.config import KDConfig, config_differences, parse_config, read_config
 from recipes.plumbing import inputs
 from recipes.plumbing.errors import run_main
+from recipes.plumbing.teachers import load_teachers
 
 SYNTHETIC = ["--dataset", "synthetic", "--limit-train", "64", "--limit-test", "32", "--image-size", "16",
              "--epochs", "1", "--batch-size", "32", "--no-progress", "--no-latency", "--precision", "fp32"]
@@ -128,3 +129,16 @@ def test_a_teacher_trained_here_teaches_mirrored_with_teacher_tta(tmp_path):
     _, test = make_loaders(data, 32)
     assert models["teacher"]["accuracy"] == pytest.approx(evaluate(TeacherEnsemble([trained], mirror=True),
                                                                    test).accuracy)
+
+
+def test_teachers_normalised_alike_up_to_rounding_form_an_ensemble_and_others_are_refused(tmp_path):
+    mean, std = [0.4914, 0.4822, 0.4465], [0.247, 0.2435, 0.2616]
+    paths = []
+    for seed, shift in ((1, 0.0), (2, 3e-8), (3, 2e-3)):  # 3e-8: float32 rounding of a saved mean; 2e-3: other data
+        torch.manual_seed(seed)
+        paths.append(str(tmp_path / f"t{seed}.pt"))
+        save_model(create_model("wide_cnn", 10, widths=(8, 8, 8, 8), hidden=16), paths[-1],
+                   meta={"mean": [m + shift for m in mean], "std": std})
+    assert isinstance(load_teachers(paths[:2]), TeacherEnsemble)
+    with pytest.raises(ValueError, match=f"--teacher '{paths[2]}' has another normalisation mean"):
+        load_teachers([paths[0], paths[2]])

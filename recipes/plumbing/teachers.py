@@ -9,6 +9,8 @@ instead of teaching silently.
 """
 from __future__ import annotations
 
+import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -133,6 +135,12 @@ def wrap_teacher(members: list[nn.Module], mirror: bool) -> nn.Module:
     return ensemble
 
 
+def same_normalisation(a: Sequence[float], b: Sequence[float], atol: float = 1e-6) -> bool:
+    """Whether two per-channel means (or stds) are the same normalisation: as many channels, each within ``atol``
+    (a value typed in and one computed from the images, or saved at another precision, differ in the last digits)."""
+    return len(a) == len(b) and all(math.isclose(float(x), float(y), rel_tol=0.0, abs_tol=atol) for x, y in zip(a, b))
+
+
 def _check_alike(first_path: str, first: nn.Module, path: str, other: nn.Module) -> None:
     """``other`` (from ``path``) has the classes, class order and normalisation of ``first``."""
     a, b = getattr(first, "meta", {}), getattr(other, "meta", {})
@@ -140,7 +148,10 @@ def _check_alike(first_path: str, first: nn.Module, path: str, other: nn.Module)
         raise ValueError(f"--teacher {path!r} has {other.arch_spec['num_classes']} classes but --teacher "
                          f"{first_path!r} has {first.arch_spec['num_classes']}; an ensemble's teachers share classes")
     for key, what in (("classes", "class order"), ("mean", "normalisation mean"), ("std", "normalisation std")):
-        if key in a and key in b and list(a[key]) != list(b[key]):
+        if key not in a or key not in b:
+            continue
+        alike = list(a[key]) == list(b[key]) if key == "classes" else same_normalisation(a[key], b[key])
+        if not alike:
             raise ValueError(f"--teacher {path!r} has another {what} than --teacher {first_path!r} ({b[key]} vs "
                              f"{a[key]}); an ensemble's teachers must see the same normalised images")
 

@@ -28,7 +28,7 @@ from recipes.plumbing import external_teacher
 from recipes.plumbing.checks import check_teacher_fits, json_object, model_args
 from recipes.plumbing.config import KDConfig, RunConfig, check_values, recipe_arch_args, resolve_device
 from recipes.plumbing.report import ModelReport
-from recipes.plumbing.teachers import load_teachers, wrap_teacher
+from recipes.plumbing.teachers import load_teachers, same_normalisation, wrap_teacher
 
 
 def loaders(cfg: RunConfig, data: DataSplits) -> tuple[BatchIterator, BatchIterator]:
@@ -250,8 +250,7 @@ def start_from(model: nn.Module, path: str, data: DataSplits) -> None:
     meta = load_weights_into(model, path, where=f"--initial-checkpoint {path!r}")
     for key in ("mean", "std"):
         saved, now = meta.get(key), tuple(float(v) for v in getattr(data, key))
-        if saved is not None and not torch.allclose(torch.tensor(saved, dtype=torch.float64),
-                                                    torch.tensor(now, dtype=torch.float64), atol=1e-6):
+        if saved is not None and not same_normalisation(saved, now):
             raise ValueError(f"--initial-checkpoint {path!r} was trained on inputs normalised with {key} "
                              f"{tuple(round(float(v), 4) for v in saved)}, but this run normalises with "
                              f"{tuple(round(v, 4) for v in now)} (its teacher's); the weights would see other inputs")
