@@ -21,7 +21,7 @@ from recipes.plumbing.config import OneLineParser
 from recipes.plumbing.errors import run_main
 from recipes.plumbing.inputs import file_sha256
 from recipes.plumbing.report import write_json
-from recipes.plumbing.teachers import load_teachers
+from recipes.plumbing.teachers import load_teachers, wrap_teacher
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -35,15 +35,14 @@ def score_subset(paths: tuple[str, ...], data, hw: Hardware) -> dict:
     """``{"teachers", "flops", "accuracy", "mirror_accuracy"}``: the subset's ensemble scored single view and with
     mirrored views (flops: one forward pass of every member on one image, without the mirror)."""
     row: dict = {"teachers": [Path(p).name for p in paths]}
-    for mirror, key in ((False, "accuracy"), (True, "mirror_accuracy")):
-        teacher = load_teachers(list(paths), mirror)
-        meta = getattr(teacher, "meta", {})
-        data.mean, data.std = tuple(meta["mean"]), tuple(meta["std"])
-        _, test = make_loaders(data, 500)
-        row[key] = evaluate(teacher, test, precision=hw.precision, channels_last=hw.channels_last).accuracy
-        if not mirror:
-            members = ensemble_members(teacher)
-            row["flops"] = sum(profile(m, data.input_size).flops for m in members)
+    teacher = load_teachers(list(paths))  # each file read once; the mirrored ensemble wraps the same members
+    members = ensemble_members(teacher)
+    meta = getattr(teacher, "meta", {})
+    data.mean, data.std = tuple(meta["mean"]), tuple(meta["std"])
+    _, test = make_loaders(data, 500)
+    for key, scored in (("accuracy", teacher), ("mirror_accuracy", wrap_teacher(members, mirror=True))):
+        row[key] = evaluate(scored, test, precision=hw.precision, channels_last=hw.channels_last).accuracy
+    row["flops"] = sum(profile(m, data.input_size).flops for m in members)
     return row
 
 

@@ -282,8 +282,7 @@ def read_model_file(path: str | os.PathLike) -> dict[str, Any]:
                             "prune-then-distill model file; load it with models.load_network(arch, path)",
                             "safetensors")
     payload = safe_load(path, "model file")
-    if not isinstance(payload, dict) or payload.get("format") != FORMAT or "arch" not in payload \
-            or not isinstance(payload.get("state_dict"), dict):
+    if not is_model_payload(payload):
         if _is_state_dict(payload):
             raise NotAModelFile(f"{str(path)!r} is a state dict: weights without an architecture, not a "
                                 "prune-then-distill model file; load it with models.load_network(arch, path)",
@@ -291,6 +290,12 @@ def read_model_file(path: str | os.PathLike) -> dict[str, Any]:
         raise FileFormatError(f"{str(path)!r} is not a prune-then-distill model file (format {FORMAT}); "
                               "write one with models.save_model or pruning.save")
     return payload
+
+
+def is_model_payload(payload: Any) -> bool:
+    """Whether a loaded file is a model file of this project: its format tag, an architecture and a state dict."""
+    return isinstance(payload, dict) and payload.get("format") == FORMAT and "arch" in payload \
+        and isinstance(payload.get("state_dict"), dict)
 
 
 class NotAModelFile(FileFormatError):
@@ -343,7 +348,12 @@ def load_model(path: str | os.PathLike, model: nn.Module | None = None) -> nn.Mo
             architecture (the message names the first mismatch), or names none and no ``model`` is given.
             NonFiniteError: when a weight is NaN or infinite.
     """
-    payload = read_model_file(path)
+    return model_from_payload(path, read_model_file(path), model)
+
+
+def model_from_payload(path: str | os.PathLike, payload: dict[str, Any], model: nn.Module | None = None) -> nn.Module:
+    """:func:`load_model` on a model file already read (``payload``, :func:`is_model_payload`); ``path`` names it in
+    errors."""
     arch = payload.get("arch")
     if model is None and arch is None:
         raise FileFormatError(f"model file {str(path)!r} holds a {payload.get('class', 'network')} that cannot be "

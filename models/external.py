@@ -31,7 +31,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from models.checkpoint import FORMAT, NotAModelFile, check_finite, load_model, safe_load
+from models.checkpoint import FORMAT, NotAModelFile, check_finite, is_model_payload, model_from_payload, safe_load
 from models.errors import FileFormatError
 from models.heads import classes_in, num_outputs, replace_head
 from models.registry import TIMM_PREFIX, create_model
@@ -60,6 +60,11 @@ def read_weights(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     if isinstance(payload, dict) and payload.get("format") == FORMAT and "arch" in payload:
         raise NotAModelFile(f"weight file {str(path)!r} is a prune-then-distill model file (architecture "
                             f"{payload['arch']!r}, widths and weights); read it with models.load_model", "model_file")
+    return _state_dict_in(payload, path)
+
+
+def _state_dict_in(payload: Any, path: str | os.PathLike) -> dict[str, torch.Tensor]:
+    """The dict of tensors in a read weight file: plain, or under the first of :data:`WRAPPER_KEYS` it has."""
     inner = next((payload[k] for k in WRAPPER_KEYS if isinstance(payload, dict) and isinstance(payload.get(k), dict)),
                  payload)
     if not isinstance(inner, dict) or not inner or not all(isinstance(v, torch.Tensor) for v in inner.values()):
@@ -88,16 +93,18 @@ def load_weights_into(model: nn.Module, path: str | os.PathLike, where: str | No
         FileNotFoundError, FileFormatError: an unreadable file, or weights that do not fit ``model`` (the first
             offending key or shape). NonFiniteError: NaN or infinite weights.
     """
-    try:  # a model file: load_model rebuilds the fresh instance at the file's widths (one read of the file)
-        return dict(load_model(path, model=model).meta)
-    except NotAModelFile:  # a safetensors file (told by its first bytes) or a state dict: weights of model as built
-        pass
-    where = where or f"weight file {str(path)!r}"
-    state_dict = read_weights(path)
+    payload = safe_load(path, "weight file")  # read once: a model file, a safetensors file or a state dict
+    if is_model_payload(payload):  # rebuilt at the file's widths, as load_model does
+        return dict(model_from_payload(path, payload, model).meta)
+    _load_checked(model, _state_dict_in(payload, path), where or f"weight file {str(path)!r}")
+    return {}
+
+
+def _load_checked(model: nn.Module, state_dict: dict[str, torch.Tensor], where: str) -> None:
+    """Copies ``state_dict`` into ``model`` once it is finite and fits (errors name ``where``)."""
     check_finite(state_dict, where)
     check_state_dict(model, state_dict, where)
     model.load_state_dict(state_dict)
-    return {}
 
 
 def _clean(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -145,13 +152,11 @@ def load_network(arch: str, weights: str | os.PathLike | None = None, *, pretrai
 
 def _from_file(arch: str, path: Path, args: dict[str, Any]) -> nn.Module:
     state_dict = read_weights(path)
-    check_finite(state_dict, f"weight file {str(path)!r}")
     model = create_model(arch, 10, **args)
     classes = classes_in(state_dict, model)
     if classes is not None and classes != num_outputs(model):
         model = create_model(arch, classes, **args)
-    check_state_dict(model, state_dict, f"weight file {str(path)!r} for architecture {arch!r}")
-    model.load_state_dict(state_dict)
+    _load_checked(model, state_dict, f"weight file {str(path)!r} for architecture {arch!r}")
     return model
 
 
