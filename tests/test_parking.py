@@ -28,6 +28,7 @@ def _run(root: Path) -> Path:
 
 def test_a_parked_run_is_split_below_the_part_size_and_unparks_byte_for_byte(tmp_path):
     run = _run(tmp_path)
+    (run / "command.sh").write_text("python train.py --epochs 40\n")  # superseded by the command given
     manifest = park(run, tmp_path / "parked", part_bytes=1000, command="python train.py --epochs 80")
     parked = tmp_path / "parked"
     stored = sorted(p.relative_to(parked).as_posix() for p in parked.rglob("*") if p.is_file())
@@ -77,7 +78,7 @@ def test_park_refuses_other_files_a_live_run_and_unpark_refuses_to_replace_other
     held = filelock.FileLock(run / lock.LOCK_NAME, timeout=0, thread_local=False)  # as a run writing there holds it
     held.acquire()
     try:
-        with pytest.raises(lock.OutBusyError, match="in use by another run"):
+        with pytest.raises(lock.OutBusyError, match="in use by another run .*; stop it .*, then park it$"):
             park(run, tmp_path / "parked")
     finally:
         held.release()

@@ -23,6 +23,7 @@ from models.checkpoint import TEMP_SUFFIX, atomic_write, atomic_write_text
 from recipes.plumbing import lock
 
 MANIFEST = "parked.json"
+COMMAND = "command.sh"
 PART_BYTES = 19_000_000  # under the project's 20 MB limit on a committed file
 SKIPPED = frozenset({*lock.LOCK_FILES, "best.pt", MANIFEST})
 
@@ -52,9 +53,10 @@ def park(run_dir: str | os.PathLike, dest: str | os.PathLike, part_bytes: int = 
     if dest.resolve().is_relative_to(run_dir.resolve()):
         raise ValueError(f"the parking folder {str(dest)!r} is inside the run folder {str(run_dir)!r}")
     earlier = _earlier_park(dest)
-    lock.acquire(run_dir)  # refuses a run that is still writing; keeps one from starting while the files are copied
-    try:
-        files = {rel: _park_file(run_dir / rel, dest / rel, part_bytes) for rel in _run_files(run_dir)}
+    _hold(run_dir, "stop it (Ctrl-C once an epoch's checkpoint is written), then park it")
+    try:  # the given command's command.sh replaces a copy of the run's own
+        files = {rel: _park_file(run_dir / rel, dest / rel, part_bytes) for rel in _run_files(run_dir)
+                 if not (command and rel == COMMAND)}
     finally:
         lock.release(run_dir)
     for rel in set(earlier) - set(files):
@@ -63,7 +65,7 @@ def park(run_dir: str | os.PathLike, dest: str | os.PathLike, part_bytes: int = 
     manifest = {"source": str(run_dir), "parked_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "command": command,
                 "part_bytes": part_bytes, "files": files}
     if command:
-        atomic_write_text(f"{command} \"$@\"\n", dest / "command.sh")
+        atomic_write_text(f"{command} \"$@\"\n", dest / COMMAND)
     atomic_write_text(json.dumps(manifest, indent=1) + "\n", dest / MANIFEST)
     return manifest
 
@@ -90,7 +92,7 @@ def unpark(dest: str | os.PathLike, run_dir: str | os.PathLike, overwrite: bool 
         raise ValueError(f"{str(run_dir)!r} already holds {clashes[0]!r} with other content"
                          f"{f' (and {len(clashes) - 1} more)' if len(clashes) > 1 else ''}; unpark into an empty "
                          "folder, or pass overwrite")
-    lock.acquire(run_dir)
+    _hold(run_dir, "stop it before unparking into its folder")
     try:
         for rel, entry in files.items():
             _check(dest, rel, entry)  # every file before any is written: a damaged park leaves run_dir as it was
@@ -121,6 +123,14 @@ def read_manifest(dest: str | os.PathLike) -> dict[str, Any]:
         if Path(rel).is_absolute() or ".." in Path(rel).parts:
             raise ValueError(f"{str(path)!r} names {rel!r}, outside the run folder")
     return manifest
+
+
+def _hold(run_dir: Path, advice: str) -> None:
+    """Takes the run folder's lock (:func:`lock.acquire`): a run writing there is refused with ``advice``."""
+    try:
+        lock.acquire(run_dir)
+    except lock.OutBusyError as err:
+        raise lock.OutBusyError(f"{str(err).split(';')[0]}; {advice}") from None
 
 
 def _run_files(run_dir: Path) -> list[str]:
