@@ -20,12 +20,13 @@ INPUTS_NAME = "inputs.json"
 SPLITS = {"train": "training", "test": "test"}
 
 
-def file_sha256(path: str | Path) -> str:
-    """The hex sha256 of a file's bytes (read in 1 MiB chunks)."""
+def file_sha256(*paths: str | Path) -> str:
+    """The hex sha256 of a file's bytes, or of several files' bytes one after another (read in 1 MiB chunks)."""
     h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
+    for path in paths:
+        with open(path, "rb") as f:
+            for chunk in iter(lambda: f.read(1 << 20), b""):
+                h.update(chunk)
     return h.hexdigest()
 
 

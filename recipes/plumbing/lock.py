@@ -56,8 +56,9 @@ class OutLock:
 _HELD: dict[Path, OutLock] = {}
 
 
-def acquire(folder: str | os.PathLike) -> OutLock:
-    """Locks ``folder`` (created with its parents when missing) for this process.
+def acquire(folder: str | os.PathLike, advice: str = "wait for it to finish, or choose another --out") -> OutLock:
+    """Locks ``folder`` (created with its parents when missing) for this process; ``advice`` ends the message that
+    refuses a busy folder.
 
     A folder this process already holds is released and taken again (a recipe's ``main`` called twice in one
     process, as the tests do).
@@ -72,7 +73,7 @@ def acquire(folder: str | os.PathLike) -> OutLock:
         release(key)
     created = _make_folders(folder)
     try:
-        file_lock = _lock_file(folder)
+        file_lock = _lock_file(folder, advice)
         _write_owner(folder)
     except BaseException:
         _remove_empty(created)
@@ -82,18 +83,18 @@ def acquire(folder: str | os.PathLike) -> OutLock:
     return lock
 
 
-def _lock_file(folder: Path) -> filelock.BaseFileLock | None:
+def _lock_file(folder: Path, advice: str) -> filelock.BaseFileLock | None:
     """``folder/.lock`` held without waiting; None where the file system has no file locks and no live process
     is recorded as the holder (:func:`_by_pid`)."""
     file_lock = filelock.FileLock(folder / LOCK_NAME, timeout=0, thread_local=False)
     try:
         file_lock.acquire()
     except filelock.Timeout:
-        raise OutBusyError(_busy_message(folder)) from None
+        raise OutBusyError(_busy_message(folder, advice)) from None
     except OSError as err:
         if err.errno not in _NO_FLOCK:
             raise
-        _by_pid(folder)
+        _by_pid(folder, advice)
         return None
     return file_lock
 
@@ -148,14 +149,13 @@ def holder(folder: str | os.PathLike) -> dict | None:
     return owner if isinstance(owner, dict) else None
 
 
-def _busy_message(folder: Path) -> str:
+def _busy_message(folder: Path, advice: str) -> str:
     owner = holder(folder) or {}
     pid, host = owner.get("pid", "?"), owner.get("host")
     started = owner.get("started")
     since = f", started {time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(started))}" if started else ""
     where = f" on {host}" if host and host != socket.gethostname() else ""
-    return (f"--out {str(folder)!r} is in use by another run (pid {pid}{where}{since}); wait for it to finish, or "
-            "choose another --out")
+    return f"--out {str(folder)!r} is in use by another run (pid {pid}{where}{since}); {advice}"
 
 
 def _make_folders(folder: Path) -> list[Path]:
@@ -168,13 +168,13 @@ def _make_folders(folder: Path) -> list[Path]:
 _NO_FLOCK = (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL)  # file systems without flock (some NFS)
 
 
-def _by_pid(folder: Path) -> None:
+def _by_pid(folder: Path, advice: str) -> None:
     """Where the file system cannot lock files: the owner file's pid is the lock, stale when that process is gone
     (on this host; another host's is taken to be alive)."""
     owner = holder(folder) or {}
     pid, host = owner.get("pid"), owner.get("host")
     if isinstance(pid, int) and pid != os.getpid() and (host != socket.gethostname() or _alive(pid)):
-        raise OutBusyError(_busy_message(folder))
+        raise OutBusyError(_busy_message(folder, advice))
 
 
 def _alive(pid: int) -> bool:

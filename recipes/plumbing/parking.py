@@ -19,8 +19,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from models.checkpoint import TEMP_SUFFIX, atomic_write, atomic_write_text
+from models.checkpoint import atomic_write, atomic_write_text, stale_temp_files
 from recipes.plumbing import lock
+from recipes.plumbing.inputs import file_sha256
 
 MANIFEST = "parked.json"
 COMMAND = "command.sh"
@@ -87,7 +88,7 @@ def unpark(dest: str | os.PathLike, run_dir: str | os.PathLike, overwrite: bool 
     manifest = read_manifest(dest)
     files = manifest["files"]
     clashes = [rel for rel, entry in files.items()
-               if (run_dir / rel).is_file() and _sha256_of([run_dir / rel]) != entry["sha256"]]
+               if (run_dir / rel).is_file() and file_sha256(run_dir / rel) != entry["sha256"]]
     if clashes and not overwrite:
         raise ValueError(f"{str(run_dir)!r} already holds {clashes[0]!r} with other content"
                          f"{f' (and {len(clashes) - 1} more)' if len(clashes) > 1 else ''}; unpark into an empty "
@@ -127,20 +128,15 @@ def read_manifest(dest: str | os.PathLike) -> dict[str, Any]:
 
 def _hold(run_dir: Path, advice: str) -> None:
     """Takes the run folder's lock (:func:`lock.acquire`): a run writing there is refused with ``advice``."""
-    try:
-        lock.acquire(run_dir)
-    except lock.OutBusyError as err:
-        raise lock.OutBusyError(f"{str(err).split(';')[0]}; {advice}") from None
+    lock.acquire(run_dir, advice)
 
 
 def _run_files(run_dir: Path) -> list[str]:
-    """The run's files to park, relative to ``run_dir`` (POSIX form), sorted."""
+    """The run's files to park, relative to ``run_dir`` (POSIX form), sorted; not temporary files of interrupted
+    writes (:func:`models.checkpoint.stale_temp_files`)."""
+    temporary = set(stale_temp_files(run_dir))
     return sorted(p.relative_to(run_dir).as_posix() for p in run_dir.rglob("*")
-                  if p.is_file() and not p.is_symlink() and p.name not in SKIPPED and not _temporary(p.name))
-
-
-def _temporary(name: str) -> bool:
-    return name.endswith(TEMP_SUFFIX) and name.startswith(".")
+                  if p.is_file() and not p.is_symlink() and p.name not in SKIPPED and p not in temporary)
 
 
 def _earlier_park(dest: Path) -> dict[str, Any]:
@@ -163,7 +159,7 @@ def _park_file(src: Path, target: Path, part_bytes: int) -> dict[str, Any]:
         stale.unlink()
     if size <= part_bytes:
         atomic_write(target, lambda tmp: shutil.copyfile(src, tmp))
-        return {"bytes": size, "sha256": _sha256_of([src])}
+        return {"bytes": size, "sha256": file_sha256(src)}
     digest, parts = hashlib.sha256(), []
     with open(src, "rb") as f:
         while chunk := f.read(part_bytes):
@@ -192,7 +188,7 @@ def _pieces(dest: Path, rel: str, entry: dict[str, Any]) -> list[Path]:
 def _check(dest: Path, rel: str, entry: dict[str, Any]) -> None:
     pieces = _pieces(dest, rel, entry)
     size = sum(p.stat().st_size for p in pieces)
-    if size != entry["bytes"] or _sha256_of(pieces) != entry["sha256"]:
+    if size != entry["bytes"] or file_sha256(*pieces) != entry["sha256"]:
         raise ValueError(f"the parked {rel!r} is damaged: its {len(pieces)} piece(s) in {str(dest)!r} hold {size:,} "
                          f"bytes whose sha256 is not the recorded one ({entry['bytes']:,} bytes); nothing was unparked")
 
@@ -205,13 +201,3 @@ def _join(dest: Path, rel: str, entry: dict[str, Any], target: Path) -> Path:
                     shutil.copyfileobj(f, out, 1 << 20)
 
     return atomic_write(target, write)
-
-
-def _sha256_of(pieces: list[Path]) -> str:
-    """The hex sha256 of the pieces' bytes, one after another."""
-    digest = hashlib.sha256()
-    for piece in pieces:
-        with open(piece, "rb") as f:
-            for chunk in iter(lambda: f.read(1 << 20), b""):
-                digest.update(chunk)
-    return digest.hexdigest()
