@@ -54,7 +54,7 @@ def park(run_dir: str | os.PathLike, dest: str | os.PathLike, part_bytes: int = 
     if dest.resolve().is_relative_to(run_dir.resolve()):
         raise ValueError(f"the parking folder {str(dest)!r} is inside the run folder {str(run_dir)!r}")
     earlier = _earlier_park(dest)
-    _hold(run_dir, "stop it (Ctrl-C once an epoch's checkpoint is written), then park it")
+    lock.acquire(run_dir, "stop it (Ctrl-C once an epoch's checkpoint is written), then park it")
     try:  # the given command's command.sh replaces a copy of the run's own
         files = {rel: _park_file(run_dir / rel, dest / rel, part_bytes) for rel in _run_files(run_dir)
                  if not (command and rel == COMMAND)}
@@ -93,7 +93,7 @@ def unpark(dest: str | os.PathLike, run_dir: str | os.PathLike, overwrite: bool 
         raise ValueError(f"{str(run_dir)!r} already holds {clashes[0]!r} with other content"
                          f"{f' (and {len(clashes) - 1} more)' if len(clashes) > 1 else ''}; unpark into an empty "
                          "folder, or pass overwrite")
-    _hold(run_dir, "stop it before unparking into its folder")
+    lock.acquire(run_dir, "stop it before unparking into its folder")
     try:
         for rel, entry in files.items():
             _check(dest, rel, entry)  # every file before any is written: a damaged park leaves run_dir as it was
@@ -124,11 +124,6 @@ def read_manifest(dest: str | os.PathLike) -> dict[str, Any]:
         if Path(rel).is_absolute() or ".." in Path(rel).parts:
             raise ValueError(f"{str(path)!r} names {rel!r}, outside the run folder")
     return manifest
-
-
-def _hold(run_dir: Path, advice: str) -> None:
-    """Takes the run folder's lock (:func:`lock.acquire`): a run writing there is refused with ``advice``."""
-    lock.acquire(run_dir, advice)
 
 
 def _run_files(run_dir: Path) -> list[str]:
