@@ -1,1 +1,0 @@
-python recipes/distill_only.py --dataset imagefolder --data-dir /work/shared/data/cifar10 --recipe fast --arch fast_cnn --model-args '{"widths": [128, 128, 384, 384, 384, 384]}' --teacher benchmarks/weights/fast_cnn_cifar10_e40.pt benchmarks/weights/fast_cnn_wide_cifar10_e40.pt --pad 4 --pad-mode zeros --flip random --kd-loss kd --epochs 80 --seed 0 --out runs/wide_kd_e80 "$@"
