@@ -662,6 +662,9 @@ def test_ctrl_c_is_one_line_and_resume_goes_on(tmp_path, capsys, monkeypatch):
     assert len(err.strip().splitlines()) == 1
     monkeypatch.setattr(Trainer, "_train_epoch", real)
     run_main(train_teacher.main, [*argv, "--out", str(cut), "--resume"])
+    sittings = (cut / "console.log").read_text().split("\n# ")  # both sittings' consoles, in order, in one file
+    assert len(sittings) == 2 and sittings[0].rstrip().endswith(err.strip()) and "--resume" in sittings[1]
+    assert "Accuracy = " in sittings[1] and "Accuracy = " not in sittings[0]
     a, b = torch.load(whole / "teacher.pt", weights_only=True), torch.load(cut / "teacher.pt", weights_only=True)
     state_a, state_b = a.get("state_dict", a), b.get("state_dict", b)
     assert state_a.keys() == state_b.keys()

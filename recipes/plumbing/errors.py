@@ -14,7 +14,7 @@ from typing import Any
 from kd import distributed
 from kd.data import DataUnavailableError
 from models.errors import NonFiniteError
-from recipes.plumbing import lock, signals
+from recipes.plumbing import console, lock, signals
 
 
 INTERRUPTED = ("every file written so far is complete (writes are atomic); once an epoch has finished, the same "
@@ -27,7 +27,8 @@ def run_main(main: Callable[[list[str] | None], Any], argv: list[str] | None = N
     ``--out`` — becomes one line ``error: ...`` on stderr and exit status 2, never a traceback; warnings print as one
     ``warning: ...`` line. An error nobody foresaw (a bug) keeps its traceback. Ctrl-C prints one
     ``interrupted: ...`` line and exits 130, SIGTERM one ``terminated: ...`` line and exits 143. The lock on
-    ``--out`` is released on the way out.
+    ``--out`` is released on the way out. Rank 0's console, that last line included, is kept in
+    ``OUT/console.log`` once the run has an output folder (:mod:`recipes.plumbing.console`).
 
     Under torchrun the ranks other than 0 print nothing on stdout, and error, warning and interruption lines come
     from the first process of each node (``LOCAL_RANK`` 0) only: every rank runs the same checks, so one line says
@@ -35,7 +36,9 @@ def run_main(main: Callable[[list[str] | None], Any], argv: list[str] | None = N
     """
     env = distributed.DistEnv.from_env()
     quiet = env.local_rank != 0
-    with warnings.catch_warnings(), _devnull_stdout(env.rank != 0), signals.interrupts():
+    command = None if argv is None else [f"{main.__module__.replace('.', '/')}.py", *argv]  # None: sys.argv
+    with (warnings.catch_warnings(), _devnull_stdout(env.rank != 0), console.capture(env.rank == 0, command),
+          signals.interrupts()):
         warnings.showwarning = _show_warning if not quiet else _ignore_warning
         try:
             return main(argv)

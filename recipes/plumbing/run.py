@@ -20,7 +20,7 @@ from kd import distributed
 from kd.data import DataSplits, load_dataset, resolve_policy, use_timm_transforms
 from kd.ensemble import ensemble_members
 from kd.losses import DistillLoss
-from recipes.plumbing import external_teacher, inputs, option_checks
+from recipes.plumbing import console, external_teacher, inputs, option_checks
 from recipes.plumbing.checks import build_model, check_extras, check_models, check_teacher_fits
 from recipes.plumbing.config import KDConfig, RunConfig, check_values, config_record, resolve_device, save_config
 from recipes.plumbing.deploy import deployment
@@ -89,8 +89,8 @@ def start_run(cfg: RunConfig) -> tuple[DataSplits, Path]:
     earlier run, unless ``--resume`` with the same options and a checkpoint, or ``--overwrite``) — then seeds, loads
     the data (checked too), checks the teacher fits it and the target is reachable, on ``--resume`` that the inputs
     did not change (:mod:`~recipes.plumbing.inputs`), removes stale temporary files, drops an earlier run's results
-    on ``--overwrite`` and writes ``OUT/config.json`` and ``OUT/inputs.json``. Returns the data and the output
-    folder.
+    on ``--overwrite``, writes ``OUT/config.json`` and ``OUT/inputs.json`` and from then on keeps the console in
+    ``OUT/console.log`` (:mod:`~recipes.plumbing.console`). Returns the data and the output folder.
 
     Under torchrun (``WORLD_SIZE`` > 1) it first joins the process group (gloo on the CPU, nccl on CUDA, each rank
     on GPU ``LOCAL_RANK``); every rank then runs the whole recipe — teacher training, pruning (deterministic: same
@@ -142,6 +142,7 @@ def start_run(cfg: RunConfig) -> tuple[DataSplits, Path]:
         prepare_out(cfg, out)
         save_config(cfg, out / "config.json")
         inputs.save(cfg, data, out, record)
+        console.attach(out)  # the console so far, then each line (a program run only: run_main captures it)
     distributed.barrier()
     return data, out
 
