@@ -1,4 +1,4 @@
-"""benchmarks/record_run.py keeps a run's numbers and curves; benchmarks/teacher_ensemble.py lists every subset;
+"""benchmarks/record_run.py keeps a run's numbers and curves; benchmarks/teacher_ensemble.py scores every subset;
 benchmarks/average_weights.py averages model files."""
 from __future__ import annotations
 
@@ -42,19 +42,40 @@ def test_every_subset_of_the_teachers_is_scored_once():
         ("a",), ("b",), ("c",), ("a", "b"), ("a", "c"), ("b", "c"), ("a", "b", "c")]
 
 
+def test_a_subset_scores_the_mean_of_its_members_logits():
+    """Each member alone is right on one of the two images; their mean logits are right on both."""
+    labels = torch.tensor([0, 1])
+    a = teacher_ensemble.MemberLogits("a", 10, torch.tensor([[3.0, 0.0], [1.0, 0.0]]),
+                                      torch.tensor([[3.0, 0.0], [0.0, 5.0]]), labels)
+    b = teacher_ensemble.MemberLogits("b", 32, torch.tensor([[0.0, 1.0], [0.0, 4.0]]),
+                                      torch.tensor([[0.0, 4.0], [0.0, 1.0]]), labels)
+    assert teacher_ensemble.score_subset([a]) == {"teachers": ["a"], "flops": 10, "accuracy": 50.0,
+                                                  "mirror_accuracy": 100.0}
+    assert teacher_ensemble.score_subset([a, b]) == {"teachers": ["a", "b"], "flops": 42, "accuracy": 100.0,
+                                                     "mirror_accuracy": 50.0}  # image 0: (3, 4) / 2, class 1
+
+
 @pytest.mark.slow
-def test_an_ensemble_of_the_committed_teachers_is_scored_with_the_sum_of_their_flops(one_thread, tmp_path):
-    from kd.data import load_dataset
+def test_an_ensemble_of_the_committed_teachers_scores_as_the_teacher_ensemble_does(one_thread, tmp_path):
+    from kd.data import load_dataset, make_loaders
     from kd.precision import Hardware
+    from kd.trainer import evaluate
+    from recipes.plumbing.teachers import load_teachers, wrap_teacher
 
     weights = Path(__file__).resolve().parent.parent / "benchmarks" / "weights"
-    pair = (str(weights / "fast_cnn_cifar10_e40.pt"), str(weights / "fast_cnn_wide_cifar10_e40.pt"))
+    pair = [str(weights / "fast_cnn_cifar10_e40.pt"), str(weights / "fast_cnn_wide_cifar10_e40.pt")]
     data = load_dataset("imagefolder", Path(__file__).resolve().parent / "data" / "cifar10", progress=False,
                         cache_dir=tmp_path)
-    row = teacher_ensemble.score_subset(pair, data, Hardware.detect("auto", "cpu"))
+    fp32 = Hardware.detect("fp32", "cpu")
+    row = teacher_ensemble.score_subset([teacher_ensemble.member_logits(p, data, fp32) for p in pair])
     assert row["teachers"] == ["fast_cnn_cifar10_e40.pt", "fast_cnn_wide_cifar10_e40.pt"]
     assert row["flops"] == 118_381_344 + 301_969_440
     assert row["accuracy"] > 80.0 and row["mirror_accuracy"] > 80.0  # 200 real test images; 10 % is chance
+    ensemble = load_teachers(pair)  # what --teacher A B [--teacher-tta] distils from, scored by the trainer's evaluate
+    _, test = make_loaders(data, 500)
+    assert row["accuracy"] == pytest.approx(evaluate(ensemble, test).accuracy)
+    mirrored = wrap_teacher(list(ensemble.members), mirror=True)
+    assert row["mirror_accuracy"] == pytest.approx(evaluate(mirrored, test).accuracy)
 
 
 def _tiny(weight: float, shift: float) -> nn.Module:
