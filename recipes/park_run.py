@@ -5,8 +5,8 @@
     bash benchmarks/checkpoints/teacher/command.sh --resume
 
 park copies every file of the run except best.pt and the lock, splits files above --part-mb MB (a checkpoint with its
-optimizer state) into NAME.part00, NAME.part01, ... and writes parked.json with each file's size and sha256, and,
-with --command, command.sh. unpark joins the parts, checks every file against parked.json before writing any, and
+optimizer state) into NAME.part00, NAME.part01, ... and writes parked.json with each file's size and sha256 and each
+stage's last and best epoch (from its metrics.csv, said again on unpark), and, with --command, command.sh. unpark joins the parts, checks every file against parked.json before writing any, and
 refuses to replace a file of the run that holds other content unless --overwrite. Stop a run (Ctrl-C, once an epoch's
 checkpoint is written) before parking it: a folder a run is writing into is refused.
 """
@@ -17,7 +17,7 @@ import argparse
 
 from recipes.plumbing.config import OneLineParser
 from recipes.plumbing.errors import run_main
-from recipes.plumbing.parking import MANIFEST, PART_BYTES, park, unpark
+from recipes.plumbing.parking import MANIFEST, PART_BYTES, describe_progress, park, read_manifest, unpark
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -50,11 +50,13 @@ def main(argv: list[str] | None = None) -> None:
         split = sum(1 for entry in files.values() if entry.get("parts"))
         total = sum(entry["bytes"] for entry in files.values())
         print(f"parked {len(files)} files ({total / 1e6:.1f} MB; {split} in parts) from {args.run_dir} into "
-              f"{args.dest} ({MANIFEST} lists them with their sha256)")
+              f"{args.dest} ({MANIFEST} lists them with their sha256): {describe_progress(manifest['progress'])}")
     else:
         written = unpark(args.dest, args.run_dir, overwrite=args.overwrite)
-        print(f"unparked {len(written)} files into {args.run_dir}, each matching its sha256; continue the run with "
-              "its command and --resume")
+        stages = read_manifest(args.dest).get("progress")
+        print(f"unparked {len(written)} files into {args.run_dir}, each matching its sha256"
+              + (f", parked {describe_progress(stages)}" if stages else "")
+              + "; continue the run with its command and --resume")
 
 
 if __name__ == "__main__":

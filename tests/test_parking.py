@@ -12,7 +12,7 @@ import pytest
 from recipes import park_run
 from recipes.plumbing import lock
 from recipes.plumbing.errors import run_main
-from recipes.plumbing.parking import MANIFEST, park, unpark
+from recipes.plumbing.parking import MANIFEST, describe_progress, park, progress, unpark
 
 
 def _run(root: Path) -> Path:
@@ -91,10 +91,37 @@ def test_park_refuses_other_files_a_live_run_and_unpark_refuses_to_replace_other
     assert json.loads((tmp_path / "back" / "config.json").read_text()) == {"epochs": 80}
 
 
+def _metrics(run: Path, stage: str, rows: list[str], header: str = "epoch,train_loss,val_accuracy") -> None:
+    (run / stage).mkdir(exist_ok=True)
+    (run / stage / "metrics.csv").write_text("\n".join([header, *rows]) + "\n")
+
+
+def test_progress_reads_each_stage_s_last_and_best_epoch(tmp_path):
+    run = _run(tmp_path)
+    _metrics(run, "teacher_train", ["1,2.0,40.5", "2,1.5,61.25"])
+    _metrics(run, "student_train", ["1,0.9,51.24", "2,0.7,86.56", "3,0.6,81.84"])
+    _metrics(run, "no_eval", ["1,0.9,", "2,0.8,"])  # a stage without an evaluation split
+    _metrics(run, "not_started", [])
+    stages = progress(run)
+    assert stages == {"no_eval": {"epoch": 2, "val_accuracy": None, "best_val_accuracy": None, "best_epoch": None},
+                      "student_train": {"epoch": 3, "val_accuracy": 81.84, "best_val_accuracy": 86.56,
+                                        "best_epoch": 2},
+                      "teacher_train": {"epoch": 2, "val_accuracy": 61.25, "best_val_accuracy": 61.25,
+                                        "best_epoch": 2}}
+    assert describe_progress({"student_train": stages["student_train"]}) == (
+        "student_train after epoch 3 (81.84 %; best 86.56 % at 2)")
+    assert describe_progress({}) == "no finished epoch"
+
+
 def test_the_command_line_parks_and_says_what_it_did_in_one_line_errors(tmp_path, capsys):
     run = _run(tmp_path)
+    _metrics(run, "student_train", ["1,0.9,51.24", "2,0.7,60.19"])
     run_main(park_run.main, ["park", str(run), str(tmp_path / "parked"), "--part-mb", "0.001"])
-    assert "parked 2 files (0.0 MB; 1 in parts)" in capsys.readouterr().out
+    said = capsys.readouterr().out
+    assert "parked 3 files (0.0 MB; 1 in parts)" in said and said.rstrip().endswith(
+        ": student_train after epoch 2 (60.19 %; best 60.19 % at 2)")
+    run_main(park_run.main, ["unpark", str(tmp_path / "parked"), str(tmp_path / "back")])
+    assert ", parked student_train after epoch 2 (60.19 %; best 60.19 % at 2); continue" in capsys.readouterr().out
     with pytest.raises(SystemExit) as info:
         run_main(park_run.main, ["unpark", str(tmp_path / "nowhere"), str(tmp_path / "back")])
     assert info.value.code == 2

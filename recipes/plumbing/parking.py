@@ -11,6 +11,7 @@ of interrupted writes.
 """
 from __future__ import annotations
 
+import csv
 import hashlib
 import json
 import os
@@ -39,8 +40,8 @@ def park(run_dir: str | os.PathLike, dest: str | os.PathLike, part_bytes: int = 
     replaced, so a file that shrank leaves no stale part behind.
 
     Returns:
-        the manifest: ``{"source", "parked_at", "command", "part_bytes", "files": {relative path: {"bytes",
-        "sha256", "parts"?}}}``.
+        the manifest: ``{"source", "parked_at", "command", "part_bytes", "progress": (:func:`progress`),
+        "files": {relative path: {"bytes", "sha256", "parts"?}}}``.
 
     Raises:
         FileNotFoundError: no ``run_dir``. ValueError: ``dest`` holds other files, or is inside ``run_dir``.
@@ -64,7 +65,7 @@ def park(run_dir: str | os.PathLike, dest: str | os.PathLike, part_bytes: int = 
         for name in _stored_names(rel, earlier[rel]):
             (dest / name).unlink(missing_ok=True)
     manifest = {"source": str(run_dir), "parked_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "command": command,
-                "part_bytes": part_bytes, "files": files}
+                "part_bytes": part_bytes, "progress": progress(run_dir), "files": files}
     if command:
         atomic_write_text(f"{command} \"$@\"\n", dest / COMMAND)
     atomic_write_text(json.dumps(manifest, indent=1) + "\n", dest / MANIFEST)
@@ -124,6 +125,35 @@ def read_manifest(dest: str | os.PathLike) -> dict[str, Any]:
         if Path(rel).is_absolute() or ".." in Path(rel).parts:
             raise ValueError(f"{str(path)!r} names {rel!r}, outside the run folder")
     return manifest
+
+
+def progress(run_dir: str | os.PathLike) -> dict[str, dict[str, Any]]:
+    """How far each training stage of the run got, from its ``metrics.csv`` (one row per finished epoch):
+    ``{stage: {"epoch", "val_accuracy", "best_val_accuracy", "best_epoch"}}`` (accuracies in percent, None where the
+    stage has no evaluation split); stages without a finished epoch are left out."""
+    found: dict[str, dict[str, Any]] = {}
+    for metrics in sorted(Path(run_dir).glob("*/metrics.csv")):
+        with open(metrics, newline="", encoding="utf-8") as f:
+            rows = [r for r in csv.DictReader(f) if r.get("epoch")]
+        if not rows:
+            continue
+        scored = [(float(r["val_accuracy"]), int(r["epoch"])) for r in rows if r.get("val_accuracy")]
+        best = max(scored, key=lambda s: s[0]) if scored else (None, None)
+        last = rows[-1]
+        found[metrics.parent.name] = {"epoch": int(last["epoch"]),
+                                      "val_accuracy": float(last["val_accuracy"]) if last.get("val_accuracy") else None,
+                                      "best_val_accuracy": best[0], "best_epoch": best[1]}
+    return found
+
+
+def describe_progress(stages: dict[str, dict[str, Any]]) -> str:
+    """One line for :func:`progress`'s record: ``student_train after epoch 36 (81.84 %; best 86.56 % at 22)``."""
+    said = []
+    for stage, p in stages.items():
+        scores = "" if p["val_accuracy"] is None else (f" ({p['val_accuracy']:.2f} %; best {p['best_val_accuracy']:.2f}"
+                                                       f" % at {p['best_epoch']})")
+        said.append(f"{stage} after epoch {p['epoch']}{scores}")
+    return ", ".join(said) or "no finished epoch"
 
 
 def _run_files(run_dir: Path) -> list[str]:
