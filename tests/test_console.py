@@ -72,3 +72,20 @@ def test_a_program_run_keeps_its_console_an_error_before_attaching_adds_nothing(
 def test_main_called_from_python_writes_no_console_log(tmp_path):
     train_teacher.main([*RUN, "--out", str(tmp_path / "run")])
     assert (tmp_path / "run" / "report.json").is_file() and not (tmp_path / "run" / console.LOG_NAME).exists()
+
+
+def test_a_log_that_cannot_be_written_stops_without_stopping_the_run(tmp_path, capsys):
+    class FullDisk:
+        def write(self, text):
+            raise OSError(28, "No space left on device")
+
+        def close(self):
+            raise OSError(28, "No space left on device")
+
+    with console.capture():
+        console.attach(tmp_path)
+        console._ACTIVE.file.close()
+        console._ACTIVE.file = FullDisk()  # the disk fills up after the log was opened
+        print("epoch 1")
+        print("epoch 2")
+    assert capsys.readouterr().out == "epoch 1\nepoch 2\n"  # the terminal still gets every line

@@ -28,14 +28,19 @@ class _Sink:
     def __init__(self, command: list[str]) -> None:
         self.command = command
         self.held: list[str] = []
+        self.held_limit = HELD_LIMIT
         self.size = 0
         self.file: TextIO | None = None
 
     def line(self, text: str) -> None:
         if self.file is not None:
-            self.file.write(text + "\n")
-            self.file.flush()
-        elif self.size < HELD_LIMIT:
+            try:
+                self.file.write(text + "\n")
+                self.file.flush()
+            except OSError:  # a full disk: the run goes on (its own writes will say so), without its log
+                self.close()
+                self.held_limit = 0
+        elif self.size < self.held_limit:
             self.held.append(text)
             self.size += len(text)
 
@@ -47,9 +52,10 @@ class _Sink:
         self.held, self.size = [], 0
 
     def close(self) -> None:
-        if self.file is not None:
-            self.file.close()
-            self.file = None
+        file, self.file = self.file, None
+        if file is not None:
+            with contextlib.suppress(OSError):
+                file.close()
 
 
 class _Tee:
