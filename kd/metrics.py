@@ -69,7 +69,7 @@ class MetricsLogger(Callback):
         """
         first = self._rows is None
         if first:  # whatever an earlier run left is parsed once and written back clean (a crash may cut a line)
-            self._rows, self._columns = _read_csv(self.csv_path)
+            self._rows, self._columns = read_metrics(self.csv_path)
             self._fill_in(history, before=record.epoch)
         row = epoch_scalars(record)
         kept = [r for r in self._rows if r["epoch"] < row["epoch"]]
@@ -152,9 +152,9 @@ class TensorBoardLogger(Callback):
         self.writer.close()
 
 
-def _read_csv(path: Path) -> tuple[list[Row], list[str]]:
-    """Rows and header of an earlier metrics.csv (none when absent); a row whose epoch cannot be read is dropped (a
-    line cut short by a crash)."""
+def read_metrics(path: Path) -> tuple[list[Row], list[str]]:
+    """Rows (``{"epoch": int, column: float or None}``) and header of a metrics.csv (none when absent); a row whose
+    epoch cannot be read is dropped (a line cut short by a crash)."""
     if not path.is_file():
         return [], []
     with open(path, newline="") as f:

@@ -6,9 +6,10 @@
 
 park copies every file of the run except best.pt and the lock, splits files above --part-mb MB (a checkpoint with its
 optimizer state) into NAME.part00, NAME.part01, ... and writes parked.json with each file's size and sha256 and each
-stage's last and best epoch (from its metrics.csv, said again on unpark), and, with --command, command.sh. unpark joins the parts, checks every file against parked.json before writing any, and
-refuses to replace a file of the run that holds other content unless --overwrite. Stop a run (Ctrl-C, once an epoch's
-checkpoint is written) before parking it: a folder a run is writing into is refused.
+stage's last and best epoch (from its metrics.csv, said again on unpark), and, with --command, command.sh. unpark joins
+the parts, checks every file against parked.json before writing any, and refuses to replace a file of the run that holds
+other content unless --overwrite. Stop a run (Ctrl-C, once an epoch's checkpoint is written) before parking it: a folder
+a run is writing into is refused.
 """
 from __future__ import annotations
 

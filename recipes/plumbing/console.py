@@ -28,19 +28,21 @@ class _Sink:
     def __init__(self, command: list[str]) -> None:
         self.command = command
         self.held: list[str] = []
-        self.held_limit = HELD_LIMIT
         self.size = 0
         self.file: TextIO | None = None
+        self.failed = False  # the log could not be written: nothing more is held or written
 
     def line(self, text: str) -> None:
+        if self.failed:
+            return
         if self.file is not None:
             try:
                 self.file.write(text + "\n")
                 self.file.flush()
             except OSError:  # a full disk: the run goes on (its own writes will say so), without its log
+                self.failed = True
                 self.close()
-                self.held_limit = 0
-        elif self.size < self.held_limit:
+        elif self.size < HELD_LIMIT:
             self.held.append(text)
             self.size += len(text)
 

@@ -11,7 +11,6 @@ of interrupted writes.
 """
 from __future__ import annotations
 
-import csv
 import hashlib
 import json
 import os
@@ -20,6 +19,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from kd.metrics import read_metrics
 from models.checkpoint import atomic_write, atomic_write_text, stale_temp_files
 from recipes.plumbing import lock
 from recipes.plumbing.inputs import file_sha256
@@ -133,15 +133,12 @@ def progress(run_dir: str | os.PathLike) -> dict[str, dict[str, Any]]:
     stage has no evaluation split); stages without a finished epoch are left out."""
     found: dict[str, dict[str, Any]] = {}
     for metrics in sorted(Path(run_dir).glob("*/metrics.csv")):
-        with open(metrics, newline="", encoding="utf-8") as f:
-            rows = [r for r in csv.DictReader(f) if r.get("epoch")]
+        rows, _ = read_metrics(metrics)
         if not rows:
             continue
-        scored = [(float(r["val_accuracy"]), int(r["epoch"])) for r in rows if r.get("val_accuracy")]
+        scored = [(r["val_accuracy"], r["epoch"]) for r in rows if r.get("val_accuracy") is not None]
         best = max(scored, key=lambda s: s[0]) if scored else (None, None)
-        last = rows[-1]
-        found[metrics.parent.name] = {"epoch": int(last["epoch"]),
-                                      "val_accuracy": float(last["val_accuracy"]) if last.get("val_accuracy") else None,
+        found[metrics.parent.name] = {"epoch": rows[-1]["epoch"], "val_accuracy": rows[-1].get("val_accuracy"),
                                       "best_val_accuracy": best[0], "best_epoch": best[1]}
     return found
 
