@@ -7,10 +7,10 @@ that a run whose folder does not outlive the session still backs the numbers quo
 """
 from __future__ import annotations
 
-import csv
 import json
 from pathlib import Path
 
+from kd.metrics import read_metrics
 from recipes.plumbing.config import OneLineParser
 from recipes.plumbing.errors import run_main
 from recipes.plumbing.report import write_json
@@ -21,13 +21,12 @@ CURVE_COLUMNS = ("epoch", "train_loss", "train_accuracy", "val_accuracy", "secon
 
 def stage_curves(run: Path) -> dict[str, list[dict[str, float]]]:
     """``{stage folder: [{column: value} per epoch]}`` of the run's ``*/metrics.csv`` (the columns of
-    :data:`CURVE_COLUMNS` that the file has)."""
+    :data:`CURVE_COLUMNS` that the file has, read with :func:`kd.metrics.read_metrics`; empty cells are left out)."""
     curves = {}
     for path in sorted(run.glob("*/metrics.csv")):
-        with path.open(newline="") as f:
-            rows = list(csv.DictReader(f))
-        curves[path.parent.name] = [{k: int(r[k]) if k == "epoch" else round(float(r[k]), 4)
-                                     for k in CURVE_COLUMNS if r.get(k)} for r in rows]
+        rows, _ = read_metrics(path)
+        curves[path.parent.name] = [{k: row[k] if k == "epoch" else round(row[k], 4)
+                                     for k in CURVE_COLUMNS if row.get(k) is not None} for row in rows]
     return curves
 
 

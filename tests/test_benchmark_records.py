@@ -22,7 +22,8 @@ def test_a_run_is_kept_with_its_models_and_per_epoch_curves(tmp_path, monkeypatc
     (run / "report.json").write_text(json.dumps({"models": models, "hardware": {"threads": 1}}))
     (run / "student_train" / "metrics.csv").write_text(
         "epoch,train_loss,train_accuracy,val_loss,val_accuracy,images_per_s,seconds,lr\n"
-        "1,0.91749,37.9374,1.49,53.74,1400.3,35.0996,0.0861\n2,0.63087,61.4644,1.11,67.86,1376.0,35.7215,0.1122\n")
+        "1,0.91749,37.9374,1.49,53.74,1400.3,35.0996,0.0861\n2,0.63087,61.4644,1.11,67.86,1376.0,35.7215,0.1122\n"
+        "3,0.5,70.0,,,1300.0,36.0,0.0\nx,cut short\n")  # no evaluation at epoch 3; a line cut by a crash
     monkeypatch.setattr(record_run, "RESULTS", tmp_path / "results")
     record_run.main([str(run), "--name", "budget/s0", "--command", "python x.py --seed 0"])
     kept = json.loads((tmp_path / "results" / "budget" / "s0.json").read_text())
@@ -31,7 +32,8 @@ def test_a_run_is_kept_with_its_models_and_per_epoch_curves(tmp_path, monkeypatc
         {"epoch": 1, "train_loss": 0.9175, "train_accuracy": 37.9374, "val_accuracy": 53.74, "seconds": 35.0996,
          "lr": 0.0861},
         {"epoch": 2, "train_loss": 0.6309, "train_accuracy": 61.4644, "val_accuracy": 67.86, "seconds": 35.7215,
-         "lr": 0.1122}]
+         "lr": 0.1122},
+        {"epoch": 3, "train_loss": 0.5, "train_accuracy": 70.0, "seconds": 36.0, "lr": 0.0}]
     with pytest.raises(SystemExit) as exit_:  # an unfinished run: one line, exit status 2
         run_main(record_run.main, [str(tmp_path), "--name", "x", "--command", "y"])
     assert exit_.value.code == 2 and "holds no report.json: not a finished recipe run" in capsys.readouterr().err
