@@ -665,6 +665,9 @@ def test_ctrl_c_is_one_line_and_resume_goes_on(tmp_path, capsys, monkeypatch):
     sittings = (cut / "console.log").read_text().split("\n# ")  # both sittings' consoles, in order, in one file
     assert len(sittings) == 2 and sittings[0].rstrip().endswith(err.strip()) and "--resume" in sittings[1]
     assert "Accuracy = " in sittings[1] and "Accuracy = " not in sittings[0]
+    recorded = json.loads((cut / "report.json").read_text())["sittings"]  # both sittings, the same hardware here
+    assert [bool(s["started"]) for s in recorded] == [True, True] and recorded[0]["hardware"] == recorded[1]["hardware"]
+    assert "different hardware" not in sittings[1]
     a, b = torch.load(whole / "teacher.pt", weights_only=True), torch.load(cut / "teacher.pt", weights_only=True)
     state_a, state_b = a.get("state_dict", a), b.get("state_dict", b)
     assert state_a.keys() == state_b.keys()

@@ -368,7 +368,8 @@ def test_a_run_whose_validation_loss_is_nan_ends_in_one_line_naming_stage_and_ep
     assert re.search(r"stage 'teacher_train': the (training|validation) loss became (nan|inf) at epoch 1", line)
     assert "the run diverged" in line
     assert "nothing non-finite was saved" in line
-    assert sorted(contents(out)) == ["config.json", "console.log", "inputs.json"]  # no model, checkpoint, metrics
+    # no model, checkpoint or metrics
+    assert sorted(contents(out)) == ["config.json", "console.log", "inputs.json", "sittings.json"]
     assert (out / "console.log").read_text().rstrip().endswith(line)  # the line that ended the run is kept
 
 

@@ -147,7 +147,8 @@ def test_torchrun_recipe_prints_and_writes_once(tmp_path):
     assert run.stdout.count("Accuracy =") == 1 and run.stdout.count("epoch   2:") == 1
     assert "torchrun: 2 processes, 8 images each" in run.stdout
     written = sorted(str(p.relative_to(out)) for p in out.rglob("*"))
-    assert written == ["config.json", "console.log", "inputs.json", "report.json", "teacher.pt", "teacher_train",
+    assert written == ["config.json", "console.log", "inputs.json", "report.json", "sittings.json", "teacher.pt",
+                       "teacher_train",
                        "teacher_train/best.pt", "teacher_train/curves.png", "teacher_train/last.pt",
                        "teacher_train/metrics.csv"]
     assert (out / "console.log").read_text().splitlines()[1:] == run.stdout.splitlines()  # rank 0's console, once

@@ -18,7 +18,7 @@ from recipes.plumbing.config import RunConfig, config_differences
 # What recipe runs write into OUT, and into each training stage's folder (OUT/<stage>/): --overwrite removes these
 # and nothing else, so a file of the user's that happens to sit in OUT is never deleted.
 RUN_FILES = ("config.json", "inputs.json", "report.json", "teacher.pt", "student.pt", "student.onnx",
-             "student.export.json", "compare.md", "compare.png", "steps.md", "console.log")
+             "student.export.json", "compare.md", "compare.png", "steps.md", "console.log", "sittings.json")
 STAGE_FILES = ("last.pt", "best.pt", "metrics.csv", "curves.png")
 STAGE_LOGS = "tb"  # --tensorboard's event files
 

@@ -26,6 +26,7 @@ from recipes.plumbing.config import KDConfig, RunConfig, check_values, config_re
 from recipes.plumbing.deploy import deployment
 from recipes.plumbing.outdir import check_out, prepare_out
 from recipes.plumbing.report import ModelReport, flops_check, print_flops_check, print_reports, write_report
+from recipes.plumbing.sittings import hardware_changes, read_sittings, record_sitting
 from recipes.plumbing.training import hardware, make_loss, member_reports, obtain_teacher, seed_everything
 
 
@@ -89,8 +90,10 @@ def start_run(cfg: RunConfig) -> tuple[DataSplits, Path]:
     earlier run, unless ``--resume`` with the same options and a checkpoint, or ``--overwrite``) — then seeds, loads
     the data (checked too), checks the teacher fits it and the target is reachable, on ``--resume`` that the inputs
     did not change (:mod:`~recipes.plumbing.inputs`), removes stale temporary files, drops an earlier run's results
-    on ``--overwrite``, writes ``OUT/config.json`` and ``OUT/inputs.json`` and from then on keeps the console in
-    ``OUT/console.log`` (:mod:`~recipes.plumbing.console`). Returns the data and the output folder.
+    on ``--overwrite``, writes ``OUT/config.json`` and ``OUT/inputs.json``, from then on keeps the console in
+    ``OUT/console.log`` (:mod:`~recipes.plumbing.console`) and adds this sitting's hardware to ``OUT/sittings.json``
+    (:mod:`~recipes.plumbing.sittings`; a note when it differs from the last sitting's). Returns the data and the
+    output folder.
 
     Under torchrun (``WORLD_SIZE`` > 1) it first joins the process group (gloo on the CPU, nccl on CUDA, each rank
     on GPU ``LOCAL_RANK``); every rank then runs the whole recipe — teacher training, pruning (deterministic: same
@@ -143,6 +146,9 @@ def start_run(cfg: RunConfig) -> tuple[DataSplits, Path]:
         save_config(cfg, out / "config.json")
         inputs.save(cfg, data, out, record)
         console.attach(out)  # the console so far, then each line (a program run only: run_main captures it)
+        changed = hardware_changes(record_sitting(out, hardware(cfg), cfg.resume))
+        if changed:
+            print(f"note: {changed}", flush=True)
     distributed.barrier()
     return data, out
 
@@ -178,8 +184,8 @@ def finish_run(cfg: RunConfig, out: Path, reports: list[ModelReport], *, teacher
     ``--export onnx``, a torch.export program with ``--export torch-export``, carrying ``meta``'s mean, std, classes
     and image size: :func:`~recipes.plumbing.deploy.deployment`); where thop's flops miss operations (attention
     matmuls) says so with Torch-Pruning's count beside them (report.json ``flops_check``); writes
-    ``OUT/report.json`` with ``extra`` and, given ``data``, how its images became inputs (:func:`describe_data`).
-    Returns what deployment measured."""
+    ``OUT/report.json`` with ``extra``, the run's sittings (``sittings``: where each start and ``--resume`` trained)
+    and, given ``data``, how its images became inputs (:func:`describe_data`). Returns what deployment measured."""
     print_reports(reports)
     both = teacher is not None and student is not None
     missed = flops_check({"teacher": teacher, "student": student}, input_size) if both else {}
@@ -188,5 +194,11 @@ def finish_run(cfg: RunConfig, out: Path, reports: list[ModelReport], *, teacher
     if missed:
         deployed = {**deployed, "flops_check": missed}
     described = {"data": describe_data(data)} if data is not None else {}
+    sittings = read_sittings(out)
+    if sittings:
+        described["sittings"] = sittings
+        changed = hardware_changes(sittings)
+        if changed:
+            print(f"\nnote: {changed}", flush=True)
     write_report(out / "report.json", reports, config_record(cfg), {**(extra or {}), **described, **deployed})
     return deployed
