@@ -31,7 +31,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from models.checkpoint import FORMAT, NotAModelFile, check_finite, is_model_payload, model_from_payload, safe_load
+from models.checkpoint import NotAModelFile, check_finite, is_model_payload, model_from_payload, safe_load
 from models.errors import FileFormatError
 from models.heads import classes_in, num_outputs, replace_head
 from models.registry import TIMM_PREFIX, create_model
@@ -57,7 +57,7 @@ def read_weights(path: str | os.PathLike) -> dict[str, torch.Tensor]:
             (which :func:`models.load_model` reads), or no dict of tensors inside.
     """
     payload = safe_load(path, "weight file")  # a safetensors file or a weights_only torch file
-    if isinstance(payload, dict) and payload.get("format") == FORMAT and "arch" in payload:
+    if is_model_payload(payload):
         raise NotAModelFile(f"weight file {str(path)!r} is a prune-then-distill model file (architecture "
                             f"{payload['arch']!r}, widths and weights); read it with models.load_model", "model_file")
     return _state_dict_in(payload, path)
