@@ -148,8 +148,7 @@ def test_torchrun_recipe_prints_and_writes_once(tmp_path):
     assert "torchrun: 2 processes, 8 images each" in run.stdout
     written = sorted(str(p.relative_to(out)) for p in out.rglob("*"))
     assert written == ["config.json", "console.log", "inputs.json", "report.json", "sittings.json", "teacher.pt",
-                       "teacher_train",
-                       "teacher_train/best.pt", "teacher_train/curves.png", "teacher_train/last.pt",
+                       "teacher_train", "teacher_train/best.pt", "teacher_train/curves.png", "teacher_train/last.pt",
                        "teacher_train/metrics.csv"]
     assert (out / "console.log").read_text().splitlines()[1:] == run.stdout.splitlines()  # rank 0's console, once
     assert len((out / "teacher_train" / "metrics.csv").read_text().splitlines()) == 3  # header + one row per epoch

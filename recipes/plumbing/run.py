@@ -121,7 +121,8 @@ def start_run(cfg: RunConfig) -> tuple[DataSplits, Path]:
         teacher = external_teacher.load(external)  # the weights read and checked now, the head once the data is known
     out = check_out(cfg)
     seed_everything(cfg.seed)
-    print(hardware(cfg).describe(), flush=True)
+    hw = hardware(cfg)  # detected once: printed now, recorded as this sitting's once the folder is ready
+    print(hw.describe(), flush=True)
     if info.distributed:
         print(f"torchrun: {info.world_size} processes, {cfg.batch_size // info.world_size} images each per global "
               f"batch of {cfg.batch_size}", flush=True)
@@ -146,7 +147,7 @@ def start_run(cfg: RunConfig) -> tuple[DataSplits, Path]:
         save_config(cfg, out / "config.json")
         inputs.save(cfg, data, out, record)
         console.attach(out)  # the console so far, then each line (a program run only: run_main captures it)
-        changed = hardware_changes(record_sitting(out, hardware(cfg), cfg.resume))
+        changed = hardware_changes(record_sitting(out, hw, cfg.resume))
         if changed:
             print(f"note: {changed}", flush=True)
     distributed.barrier()
