@@ -1,6 +1,7 @@
-"""Keeps a finished recipe run as a small JSON record under ``benchmarks/results/``: the command, the hardware and
-every model's block of its ``report.json``, and the per-epoch curve of each training stage (``*/metrics.csv``), so
-that a run whose folder does not outlive the session still backs the numbers quoted from it.
+"""Keeps a finished recipe run as a small JSON record under ``benchmarks/results/``: the command, the hardware, the
+sittings (where each start or ``--resume`` trained) and every model's block of its ``report.json``, and the
+per-epoch curve of each training stage (``*/metrics.csv``), so that a run whose folder does not outlive the session
+still backs the numbers quoted from it.
 
     python benchmarks/record_run.py runs/seed_budget --name seed_budget/ens8_s0 \\
         --command "python recipes/prune_then_distill.py ..."
@@ -31,9 +32,11 @@ def stage_curves(run: Path) -> dict[str, list[dict[str, float]]]:
 
 
 def record(run: Path, command: str) -> dict:
-    """The record of the finished run in ``run`` (its ``report.json`` must exist)."""
+    """The record of the finished run in ``run`` (its ``report.json`` must exist); ``sittings`` only when the report
+    has them."""
     report = json.loads((run / "report.json").read_text())
-    return {"command": command, "hardware": report.get("hardware"),
+    sittings = {"sittings": report["sittings"]} if report.get("sittings") else {}
+    return {"command": command, "hardware": report.get("hardware"), **sittings,
             "models": report["models"], "curves": stage_curves(run)}
 
 

@@ -19,7 +19,8 @@ def test_a_run_is_kept_with_its_models_and_per_epoch_curves(tmp_path, monkeypatc
     run = tmp_path / "run"
     (run / "student_train").mkdir(parents=True)
     models = {"student": {"flops": 30667737, "param_size_kb": 2017.18359375, "accuracy": 88.67}}
-    (run / "report.json").write_text(json.dumps({"models": models, "hardware": {"threads": 1}}))
+    sittings = [{"started": None, "hardware": None}, {"started": "2026-12-07T16:50:50Z", "hardware": {"threads": 1}}]
+    (run / "report.json").write_text(json.dumps({"models": models, "hardware": {"threads": 1}, "sittings": sittings}))
     (run / "student_train" / "metrics.csv").write_text(
         "epoch,train_loss,train_accuracy,val_loss,val_accuracy,images_per_s,seconds,lr\n"
         "1,0.91749,37.9374,1.49,53.74,1400.3,35.0996,0.0861\n2,0.63087,61.4644,1.11,67.86,1376.0,35.7215,0.1122\n"
@@ -27,7 +28,7 @@ def test_a_run_is_kept_with_its_models_and_per_epoch_curves(tmp_path, monkeypatc
     monkeypatch.setattr(record_run, "RESULTS", tmp_path / "results")
     record_run.main([str(run), "--name", "budget/s0", "--command", "python x.py --seed 0"])
     kept = json.loads((tmp_path / "results" / "budget" / "s0.json").read_text())
-    assert kept["command"] == "python x.py --seed 0" and kept["models"] == models
+    assert kept["command"] == "python x.py --seed 0" and kept["models"] == models and kept["sittings"] == sittings
     assert kept["curves"]["student_train"] == [
         {"epoch": 1, "train_loss": 0.9175, "train_accuracy": 37.9374, "val_accuracy": 53.74, "seconds": 35.0996,
          "lr": 0.0861},

@@ -11,7 +11,7 @@ import torch
 from kd.data import load_dataset
 from kd.data.batches import BatchIterator
 from kd.trainer import evaluate
-from models import load_model
+from models import load_model, profile
 from models.checkpoint import read_model_file
 
 WEIGHTS = Path(__file__).resolve().parent.parent / "benchmarks" / "weights"
@@ -53,3 +53,16 @@ def test_the_wide_teacher_has_airbench95s_widths_and_scores_near_its_table(one_t
     data = load_dataset("cifar10-jpeg", limit_train=10, limit_test=1000, progress=False)
     test = BatchIterator(data.test, 500, train=False, mean=meta["mean"], std=meta["std"])
     assert 87.5 < evaluate(model, test).accuracy < 95.0
+
+
+@pytest.mark.slow
+def test_the_seed_budget_student_fits_the_seeds_budget_and_scores_near_its_table(one_thread):
+    path = WEIGHTS / "fast_cnn_budget_kd160_cifar10.pt"
+    model, meta = load_model(path), read_model_file(path)["meta"]
+    complexity = profile(model)
+    assert (complexity.flops, complexity.params) == (30_667_737, 516_399)
+    assert complexity.flops <= 31_269_888 and complexity.param_size_kb <= 8677.812
+    # 1,000 of the shipped copy's test images (class-balanced): 89.46 % on all 10,000; binomial std ~1 point
+    data = load_dataset("cifar10-jpeg", limit_train=10, limit_test=1000, progress=False)
+    test = BatchIterator(data.test, 500, train=False, mean=meta["mean"], std=meta["std"])
+    assert 85.5 < evaluate(model, test).accuracy < 93.0

@@ -1,1 +1,0 @@
-python recipes/prune_then_distill.py --dataset imagefolder --data-dir /work/shared/data/cifar10 --recipe fast --teacher benchmarks/weights/fast_cnn_cifar10_e40.pt benchmarks/weights/fast_cnn_wide_cifar10_e40.pt --pad 4 --pad-mode zeros --flip random --target-flops 31269888 --kd-loss kd --epochs 160 --seed 0 --out runs/budget_live_e160 "$@"
