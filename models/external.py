@@ -31,7 +31,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from models.checkpoint import NotAModelFile, check_finite, is_model_payload, model_from_payload, safe_load
+from models.checkpoint import (NotAModelFile, architecture_of, check_finite, is_model_payload, model_from_payload,
+                               safe_load)
 from models.errors import FileFormatError
 from models.heads import classes_in, num_outputs, replace_head
 from models.registry import TIMM_PREFIX, create_model
@@ -98,6 +99,42 @@ def load_weights_into(model: nn.Module, path: str | os.PathLike, where: str | No
         return dict(model_from_payload(path, payload, model).meta)
     _load_checked(model, _state_dict_in(payload, path), where or f"weight file {str(path)!r}")
     return {}
+
+
+def start_network(model: nn.Module, path: str | os.PathLike,
+                  where: str | None = None) -> tuple[nn.Module, dict[str, Any]]:
+    """The network that training started from ``path`` goes on with (timm's ``--initial-checkpoint``).
+
+    A prune-then-distill model file records its architecture, arguments and widths, so the network is rebuilt as the
+    file says (:func:`models.load_model`), not as ``model`` was built: a student saved with other arguments than the
+    recipe gives a fresh one (another head, BatchNorm eps or bias) goes on training as it was. ``model``, freshly built
+    from the command line, must be of the file's architecture; a model file that names none is given ``model`` itself.
+    The weights of any other file go into ``model`` as :func:`load_weights_into` puts them.
+
+    Args:
+        model: the network built from the command line (its architecture; its arguments serve a weight file only).
+        path: the file.
+        where: how errors name the file (default ``"weight file 'PATH'"``).
+
+    Returns:
+        ``(network, meta)``: the network to train and the model file's ``meta``, or ``{}`` for a weight file.
+
+    Raises:
+        FileNotFoundError, FileFormatError, NonFiniteError: as :func:`load_weights_into`. ValueError: a model file of
+            another architecture than ``model``'s.
+    """
+    where = where or f"weight file {str(path)!r}"
+    payload = safe_load(path, "weight file")
+    if not is_model_payload(payload):
+        _load_checked(model, _state_dict_in(payload, path), where)
+        return model, {}
+    if payload["arch"] is None:
+        return model_from_payload(path, payload, model), dict(model.meta)
+    built = architecture_of(model)["name"]
+    if payload["arch"] != built:
+        raise ValueError(f"{where} holds a {payload['arch']!r} network, where a {built!r} one was asked for")
+    network = model_from_payload(path, payload)
+    return network, dict(network.meta)
 
 
 def _load_checked(model: nn.Module, state_dict: dict[str, torch.Tensor], where: str) -> None:

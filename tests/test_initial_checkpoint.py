@@ -61,3 +61,24 @@ def test_a_model_file_of_other_normalisation_is_refused(tmp_path, capsys):
     with pytest.raises(ValueError, match=r"normalised with mean \(0\.49, 0\.48, 0\.45\), but this run normalises "
                                          r"with \(0\.5, 0\.5, 0\.5\)"):
         start_from(_trained_like(2), str(tmp_path / "student.pt"), SimpleNamespace(mean=(0.5,) * 3, std=STD))
+
+
+def test_a_model_file_brings_its_own_architecture_arguments(tmp_path, capsys):
+    """A pruned fast_cnn saved with its defaults (a classifier bias, BatchNorm eps 1e-5, adaptive max pool) starts a
+    run whose recipe builds fast_cnn with airbench's head (no bias, eps 1e-12, 3×3 corner pool): the file's network
+    goes on training, unchanged, where copying its weights into the recipe's network would not fit."""
+    torch.manual_seed(1)
+    saved = pruning.prune(create_model("fast_cnn", 10).eval(), torch.randn(1, 3, 32, 32), ratio=0.5).model
+    save_model(saved, tmp_path / "student.pt", meta={"mean": list(MEAN), "std": list(STD)})
+    recipe_built = create_model("fast_cnn", 10, bn_eps=1e-12, head_pool_mode="max3", classifier_bias=False)
+    network = start_from(recipe_built, str(tmp_path / "student.pt"), SimpleNamespace(mean=MEAN, std=STD))
+    assert network is not recipe_built and network.classifier.bias is not None
+    assert "the network rebuilt as the file records it" in capsys.readouterr().out
+    _same(network, saved)
+
+
+def test_a_model_file_of_another_architecture_is_refused_naming_both(tmp_path):
+    save_model(_trained_like(1), tmp_path / "student.pt")  # a wide_cnn
+    with pytest.raises(ValueError, match=r"^--initial-checkpoint '.*student\.pt' holds a 'wide_cnn' network, where a "
+                                         r"'fast_cnn' one was asked for$"):
+        start_from(create_model("fast_cnn", 10), str(tmp_path / "student.pt"), SimpleNamespace(mean=MEAN, std=STD))

@@ -21,7 +21,7 @@ from kd.precision import Hardware
 from kd.progress import on_terminal
 from kd.teacher_cache import CachedBatchIterator, load_or_build
 from kd.trainer import DivergedError, FitResult, evaluate, fit_model
-from models import create_model, load_weights_into, save_model
+from models import create_model, save_model, start_network
 from models.common import Batches, batch_count
 from models.init import init_for_small_images
 from recipes.plumbing import external_teacher
@@ -239,22 +239,26 @@ def init_model(cfg: RunConfig, model: nn.Module, train_batches: Any) -> None:
     print(f"  init: {', '.join(done)} from {len(chosen)} training images drawn at random", flush=True)
 
 
-def start_from(model: nn.Module, path: str, data: DataSplits) -> None:
-    """``--initial-checkpoint``: ``path``'s weights in the freshly built ``model`` (instead of ``--init``), after
-    checking that a model file saw its inputs normalised as ``data`` normalises them.
+def start_from(model: nn.Module, path: str, data: DataSplits) -> nn.Module:
+    """``--initial-checkpoint``: the network to train from ``path`` instead of ``--init`` (:func:`models.start_network`:
+    a model file's own network, as it was saved, or ``model``, built from ``--arch --model-args``, with a weight
+    file's weights), after checking that a model file saw its inputs normalised as ``data`` normalises them.
 
     Raises:
-        FileNotFoundError, FileFormatError, NonFiniteError: as :func:`models.load_weights_into`, naming the option.
-        ValueError: a model file trained on other normalisation than ``data``'s (its teacher's, when given).
+        FileNotFoundError, FileFormatError, NonFiniteError: as :func:`models.start_network`, naming the option.
+        ValueError: a model file of another architecture than ``--arch``, or trained on other normalisation than
+            ``data``'s (its teacher's, when given).
     """
-    meta = load_weights_into(model, path, where=f"--initial-checkpoint {path!r}")
+    network, meta = start_network(model, path, where=f"--initial-checkpoint {path!r}")
     for key in ("mean", "std"):
         saved, now = meta.get(key), tuple(float(v) for v in getattr(data, key))
         if saved is not None and not same_normalisation(saved, now):
             raise ValueError(f"--initial-checkpoint {path!r} was trained on inputs normalised with {key} "
                              f"{tuple(round(float(v), 4) for v in saved)}, but this run normalises with "
                              f"{tuple(round(v, 4) for v in now)} (its teacher's); the weights would see other inputs")
-    print(f"  init: the weights of {path} (--init is not applied)", flush=True)
+    rebuilt = ", the network rebuilt as the file records it" if network is not model else ""
+    print(f"  init: the weights of {path}{rebuilt} (--init is not applied)", flush=True)
+    return network
 
 
 def obtain_teacher(cfg: KDConfig, data: DataSplits, out: Path) -> tuple[nn.Module, ModelReport]:
