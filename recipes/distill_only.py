@@ -34,9 +34,8 @@ class DistillConfig(KDConfig):
     arch: str = arg("wide_cnn", f"student architecture: {', '.join(list_models())} or timm:<name>")
     model_args: str | None = arg(None, "JSON of the student's architecture arguments (default: for wide_cnn "
                                  f"{WIDE_STUDENT}, for any other --arch its own defaults, {{}})")
-    initial_checkpoint: str | None = arg(None, "start the student from this file, not --init: a model file (e.g. a "
-                                         "student.pt; its own architecture arguments and widths, of --arch) or a "
-                                         "state dict of --arch --model-args")
+    initial_checkpoint: str | None = arg(None, "start the student from this file, not --init: a model file of --arch "
+                                         "(e.g. a student.pt, rebuilt as saved) or weights of --arch --model-args")
     hint_student_layer: str | None = arg(None, "FitNet hint: student layer (e.g. features.conv3); off by default")
     hint_teacher_layer: str | None = arg(None, "FitNet hint: teacher layer matched to --hint-student-layer")
     hint_weight: float = arg(1.0, "weight of the FitNet hint loss", limit=NON_NEGATIVE)
