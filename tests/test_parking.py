@@ -49,7 +49,8 @@ def test_a_damaged_or_missing_part_is_named_and_nothing_is_unparked(tmp_path):
     run = _run(tmp_path)
     park(run, tmp_path / "parked", part_bytes=1000)
     part = tmp_path / "parked" / "student_train" / "last.pt.part01"
-    part.write_bytes(b"\0" + part.read_bytes()[1:])
+    data = part.read_bytes()
+    part.write_bytes(bytes([data[0] ^ 0xFF]) + data[1:])  # a byte that differs (os.urandom may have drawn a 0 there)
     with pytest.raises(ValueError, match="'student_train/last.pt' is damaged"):
         unpark(tmp_path / "parked", tmp_path / "back")
     assert not (tmp_path / "back" / "config.json").exists()  # checked before anything is written
