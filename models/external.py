@@ -94,8 +94,13 @@ def load_weights_into(model: nn.Module, path: str | os.PathLike, where: str | No
         FileNotFoundError, FileFormatError: an unreadable file, or weights that do not fit ``model`` (the first
             offending key or shape). NonFiniteError: NaN or infinite weights.
     """
-    payload = safe_load(path, "weight file")  # read once: a model file, a safetensors file or a state dict
-    if is_model_payload(payload):  # rebuilt at the file's widths, as load_model does
+    return _weights_into(model, safe_load(path, "weight file"), path, where)
+
+
+def _weights_into(model: nn.Module, payload: Any, path: str | os.PathLike, where: str | None) -> dict[str, Any]:
+    """:func:`load_weights_into` on a file already read (``payload``: a model file, a safetensors file or a state
+    dict); a model file is applied at its widths, as :func:`models.load_model` does."""
+    if is_model_payload(payload):
         return dict(model_from_payload(path, payload, model).meta)
     _load_checked(model, _state_dict_in(payload, path), where or f"weight file {str(path)!r}")
     return {}
@@ -123,16 +128,13 @@ def start_network(model: nn.Module, path: str | os.PathLike,
         FileNotFoundError, FileFormatError, NonFiniteError: as :func:`load_weights_into`. ValueError: a model file of
             another architecture than ``model``'s.
     """
-    where = where or f"weight file {str(path)!r}"
-    payload = safe_load(path, "weight file")
-    if not is_model_payload(payload):
-        _load_checked(model, _state_dict_in(payload, path), where)
-        return model, {}
-    if payload["arch"] is None:
-        return model_from_payload(path, payload, model), dict(model.meta)
+    payload = safe_load(path, "weight file")  # read once
+    if not is_model_payload(payload) or payload["arch"] is None:
+        return model, _weights_into(model, payload, path, where)
     built = architecture_of(model)["name"]
     if payload["arch"] != built:
-        raise ValueError(f"{where} holds a {payload['arch']!r} network, where a {built!r} one was asked for")
+        name = where or f"weight file {str(path)!r}"
+        raise ValueError(f"{name} holds a {payload['arch']!r} network, where a {built!r} one was asked for")
     network = model_from_payload(path, payload)
     return network, dict(network.meta)
 

@@ -24,6 +24,12 @@ def _listed() -> dict[str, str]:
     return dict(rows)
 
 
+def _accuracy_on_1000_test_images(model: torch.nn.Module, meta: dict) -> float:
+    """Top-1 % on 1,000 of the shipped copy's test images (class-balanced), normalised as the file's ``meta`` says."""
+    data = load_dataset("cifar10-jpeg", limit_train=10, limit_test=1000, progress=False)
+    return evaluate(model, BatchIterator(data.test, 500, train=False, mean=meta["mean"], std=meta["std"])).accuracy
+
+
 @pytest.mark.parametrize("path", FILES, ids=lambda p: p.name)
 def test_every_committed_model_file_is_listed_with_its_sha256(path):
     assert _listed().get(path.name) == hashlib.sha256(path.read_bytes()).hexdigest()
@@ -36,9 +42,7 @@ def test_the_10_epoch_teacher_has_airbenchs_head_and_scores_near_its_table(one_t
     assert model.classifier.bias is None and model.pool[0].__class__.__name__ == "CornerMaxPool"
     assert all(m.eps == 1e-12 for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d))
     # 1,000 of the shipped copy's test images (class-balanced): 89.93 % on all 10,000; a binomial std of ~1 point
-    data = load_dataset("cifar10-jpeg", limit_train=10, limit_test=1000, progress=False)
-    test = BatchIterator(data.test, 500, train=False, mean=meta["mean"], std=meta["std"])
-    assert 86.0 < evaluate(model, test).accuracy < 93.0
+    assert 86.0 < _accuracy_on_1000_test_images(model, meta) < 93.0
 
 
 @pytest.mark.slow
@@ -50,9 +54,7 @@ def test_the_wide_teacher_has_airbench95s_widths_and_scores_near_its_table(one_t
     convs = [m for m in model.modules() if isinstance(m, torch.nn.Conv2d)]
     assert [c.out_channels for c in convs] == [24, 128, 128, 384, 384, 384, 384]
     # 1,000 of the shipped copy's test images (class-balanced): 91.35 / 91.55 / 91.85 % on all 10,000; binomial std ~0.9
-    data = load_dataset("cifar10-jpeg", limit_train=10, limit_test=1000, progress=False)
-    test = BatchIterator(data.test, 500, train=False, mean=meta["mean"], std=meta["std"])
-    assert 87.5 < evaluate(model, test).accuracy < 95.0
+    assert 87.5 < _accuracy_on_1000_test_images(model, meta) < 95.0
 
 
 @pytest.mark.slow
@@ -63,6 +65,4 @@ def test_the_seed_budget_student_fits_the_seeds_budget_and_scores_near_its_table
     assert (complexity.flops, complexity.params) == (30_667_737, 516_399)
     assert complexity.flops <= 31_269_888 and complexity.param_size_kb <= 8677.812
     # 1,000 of the shipped copy's test images (class-balanced): 89.46 % on all 10,000; binomial std ~1 point
-    data = load_dataset("cifar10-jpeg", limit_train=10, limit_test=1000, progress=False)
-    test = BatchIterator(data.test, 500, train=False, mean=meta["mean"], std=meta["std"])
-    assert 85.5 < evaluate(model, test).accuracy < 93.0
+    assert 85.5 < _accuracy_on_1000_test_images(model, meta) < 93.0
